@@ -1,0 +1,33 @@
+"""mixbits: automatic mixed-precision (1-bit to float) search for PyTorch models.
+
+Module map:
+
+- ``quant``     pure tensor quantizers (binary, uniform 2..8, half, float), straight-through.
+- ``space``     model surgery: ``prepare_`` gives each Conv/Linear weight a bitwidth Decision.
+- ``cost``      the one cost model: exact/expected sizes, compressions, average bits.
+- ``budget``    size targets ("24x", "300KB", "1.5bits") -> a budget in bits.
+- ``search``    the differentiable search under the budget (Lagrange price solved exactly).
+- ``derive``    exact multiple-choice knapsack (HiGHS) from preferences to bits.
+- ``train`` / ``finetune``  float training, quantization-aware fine-tuning, evaluation.
+- ``data`` / ``models``     registries of data sets and models; device-resident batches.
+- ``report`` / ``run`` / ``cli``  reports, the whole job, and the command line.
+"""
+
+from .budget import Target, budget_bits, parse_target
+from .cost import CostModel, LayerInfo
+from .derive import solve_budget
+from .finetune import finetune_
+from .quant import fake_quantize, weight_codes
+from .report import build_report, format_table, to_markdown
+from .search import SearchConfig, SearchResult, derive_bits, search
+from .space import BitSpace, Decision, PrepareConfig, prepare_, unprepare_
+from .train import NonFiniteLossError, TrainConfig, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BitSpace", "CostModel", "Decision", "LayerInfo", "NonFiniteLossError", "PrepareConfig", "SearchConfig",
+    "SearchResult", "Target", "TrainConfig", "budget_bits", "build_report", "derive_bits", "evaluate",
+    "fake_quantize", "finetune_", "fit", "format_table", "parse_target", "prepare_", "search", "solve_budget",
+    "to_markdown", "unprepare_", "weight_codes",
+]

@@ -1,0 +1,105 @@
+"""Size targets: parse what the user asks for and turn it into a budget in bits.
+
+A target is one of
+
+* a weight-compression ratio, ``"24x"``: float32 size of the quantized layers'
+  weights over their quantized size (scales included);
+* a whole-model size, ``"300KB"``, ``"1.2MB"``, ``"512KiB"``, ``"40000B"``
+  (KB/MB/GB are powers of 1000, KiB/MiB/GiB powers of 1024);
+* an average number of bits per quantized weight (scales included), ``"1.5bits"``.
+
+Every target becomes the same thing: the largest number of bits the quantized
+layers' weights may occupy, checked against what the candidates can reach
+before any training starts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from .cost import CostModel
+
+__all__ = ["Target", "parse_target", "budget_bits"]
+
+_UNITS = {
+    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}
+_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
+_HELP = 'write a target as a compression ("24x"), a model size ("300KB", "1.2MB", "512KiB") or average bits ("1.5bits")'
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed size target.
+
+    Attributes:
+        kind: ``"compression"``, ``"size_bytes"`` or ``"average_bits"``.
+        value: the ratio, the number of bytes, or the bits per weight.
+        text: what the user wrote.
+    """
+
+    kind: str
+    value: float
+    text: str
+
+
+def parse_target(text: str | Target) -> Target:
+    """Parse ``"24x"``, ``"300KB"`` or ``"1.5bits"``.
+
+    Raises:
+        ValueError: unparseable, zero or negative target.
+    """
+    if isinstance(text, Target):
+        return text
+    m = _PATTERN.match(str(text))
+    if not m:
+        raise ValueError(f"cannot parse target {text!r}: {_HELP}")
+    value, unit = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"target {text!r} must be positive: {_HELP}")
+    if unit == "x":
+        return Target("compression", value, str(text))
+    if unit in ("bit", "bits"):
+        return Target("average_bits", value, str(text))
+    if unit in _UNITS:
+        return Target("size_bytes", value * _UNITS[unit], str(text))
+    raise ValueError(f"unknown unit {unit!r} in target {text!r}: {_HELP}")
+
+
+def budget_bits(target: str | Target, cost: CostModel) -> int:
+    """The largest size in bits the quantized weights may take under ``target``.
+
+    Raises:
+        ValueError: the target is below what the smallest candidates reach, or above
+            the float model; the message gives the reachable range in the target's units.
+    """
+    t = parse_target(target)
+    n = cost.num_quantized_weights
+    fq = cost.float_quantized_bits()
+    lo, hi = cost.min_quantized_bits(), cost.max_quantized_bits()
+    if t.kind == "compression":
+        budget = math.floor(fq / t.value)
+        reach = f"between {fq / hi:.3g}x and {fq / lo:.4g}x"
+    elif t.kind == "average_bits":
+        budget = math.floor(t.value * n)
+        reach = f"between {lo / n:.4g} bits and {hi / n:.4g} bits"
+    else:
+        budget = math.floor(t.value * 8) - cost.float_rest_bits
+        reach = (f"between {(lo + cost.float_rest_bits) / 8000:.4g} KB and "
+                 f"{(hi + cost.float_rest_bits) / 8000:.4g} KB (the layers kept in float take "
+                 f"{cost.float_rest_bits / 8000:.4g} KB)")
+    if budget < lo:
+        raise ValueError(
+            f"target {t.text!r} is unreachable: even every layer at its smallest candidate is larger. "
+            f"This model can reach targets {reach}; ask for less compression, add smaller candidates "
+            f"(e.g. 1 bit) or unpin layers."
+        )
+    if budget > hi:
+        raise ValueError(
+            f"target {t.text!r} is larger than the model at its largest candidates: nothing to compress. "
+            f"This model can reach targets {reach}."
+        )
+    return budget

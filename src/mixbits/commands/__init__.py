@@ -1,0 +1,1 @@
+"""Subcommands of the ``mixbits`` command line, one module each."""

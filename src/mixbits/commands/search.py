@@ -1,0 +1,52 @@
+"""``mixbits search``: search, fine-tune and evaluate; print the per-layer table."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .options import parse_bits, parse_pin, resolve_config
+
+NAME = "search"
+HELP = "search the bitwidths, fine-tune and evaluate (default: a CNN on scikit-learn digits)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..run import RunConfig
+
+    d = RunConfig()
+    p.add_argument("-c", "--config", help="TOML file of settings (command-line options override it)")
+    p.add_argument("--data", help=f"data set name (default {d.data})")
+    p.add_argument("--model", help=f"model name (default {d.model})")
+    p.add_argument("--target", help=f'size target: "24x" weight compression, "300KB" model size, "1.5bits" (default {d.target})')
+    p.add_argument("--bits", type=parse_bits, dest="candidates", help="candidate bitwidths, e.g. 1,2,4,8,16,32")
+    p.add_argument("--pin", type=parse_pin, action="append", dest="pins", metavar="LAYER=BITS",
+                   help="fix layers matching a glob pattern at BITS (repeatable)")
+    p.add_argument("--exclude", action="append", metavar="PATTERN", help="keep layers matching PATTERN in float (repeatable)")
+    p.add_argument("--float-epochs", type=int, help=f"float training epochs when no checkpoint is given (default {d.float_epochs})")
+    p.add_argument("--search-epochs", type=int, help=f"search epochs (default {d.search_epochs})")
+    p.add_argument("--finetune-epochs", type=int, help=f"fine-tuning epochs (default {d.finetune_epochs})")
+    p.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
+    p.add_argument("--held-out-fraction", type=float, help=f"training data held out for the logits (default {d.held_out_fraction})")
+    p.add_argument("--no-distill", dest="distill", action="store_false", default=None,
+                   help="do not distil from the float model during search and fine-tuning")
+    p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--out", help="run folder (default runs/<time>-<model>-<target>)")
+    p.add_argument("--checkpoint", help="float checkpoint to start from instead of training the float model")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..run import RunConfig, run_search
+    from ..report import format_table
+
+    config = resolve_config(RunConfig, args, skip=set())
+    cmd = "mixbits " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = run_search(config, progress=not args.quiet, command=cmd)
+    print(format_table(report))
+    print(f"\nrun folder: {report['run_folder']}  ({report['seconds']['total']:.1f} s on {report['device']})")
+    return 0
+
+

@@ -1,0 +1,14 @@
+"""Data sets as tensors kept on the training device, and batch loaders over them.
+
+``load_dataset(name)`` returns a :class:`TensorDataset`: uint8 or float images
+with integer labels for a train and a test split. ``split_held_out`` makes the
+fixed, seeded split of the training set into the part that trains weights and
+the held-out part that trains the search's logits; the test split is never used
+for search or selection. :class:`TensorLoader` iterates batches of a tensor data
+set on its device, with whole-batch augmentation and no per-sample Python.
+"""
+
+from .datasets import DATASETS, TensorDataset, load_dataset, register_dataset, split_held_out
+from .loader import TensorLoader
+
+__all__ = ["DATASETS", "TensorDataset", "TensorLoader", "load_dataset", "register_dataset", "split_held_out"]

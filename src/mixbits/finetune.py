@@ -1,0 +1,27 @@
+"""Fine-tuning at fixed bits: quantization-aware training with straight-through rounding."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .space import BitSpace
+from .train import TrainConfig, fit
+
+__all__ = ["finetune_"]
+
+
+def finetune_(model: nn.Module, space: BitSpace, bits: Mapping[str, int], loader: Iterable, config: TrainConfig, *,
+              device: str | torch.device = "cpu", teacher: nn.Module | None = None,
+              on_epoch: Callable[[int, dict], None] | None = None, progress: bool = False) -> list[dict]:
+    """Fix ``model`` at ``bits`` and train its weights in place (optionally distilled from ``teacher``).
+
+    Returns:
+        per-epoch training stats.
+    """
+    space.fix_(bits)
+    model.to(device)
+    return fit(model, loader, config, device=device, teacher=teacher, on_epoch=on_epoch, progress=progress,
+               desc="finetune")

@@ -1,0 +1,144 @@
+"""Weight quantizers as pure tensor functions.
+
+Every quantizer works per output channel (dim 0 of a Conv/Linear weight) and has
+two faces that always agree exactly:
+
+* ``weight_codes`` / ``dequantize``: the integer codes and float16 scales that an
+  exported file stores;
+* ``fake_quantize``: the float weight the network computes with during search and
+  fine-tuning, ``dequantize(weight_codes(w))`` with a straight-through gradient.
+
+Bitwidths: 1 is binary (sign times the channel's mean |w|, as in BWN); 2..8 are
+symmetric uniform with levels ``-qmax..qmax`` (``qmax = 2**(b-1) - 1``) and a
+clipping scale chosen per channel to minimise the squared error; 16 is IEEE half
+precision; 32 leaves the weight unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "FLOAT_BITS",
+    "HALF_BITS",
+    "INT_BITS",
+    "SCALE_BITS",
+    "check_bits",
+    "dequantize",
+    "fake_quantize",
+    "quantize_hard",
+    "weight_codes",
+    "weight_scale",
+]
+
+INT_BITS = tuple(range(1, 9))  # bitwidths stored as integer codes plus a scale
+HALF_BITS = 16
+FLOAT_BITS = 32
+SCALE_BITS = 16  # per-channel scales are stored as float16
+VALID_BITS = INT_BITS + (HALF_BITS, FLOAT_BITS)
+
+# Clipping ratios (fraction of the channel's max |w|) tried for uniform quantizers.
+_CLIP_GRID = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+_MIN_SCALE = 2.0**-14  # smallest normal float16: keeps stored scales exact
+
+
+def check_bits(bits: int) -> int:
+    """Return ``bits`` if it is a supported weight bitwidth.
+
+    Raises:
+        ValueError: if ``bits`` is not one of 1..8, 16 or 32.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in VALID_BITS:
+        raise ValueError(
+            f"unsupported bitwidth {bits!r}: choose from 1..8 (integer codes), 16 (half) or 32 (float)"
+        )
+    return bits
+
+
+def _qmax(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def _to_half_exact(scale: torch.Tensor) -> torch.Tensor:
+    """Round a positive scale to a float16 value (kept in the input dtype)."""
+    return scale.clamp(min=_MIN_SCALE, max=60000.0).half().to(scale.dtype)
+
+
+@torch.no_grad()
+def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel scale of the ``bits``-bit quantizer, exactly representable in float16.
+
+    Args:
+        w: weight, shape (C_out, ...).
+        bits: an integer bitwidth in 1..8.
+
+    Returns:
+        scale, shape (C_out,), dtype of ``w``.
+    """
+    check_bits(bits)
+    if bits not in INT_BITS:
+        raise ValueError(f"bitwidth {bits} has no scale: only 1..8-bit codes are scaled")
+    flat = w.detach().reshape(w.shape[0], -1)  # (C, n)
+    if bits == 1:
+        return _to_half_exact(flat.abs().mean(dim=1))
+    qmax = _qmax(bits)
+    wmax = flat.abs().amax(dim=1).clamp(min=_MIN_SCALE)  # (C,)
+    grid = _CLIP_GRID.to(device=w.device, dtype=w.dtype)
+    scales = _to_half_exact(wmax[:, None] * grid[None, :] / qmax)  # (C, G)
+    q = (flat[:, None, :] / scales[:, :, None]).round().clamp(-qmax, qmax)  # (C, G, n)
+    err = (q * scales[:, :, None] - flat[:, None, :]).pow(2).sum(dim=2)  # (C, G)
+    best = err.argmin(dim=1)  # (C,)
+    return scales.gather(1, best[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def weight_codes(w: torch.Tensor, bits: int, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer codes and per-channel scale of ``w`` at ``bits`` in 1..8.
+
+    Binary codes are 0 (negative) and 1 (non-negative); uniform codes are the
+    signed levels ``-qmax..qmax``.
+
+    Args:
+        w: weight, shape (C_out, ...).
+        bits: integer bitwidth 1..8.
+        scale: optional precomputed scale, shape (C_out,).
+
+    Returns:
+        (codes int16 with the shape of ``w``, scale of shape (C_out,)).
+    """
+    if scale is None:
+        scale = weight_scale(w, bits)
+    view = (-1,) + (1,) * (w.dim() - 1)
+    if bits == 1:
+        codes = (w >= 0).to(torch.int16)
+    else:
+        qmax = _qmax(bits)
+        codes = (w / scale.view(view)).round().clamp(-qmax, qmax).to(torch.int16)
+    return codes, scale
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Float weight from integer codes (shape (C_out, ...)) and scales (shape (C_out,))."""
+    view = (-1,) + (1,) * (codes.dim() - 1)
+    scale = scale.float().view(view)
+    if bits == 1:
+        return (codes.float() * 2.0 - 1.0) * scale
+    return codes.float() * scale
+
+
+def quantize_hard(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """The quantized weight, without gradient (what an exported file reproduces)."""
+    check_bits(bits)
+    if bits == FLOAT_BITS:
+        return w.detach()
+    if bits == HALF_BITS:
+        return w.detach().half().to(w.dtype)
+    codes, scale = weight_codes(w, bits)
+    return dequantize(codes, scale, bits).to(w.dtype)
+
+
+def fake_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Quantize ``w`` to ``bits`` with a straight-through gradient (identity backward)."""
+    if bits == FLOAT_BITS:
+        return w
+    return w + (quantize_hard(w, bits) - w).detach()

@@ -1,0 +1,109 @@
+"""Reports of a bit assignment: per-layer rows and totals, as a dict, a table and Markdown.
+
+The printed table, the JSON report and the Markdown report are made from the
+same dict, so they never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .space import BitSpace
+
+__all__ = ["build_report", "format_table", "to_markdown"]
+
+
+def build_report(space: BitSpace, bits: Mapping[str, int], **extra: Any) -> dict[str, Any]:
+    """Per-layer rows and totals of ``bits`` on ``space``; ``extra`` keys are added at the top level.
+
+    Returns:
+        {"layers": [...], "float_layers": [...], "totals": {...}, **extra}.
+    """
+    cost = space.cost
+    q_total = cost.quantized_bits(bits)
+    rows = []
+    for layer in space.layers:
+        b = int(bits[layer.name])
+        size = layer.size_bits(b)
+        rows.append({
+            "name": layer.name,
+            "aliases": list(layer.aliases),
+            "kind": layer.kind,
+            "shape": list(layer.shape),
+            "weights": layer.num_weights,
+            "bits": b,
+            "pinned": layer.pinned,
+            "size_bits": size,
+            "share_of_quantized": size / q_total,
+        })
+    float_layers = [{"name": n, "kind": k, "params": p, "reason": r} for n, k, p, r in space.float_layers]
+    return {"layers": rows, "float_layers": float_layers, "totals": cost.summary(bits), **extra}
+
+
+def _kib(bits: float) -> str:
+    return f"{bits / 8192:.2f} KiB"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _total_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    t = report["totals"]
+    lines = [
+        ("float model size", _kib(t["float_model_bits"])),
+        ("quantized model size", _kib(t["model_bits"])),
+        ("  of which quantized weights", _kib(t["quantized_bits"])),
+        ("  of which kept in float", _kib(t["float_rest_bits"])),
+        ("weight compression", f"{t['weight_compression']:.2f}x"),
+        ("whole-model compression", f"{t['model_compression']:.2f}x"),
+        ("average weight bits", f"{t['average_bits']:.3f}"),
+    ]
+    if "target" in report:
+        lines.append(("target", f"{report['target']} (budget {_kib(report['budget_bits'])} for quantized weights, "
+                                f"{100 * t['quantized_bits'] / report['budget_bits']:.1f}% used)"))
+    for key, label in (("float_test_accuracy", "float test accuracy"),
+                       ("derived_test_accuracy", "test accuracy at derived bits, before fine-tuning"),
+                       ("final_test_accuracy", "final test accuracy")):
+        if key in report:
+            lines.append((label, _pct(report[key])))
+    return lines
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """Plain-text per-layer table and totals, for a terminal."""
+    rows = report["layers"]
+    w = max([len("layer")] + [len(r["name"]) for r in rows])
+    out = [f"{'layer':<{w}}  {'kind':<8} {'weights':>9} {'bits':>4} {'size':>12} {'share':>6}"]
+    for r in rows:
+        name = r["name"] + (" *" if r["pinned"] else "")
+        out.append(f"{name:<{w}}  {r['kind']:<8} {r['weights']:>9} {r['bits']:>4} {_kib(r['size_bits']):>12} "
+                   f"{100 * r['share_of_quantized']:>5.1f}%")
+    if any(r["pinned"] for r in rows):
+        out.append("* pinned")
+    if report["float_layers"]:
+        out.append("kept in float: " + ", ".join(f"{f['name']} ({f['kind']}, {f['reason']})" for f in report["float_layers"][:12])
+                   + (" ..." if len(report["float_layers"]) > 12 else ""))
+    out.append("")
+    lw = max(len(k) for k, _ in _total_lines(report))
+    out.extend(f"{k:<{lw}}  {v}" for k, v in _total_lines(report))
+    return "\n".join(out)
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    """The report as a Markdown document."""
+    out = ["# mixbits report", ""]
+    if "command" in report:
+        out += [f"Command: `{report['command']}`", ""]
+    out += ["| layer | kind | weights | bits | size | share |", "|---|---|---:|---:|---:|---:|"]
+    for r in report["layers"]:
+        pin = " (pinned)" if r["pinned"] else ""
+        alias = f" = {', '.join(r['aliases'])}" if r["aliases"] else ""
+        out.append(f"| `{r['name']}`{alias}{pin} | {r['kind']} | {r['weights']} | {r['bits']} | {_kib(r['size_bits'])} | "
+                   f"{100 * r['share_of_quantized']:.1f}% |")
+    if report["float_layers"]:
+        out += ["", "Kept in float:", ""]
+        out += [f"- `{f['name']}` ({f['kind']}, {f['params']} parameters): {f['reason']}" for f in report["float_layers"]]
+    out += ["", "| total | value |", "|---|---|"]
+    out += [f"| {k.strip()} | {v} |" for k, v in _total_lines(report)]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,259 @@
+"""The differentiable bitwidth search under a hard size target.
+
+Each step is ONE forward/backward: either a weight step on a training batch
+(SGD on the float weights, through the mixed weights) or a logit step on a
+held-out batch (Adam on the logits, task loss); the two kinds interleave so both
+splits are consumed once per epoch (first-order bilevel, as in DARTS).
+
+The budget is a constraint, not a penalty to tune: the probabilities are
+``softmax((a - lam * cost) / T)`` where the Lagrange multiplier ``lam`` is solved
+after every logit step (:meth:`BitSpace.project_`) so that the expected size
+equals the budget exactly. The logits thus learn only what the task prefers; the
+price ``lam`` turns that into an allocation that spends the whole budget. The
+softmax temperature anneals geometrically so the choice sharpens. At the end the
+budget solver derives the discrete bits that best follow the logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .budget import budget_bits, parse_target
+from .derive import solve_budget
+from .space import BitSpace
+from .train import NonFiniteLossError, _bar, cosine_lr, distill_loss
+
+__all__ = ["SearchConfig", "SearchResult", "search", "derive_bits"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    """Settings of the search.
+
+    Attributes:
+        target: size target, e.g. ``"24x"``, ``"300KB"``, ``"1.5bits"`` (see :mod:`mixbits.budget`).
+        epochs: search epochs (each consumes the weight split and the held-out split once).
+        warmup_epochs: epochs of weight-only steps on the mixed model before the logits learn.
+        weight_lr: peak SGD learning rate of the weights (cosine decay).
+        weight_decay: SGD weight decay of the weights.
+        logit_lr: Adam learning rate of the logits.
+        temperature_start, temperature_end: softmax temperature at the start and end.
+        gumbel: add Gumbel noise to the logits during search.
+        distill_weight: weight of the KL term to the float teacher in weight steps (needs a teacher).
+    """
+
+    target: str = "24x"
+    epochs: int = 10
+    warmup_epochs: int = 1
+    weight_lr: float = 0.02
+    weight_decay: float = 5e-4
+    logit_lr: float = 0.05
+    temperature_start: float = 1.0
+    temperature_end: float = 0.05
+    gumbel: bool = False
+    distill_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        parse_target(self.target)
+        if self.epochs < 1:
+            raise ValueError(f"search epochs must be >= 1, got {self.epochs}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} with {self.epochs} epochs")
+        if not (self.temperature_start > 0 and self.temperature_end > 0):
+            raise ValueError("temperatures must be positive")
+        for name in ("weight_lr", "logit_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class SearchResult:
+    """Outcome of :func:`search`.
+
+    Attributes:
+        bits: derived assignment {layer name: bits}, within the budget.
+        budget_bits: the budget on the quantized weights, bits.
+        multiplier: final Lagrange multiplier.
+        history: per-epoch records (losses, expected size, multiplier, temperature, probabilities).
+    """
+
+    bits: dict[str, int]
+    budget_bits: int
+    multiplier: float
+    history: list[dict] = field(default_factory=list)
+
+
+def derive_bits(space: BitSpace, budget: int, *, fill: bool = True) -> dict[str, int]:
+    """The discrete assignment the search prefers, with exact size <= ``budget``.
+
+    First the assignment that maximises the summed log-probabilities under the
+    budget. With ``fill``, the budget this leaves unused is then spent on upgrades
+    only (no layer gets fewer bits): the most of the budget that upgrades can use,
+    ties broken by the search's preference. More bits in a layer do not lower the
+    accuracy a fine-tuning reaches, so an unused budget is accuracy given away.
+    """
+    prefs = space.preferences()
+    costs = space.cost.cost_table()
+    bits = solve_budget(prefs, costs, budget)
+    if not fill:
+        return bits
+    up_costs = {n: {b: c for b, c in costs[n].items() if b >= bits[n]} for n in costs}
+    up_scores = {n: {b: c / budget + 1e-4 * prefs[n][b] for b, c in up_costs[n].items()} for n in costs}
+    return solve_budget(up_scores, up_costs, budget)
+
+
+def _temperature(config: SearchConfig, progress: float) -> float:
+    t0, t1 = config.temperature_start, config.temperature_end
+    return t0 * (t1 / t0) ** min(1.0, max(0.0, progress))
+
+
+def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_loader: Iterable,
+           config: SearchConfig, *, device: str | torch.device = "cpu", teacher: nn.Module | None = None,
+           on_epoch: Callable[[int, dict], None] | None = None, progress: bool = False) -> SearchResult:
+    """Search the bitwidths of a prepared model under ``config.target``.
+
+    Args:
+        model: the model, prepared with :func:`mixbits.prepare_`, starting from float weights.
+        space: its BitSpace.
+        train_loader: batches that train the weights.
+        held_out_loader: batches that train the logits (disjoint from the training batches).
+        config: search settings.
+        device: where model, space and batches live.
+        teacher: float model for distillation in weight steps (``config.distill_weight > 0``).
+        on_epoch: called after each epoch with (epoch, record).
+        progress: show a progress bar.
+
+    Returns:
+        the derived bits and the search history.
+
+    Raises:
+        ValueError: an unreachable target (before any training).
+        NonFiniteLossError: NaN/inf loss; model and logits restored to the start of that epoch.
+    """
+    budget = budget_bits(config.target, space.cost)
+    if config.distill_weight > 0 and teacher is None:
+        raise ValueError("distill_weight > 0 needs a teacher model")
+    model.to(device)
+    space.to(device)
+    space.unfix_()
+    space.set_gumbel_(config.gumbel)
+    weights = [p for p in model.parameters() if p.requires_grad]
+    w_opt = torch.optim.SGD([{"params": [p for p in weights if p.dim() > 1], "weight_decay": config.weight_decay},
+                             {"params": [p for p in weights if p.dim() <= 1], "weight_decay": 0.0}],
+                            lr=config.weight_lr, momentum=0.9, nesterov=True)
+    a_opt = torch.optim.Adam(space.parameters(), lr=config.logit_lr, betas=(0.5, 0.999))
+    n_tr, n_ho = len(train_loader), len(held_out_loader)  # type: ignore[arg-type]
+    if n_tr == 0 or n_ho == 0:
+        raise ValueError("search needs non-empty training and held-out data")
+    total_w_steps = config.epochs * n_tr
+    arch_epochs = config.epochs - config.warmup_epochs
+    lam = space.project_(budget)
+    w_step = 0
+    history: list[dict] = []
+    if teacher is not None:
+        teacher.eval()
+    space.set_temperature_(config.temperature_start)
+    for epoch in range(config.epochs):
+        good = (copy.deepcopy(model.state_dict()), copy.deepcopy(space.state_dict()), lam)
+        model.train()
+        space.train()
+        arch_on = epoch >= config.warmup_epochs
+        tr_it, ho_it = iter(train_loader), iter(held_out_loader)
+        done_tr = done_ho = 0
+        sums = {"loss": 0.0, "held_loss": 0.0, "correct": 0, "seen": 0}
+        steps = n_tr + (n_ho if arch_on else 0)
+        bar = _bar(steps, f"search {epoch + 1}/{config.epochs}", progress)
+        for _ in range(steps):
+            arch_step = arch_on and done_ho < n_ho and (done_tr >= n_tr or done_ho * n_tr <= done_tr * n_ho)
+            if arch_step:
+                x, y = next(ho_it)
+                x, y = x.to(device), y.to(device)
+                t = _temperature(config, (epoch - config.warmup_epochs + done_ho / n_ho) / arch_epochs)
+                space.set_temperature_(t)
+                lam = space.project_(budget)
+                task = F.cross_entropy(model(x), y)
+                loss = task
+                _check_finite(loss, model, space, good, epoch, "held-out")
+                a_opt.zero_grad(set_to_none=True)
+                w_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                a_opt.step()
+                lam = space.project_(budget)
+                done_ho += 1
+                sums["held_loss"] += task.item()
+            else:
+                x, y = next(tr_it)
+                x, y = x.to(device), y.to(device)
+                lr = cosine_lr(w_step, total_w_steps, 0, config.weight_lr)
+                for g in w_opt.param_groups:
+                    g["lr"] = lr
+                out = model(x)
+                loss = F.cross_entropy(out, y)
+                if config.distill_weight > 0:
+                    with torch.no_grad():
+                        t_out = teacher(x)  # type: ignore[misc]
+                    loss = (1 - config.distill_weight) * loss + config.distill_weight * distill_loss(out, t_out, 4.0)
+                _check_finite(loss, model, space, good, epoch, "training")
+                w_opt.zero_grad(set_to_none=True)
+                a_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                w_opt.step()
+                w_step += 1
+                done_tr += 1
+                sums["loss"] += loss.item()
+                sums["correct"] += int((out.argmax(1) == y).sum())
+                sums["seen"] += y.shape[0]
+            if bar is not None:
+                bar.update(1)
+                if done_ho % 4 == 0:
+                    exp = float(space.expected_quantized_bits())
+                    bar.set_postfix(loss=f"{sums['loss'] / max(done_tr, 1):.3f}",
+                                    size=f"{space.cost.float_quantized_bits() / exp:.1f}x", lam=f"{lam:.3f}",
+                                    T=f"{space.decision_list[0].temperature:.3f}")
+        if bar is not None:
+            bar.close()
+        with torch.no_grad():
+            exp_bits = float(space.expected_quantized_bits())
+        record = {
+            "epoch": epoch + 1,
+            "loss": sums["loss"] / max(done_tr, 1),
+            "train_accuracy": sums["correct"] / max(sums["seen"], 1),
+            "held_out_loss": sums["held_loss"] / done_ho if done_ho else None,
+            "expected_quantized_bits": exp_bits,
+            "expected_weight_compression": space.cost.float_quantized_bits() / exp_bits,
+            "budget_bits": budget,
+            "multiplier": lam,
+            "temperature": space.decision_list[0].temperature,
+            "argmax_bits": space.argmax_bits(),
+            "probs": {n: [round(float(v), 5) for v in torch.softmax(d.logits.detach(), -1)] for n, d in
+                      zip(space.names, space.decision_list)},
+        }
+        history.append(record)
+        log.info("search epoch %d/%d loss %.4f expected %.2fx (target budget %d bits) lam %.4f T %.4f",
+                 epoch + 1, config.epochs, record["loss"], record["expected_weight_compression"], budget, lam,
+                 record["temperature"])
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+    space.set_gumbel_(False)
+    bits = derive_bits(space, budget)
+    return SearchResult(bits=bits, budget_bits=budget, multiplier=lam, history=history)
+
+
+def _check_finite(loss: torch.Tensor, model: nn.Module, space: BitSpace, good: tuple, epoch: int, split: str) -> None:
+    if torch.isfinite(loss):
+        return
+    model.load_state_dict(good[0])
+    space.load_state_dict(good[1])
+    raise NonFiniteLossError(
+        f"search: the {split} loss became {loss.item()} in epoch {epoch + 1}; weights and logits were restored "
+        f"to the start of that epoch. Lower weight_lr/logit_lr or check the data for NaN/inf.")
