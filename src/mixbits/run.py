@@ -7,7 +7,7 @@ user calls, and writes the run folder:
 - ``settings.json``  the resolved settings;
 - ``float.pt``       the float checkpoint (when trained here);
 - ``bits.json``      {layer name: bits};
-- ``search.json``    per-epoch search history (expected size, multiplier, probabilities);
+- ``search.json``    the method's per-epoch history (expected size, multiplier, probabilities);
 - ``report.json`` / ``report.md``  per-layer table, totals, accuracies;
 - ``finetuned.pt``   the fine-tuned weights with their bits.
 """
@@ -29,7 +29,7 @@ from .finetune import finetune_
 from .models import create_model
 from .report import build_report, format_table, to_markdown
 from .runfiles import load_checkpoint, prepare_run_dir, save_checkpoint, write_json, write_text
-from .search import SearchConfig, search
+from .methods import METHODS, AllocationContext, allocate
 from .space import DEFAULT_CANDIDATES, PrepareConfig, prepare_
 from .train import TrainConfig, evaluate, fit
 
@@ -43,7 +43,10 @@ class RunConfig:
     """Every setting of a ``mixbits search`` run (the CLI options)."""
 
     data: str = "digits"
+    data_root: str | None = None
     model: str = "digits_cnn"
+    method: str = "search"
+    method_options: Mapping[str, Any] = field(default_factory=dict)
     target: str = "24x"
     candidates: tuple[int, ...] = DEFAULT_CANDIDATES
     pins: Mapping[str, int] = field(default_factory=dict)
@@ -136,15 +139,17 @@ def run_search(config: RunConfig, *, progress: bool = True, command: str | None 
     t_start = time.time()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    ds = load_dataset(config.data)
-    c, h = ds.input_shape[0], ds.input_shape[1]
-    model = create_model(config.model, in_channels=c, num_classes=ds.num_classes, input_size=h)
+    ds = load_dataset(config.data, root=config.data_root)
+    model_kwargs = {"in_channels": ds.input_shape[0], "num_classes": ds.num_classes, "input_size": ds.input_shape[1]}
+    model = create_model(config.model, **model_kwargs)
+    METHODS.get(config.method)  # an unknown method fails here, before any training
     prep = PrepareConfig(candidates=config.candidates, pins=config.pins, exclude=config.exclude)
     # Validate pins, excludes and the target on a throwaway copy before any training.
     probe_space = prepare_(copy.deepcopy(model), prep)
     budget = budget_bits(config.target, probe_space.cost)
     out = prepare_run_dir(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.model}-{config.target}")
     settings = {**asdict(config), "candidates": list(config.candidates), "pins": dict(config.pins),
+                "method_options": dict(config.method_options),
                 "exclude": list(config.exclude), "out": str(out), "device_resolved": str(device)}
     write_json(out / "settings.json", settings)
     loaders = _loaders(ds, config, device)
@@ -161,21 +166,22 @@ def run_search(config: RunConfig, *, progress: bool = True, command: str | None 
     float_time = time.time() - t0
     float_acc = evaluate(model, loaders["test"], device=device)
     if not config.checkpoint:
-        save_checkpoint(out / "float.pt", {"model": config.model, "data": config.data,
+        save_checkpoint(out / "float.pt", {"model": config.model, "model_kwargs": model_kwargs, "data": config.data,
                                            "state_dict": model.state_dict(), "test_accuracy": float_acc})
     log.info("float test accuracy %.4f", float_acc)
     teacher = copy.deepcopy(model).eval() if config.distill else None
 
-    # 2. search
+    # 2. allocate the bits (the differentiable search by default)
     t0 = time.time()
     space = prepare_(model, prep)
-    result = search(model, space, loaders["weights"], loaders["held_out"],
-                    SearchConfig(target=config.target, epochs=config.search_epochs,
-                                 distill_weight=0.5 if config.distill else 0.0),
-                    device=device, teacher=teacher, progress=progress)
+    result = allocate(config.method, AllocationContext(
+        model=model, space=space, loaders=loaders, budget_bits=budget, target=config.target,
+        epochs=config.search_epochs, seed=config.seed, device=device, teacher=teacher, progress=progress,
+        options=config.method_options))
     search_time = time.time() - t0
     write_json(out / "bits.json", result.bits)
-    write_json(out / "search.json", {"budget_bits": result.budget_bits, "history": result.history})
+    write_json(out / "search.json", {"method": config.method, "budget_bits": budget, "info": result.info,
+                                     "history": result.history})
     space.fix_(result.bits)
     derived_acc = evaluate(model, loaders["test"], device=device)
 
@@ -187,12 +193,14 @@ def run_search(config: RunConfig, *, progress: bool = True, command: str | None 
               device=device, teacher=teacher, progress=progress)
     finetune_time = time.time() - t0
     final_acc = evaluate(model, loaders["test"], device=device)
-    save_checkpoint(out / "finetuned.pt", {"model": config.model, "data": config.data, "bits": result.bits,
+    save_checkpoint(out / "finetuned.pt", {"model": config.model, "model_kwargs": model_kwargs, "data": config.data,
+                                           "data_root": config.data_root, "bits": result.bits,
                                            "candidates": list(config.candidates), "state_dict": model.state_dict(),
                                            "test_accuracy": final_acc})
 
     report = build_report(
-        space, result.bits, target=config.target, budget_bits=budget, float_test_accuracy=float_acc,
+        space, result.bits, method=config.method, target=config.target, budget_bits=budget,
+        float_test_accuracy=float_acc,
         derived_test_accuracy=derived_acc, final_test_accuracy=final_acc, model=config.model, data=config.data,
         seconds={"float": round(float_time, 2), "search": round(search_time, 2), "finetune": round(finetune_time, 2),
                  "total": round(time.time() - t_start, 2)},

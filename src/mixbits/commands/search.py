@@ -18,7 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
     p.add_argument("-c", "--config", help="TOML file of settings (command-line options override it)")
     p.add_argument("--data", help=f"data set name (default {d.data})")
+    p.add_argument("--data-root", help="where the data set lives (a folder or zip), or is downloaded to")
     p.add_argument("--model", help=f"model name (default {d.model})")
+    p.add_argument("--method", help=f"allocation method (default {d.method})")
     p.add_argument("--target", help=f'size target: "24x" weight compression, "300KB" model size, "1.5bits" (default {d.target})')
     p.add_argument("--bits", type=parse_bits, dest="candidates", help="candidate bitwidths, e.g. 1,2,4,8,16,32")
     p.add_argument("--pin", type=parse_pin, action="append", dest="pins", metavar="LAYER=BITS",

@@ -44,9 +44,14 @@ DATASETS: Registry[Callable[..., TensorDataset]] = Registry("data set")
 register_dataset = DATASETS.register
 
 
-def load_dataset(name: str, **kwargs) -> TensorDataset:
-    """Load a registered data set by name (an unknown name lists the known ones)."""
-    return DATASETS.get(name)(**kwargs)
+def load_dataset(name: str, *, root: str | None = None) -> TensorDataset:
+    """Load a registered data set by name (an unknown name lists the known ones).
+
+    Args:
+        name: registry name.
+        root: where the data set lives or is downloaded to (ignored by data sets that ship in a package).
+    """
+    return DATASETS.get(name)(root=root)
 
 
 def split_held_out(num_train: int, held_out_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +71,7 @@ def split_held_out(num_train: int, held_out_fraction: float, seed: int = 0) -> t
 
 
 @register_dataset("digits")
-def digits(test_fraction: float = 0.2, seed: int = 0) -> TensorDataset:
+def digits(root: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> TensorDataset:
     """scikit-learn's 1,797 handwritten digits, 8x8 grey, 10 classes (ships with scikit-learn)."""
     try:
         from sklearn.datasets import load_digits

@@ -1,0 +1,17 @@
+"""Allocation methods: how a run chooses the bits under the budget.
+
+A method is a function registered by name in :data:`METHODS`::
+
+    @register_method("name")
+    def allocate(ctx: AllocationContext) -> Allocation: ...
+
+It receives the prepared model (float weights), its BitSpace, the loaders, the
+budget and the run's settings, and returns the bits (always derived with the
+exact budget solver of :mod:`mixbits.derive`, so every method meets the same
+budget under the same cost model). ``mixbits search --method NAME`` picks one.
+"""
+
+from .base import METHODS, Allocation, AllocationContext, allocate, register_method
+from . import differentiable  # noqa: F401  (registers "search")
+
+__all__ = ["METHODS", "Allocation", "AllocationContext", "allocate", "register_method"]

@@ -1,0 +1,63 @@
+"""The method registry and the data passed to and from a method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+from ..space import BitSpace
+
+__all__ = ["AllocationContext", "Allocation", "METHODS", "register_method", "allocate"]
+
+
+@dataclass
+class AllocationContext:
+    """Everything a method may use.
+
+    Attributes:
+        model: the prepared model, holding the float weights.
+        space: its BitSpace.
+        loaders: {"full", "weights", "held_out", "test"}; methods must not use "test".
+        budget_bits: the budget on the quantized weights, bits.
+        target: the target as the user wrote it.
+        epochs: the search epochs the run asked for.
+        seed: the run's seed.
+        device: where model and batches live.
+        teacher: the float model (for distillation), or None.
+        progress: show progress bars.
+        options: method-specific settings {name: value}.
+    """
+
+    model: nn.Module
+    space: BitSpace
+    loaders: Mapping[str, Any]
+    budget_bits: int
+    target: str
+    epochs: int
+    seed: int
+    device: torch.device
+    teacher: nn.Module | None = None
+    progress: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Allocation:
+    """What a method returns: the bits, and a history for reports (may be empty)."""
+
+    bits: dict[str, int]
+    history: list[dict] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+METHODS: Registry[Callable[[AllocationContext], Allocation]] = Registry("method")
+register_method = METHODS.register
+
+
+def allocate(name: str, ctx: AllocationContext) -> Allocation:
+    """Run the method ``name`` (an unknown name lists the known ones)."""
+    return METHODS.get(name)(ctx)

@@ -1,0 +1,16 @@
+"""``search``: the differentiable search of :mod:`mixbits.search` (the default method)."""
+
+from __future__ import annotations
+
+from ..search import SearchConfig, search
+from .base import Allocation, AllocationContext, register_method
+
+
+@register_method("search")
+def differentiable_search(ctx: AllocationContext) -> Allocation:
+    """Learn the bits with the weights on the held-out split (see :func:`mixbits.search`)."""
+    config = SearchConfig(target=ctx.target, epochs=ctx.epochs,
+                          distill_weight=0.5 if ctx.teacher is not None else 0.0, **dict(ctx.options))
+    result = search(ctx.model, ctx.space, ctx.loaders["weights"], ctx.loaders["held_out"], config,
+                    device=ctx.device, teacher=ctx.teacher, progress=ctx.progress)
+    return Allocation(bits=result.bits, history=result.history, info={"multiplier": result.multiplier})
