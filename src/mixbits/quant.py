@@ -27,6 +27,8 @@ __all__ = [
     "dequantize",
     "fake_quantize",
     "quantize_hard",
+    "quantize_int_stack",
+    "best_clip",
     "weight_codes",
     "weight_scale",
 ]
@@ -135,6 +137,52 @@ def quantize_hard(w: torch.Tensor, bits: int) -> torch.Tensor:
         return w.detach().half().to(w.dtype)
     codes, scale = weight_codes(w, bits)
     return dequantize(codes, scale, bits).to(w.dtype)
+
+
+@torch.no_grad()
+def best_clip(w: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
+    """Per-channel clipping ratios that :func:`weight_scale` picks, for several uniform bitwidths at once.
+
+    Args:
+        w: weight, shape (C_out, ...).
+        bits: uniform bitwidths, each in 2..8.
+
+    Returns:
+        clip ratios, shape (len(bits), C_out), values from the clipping grid.
+    """
+    flat = w.detach().reshape(w.shape[0], -1)  # (C, n)
+    qmax = torch.tensor([_qmax(b) for b in bits], dtype=w.dtype, device=w.device)  # (B,)
+    wmax = flat.abs().amax(dim=1).clamp(min=_MIN_SCALE)  # (C,)
+    grid = _CLIP_GRID.to(device=w.device, dtype=w.dtype)  # (G,)
+    scales = _to_half_exact(wmax[None, :, None] * grid[None, None, :] / qmax[:, None, None])  # (B, C, G)
+    q = (flat[None, :, None, :] / scales[..., None]).round()  # (B, C, G, n)
+    q = torch.minimum(torch.maximum(q, -qmax.view(-1, 1, 1, 1)), qmax.view(-1, 1, 1, 1))
+    err = (q * scales[..., None] - flat[None, :, None, :]).pow(2).sum(dim=3)  # (B, C, G)
+    return grid[err.argmin(dim=2)]  # (B, C)
+
+
+def quantize_int_stack(w: torch.Tensor, bits: tuple[int, ...], clip: torch.Tensor) -> torch.Tensor:
+    """Quantize ``w`` to several uniform bitwidths at once with given clipping ratios, no gradient.
+
+    With ``clip = best_clip(w, bits)`` the result equals ``quantize_hard(w, b)`` for each ``b``
+    exactly; the search refreshes ``clip`` only now and then, because the ratios move slowly
+    while the weights train and the grid search is the costly part.
+
+    Args:
+        w: weight, shape (C_out, ...).
+        bits: uniform bitwidths, each in 2..8.
+        clip: clipping ratios, shape (len(bits), C_out).
+
+    Returns:
+        quantized weights, shape (len(bits), *w.shape).
+    """
+    w = w.detach()
+    flat = w.reshape(1, w.shape[0], -1)  # (1, C, n)
+    qmax = torch.tensor([_qmax(b) for b in bits], dtype=w.dtype, device=w.device).view(-1, 1, 1)  # (B, 1, 1)
+    wmax = flat.abs().amax(dim=2, keepdim=True).clamp(min=_MIN_SCALE)  # (1, C, 1)
+    scale = _to_half_exact(wmax * clip[..., None] / qmax)  # (B, C, 1)
+    q = torch.minimum(torch.maximum((flat / scale).round(), -qmax), qmax) * scale  # (B, C, n)
+    return q.reshape((len(bits),) + tuple(w.shape))
 
 
 def fake_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:

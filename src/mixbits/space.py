@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
+
+import numpy as np
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cost import CostModel, LayerInfo
-from .quant import FLOAT_BITS, check_bits, fake_quantize, quantize_hard
+from .quant import FLOAT_BITS, HALF_BITS, best_clip, check_bits, fake_quantize, quantize_int_stack, weight_scale
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -74,9 +76,11 @@ class PrepareConfig:
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         for pattern, b in self.pins.items():
+            if isinstance(b, float) and b.is_integer():
+                b = int(b)
             try:
-                check_bits(int(b))
-            except (ValueError, TypeError) as exc:
+                check_bits(b)
+            except ValueError as exc:
                 raise ValueError(f"pin {pattern}={b!r}: {exc}") from None
         object.__setattr__(self, "pins", {str(k): int(v) for k, v in self.pins.items()})
 
@@ -97,6 +101,11 @@ class Decision(nn.Module):
         self.temperature = 1.0
         self.gumbel = False
         self.fixed_bits: int | None = self.candidates[0] if len(self.candidates) == 1 else None
+        self._uniform = tuple(b for b in self.candidates if 2 <= b <= 8)
+        # Clipping ratios of the uniform candidates, refreshed every `clip_refresh` mixed forwards.
+        self.clip_refresh = 16
+        self._clip: torch.Tensor | None = None
+        self._clip_age = 0
 
     def probs(self) -> torch.Tensor:
         """Probabilities over the candidates, shape (K,); Gumbel-perturbed when enabled in training."""
@@ -120,12 +129,33 @@ class Decision(nn.Module):
         p = self.probs().to(w.dtype)  # (K,)
         # sum_k p_k Q_k(w) written as w + sum_k p_k (Q_k(w) - w): the straight-through
         # gradient to w is the identity and the gradient to p_k is Q_k(w) - w, which
-        # equals Q_k(w) up to a constant that the softmax Jacobian cancels.
-        deltas = torch.stack([quantize_hard(w, b) - w.detach() for b in self.candidates])  # (K, *w.shape)
-        return w + torch.tensordot(p, deltas, dims=1)
+        # equals Q_k(w) up to a constant that the softmax Jacobian cancels. The 32-bit
+        # candidate adds nothing (Q_32(w) = w) and is skipped.
+        wd = w.detach()
+        parts = []  # quantized weights in ascending candidate order, 32 excluded
+        if self.candidates[0] == 1:
+            view = (-1,) + (1,) * (w.dim() - 1)
+            s = _binary_scale(wd).view(view)
+            parts.append(torch.where(wd >= 0, s, -s)[None])
+        if self._uniform:
+            if self._clip is None or self._clip_age >= self.clip_refresh or self._clip.device != w.device:
+                self._clip = best_clip(wd, self._uniform)
+                self._clip_age = 0
+            self._clip_age += 1
+            parts.append(quantize_int_stack(wd, self._uniform, self._clip))
+        if HALF_BITS in self.candidates:
+            parts.append(wd.half().to(w.dtype)[None])
+        if not parts:
+            return w
+        deltas = (parts[0] if len(parts) == 1 else torch.cat(parts)) - wd  # (K', *w.shape)
+        return w + torch.tensordot(p[: deltas.shape[0]], deltas, dims=1)
 
     def extra_repr(self) -> str:
         return f"candidates={self.candidates}, fixed_bits={self.fixed_bits}"
+
+
+def _binary_scale(w: torch.Tensor) -> torch.Tensor:
+    return weight_scale(w, 1)
 
 
 _DECISION_ATTR = "_mixbits_decision"
@@ -215,27 +245,16 @@ class BitSpace(nn.Module):
         if target <= 0:
             raise ValueError(f"the pinned layers alone ({fixed} bits) exceed the budget of {budget_bits} bits")
         k_max = max(len(layer.candidates) for layer, _ in free)
-        a = torch.full((len(free), k_max), -math.inf, dtype=torch.float64)  # (L, K)
-        c = torch.zeros((len(free), k_max), dtype=torch.float64)  # (L, K), in units of the budget
+        a = np.full((len(free), k_max), -np.inf)  # (L, K) logits / T
+        c = np.zeros((len(free), k_max))  # (L, K) sizes in units of the budget
         for i, (layer, d) in enumerate(free):
             k = len(layer.candidates)
-            a[i, :k] = d.logits.detach().double().cpu() / d.temperature
-            c[i, :k] = torch.tensor([layer.size_bits(b) for b in layer.candidates], dtype=torch.float64) / target
-
-        def expected(nu: float) -> float:
-            return float((torch.softmax(a - nu * c, dim=1) * c).sum())
-
-        lo, hi = -1e6, 1e6
-        for _ in range(100):
-            mid = 0.5 * (lo + hi)
-            if expected(mid) > 1.0:
-                lo = mid
-            else:
-                hi = mid
-        nu = hi  # the side that does not overspend
+            a[i, :k] = d.logits.detach().double().cpu().numpy() / d.temperature
+            c[i, :k] = np.array([layer.size_bits(b) for b in layer.candidates], dtype=np.float64) / target
+        nu = _solve_price(a, c)
         for i, (_, d) in enumerate(free):
             k = len(d.candidates)
-            d.shift.copy_((nu * d.temperature * c[i, :k]).to(d.shift))
+            d.shift.copy_(torch.from_numpy(nu * d.temperature * c[i, :k]).to(d.shift))
         return nu * free[0][1].temperature
 
     def clear_prices_(self) -> None:
@@ -286,6 +305,38 @@ class BitSpace(nn.Module):
             layer.name: {b: float(v) for b, v in zip(layer.candidates, d.preference())}
             for layer, d in self.items()
         }
+
+
+def _expected_sizes(a: np.ndarray, c: np.ndarray, nus: np.ndarray) -> np.ndarray:
+    """Expected size (units of the budget) at each price in ``nus``; a (L, K), c (L, K), nus (M,) -> (M,)."""
+    z = a[None] - nus[:, None, None] * c[None]  # (M, L, K)
+    z = z - z.max(axis=2, keepdims=True)
+    e = np.exp(z)
+    return ((e * c[None]).sum(axis=2) / e.sum(axis=2)).sum(axis=1)
+
+
+def _solve_price(a: np.ndarray, c: np.ndarray) -> float:
+    """The price nu with expected size == 1 (budget units), by vectorised bracketing.
+
+    The expected size is non-increasing in nu. Each round evaluates 129 prices across the
+    current bracket and keeps the sub-interval where the size crosses 1; the first round
+    spans +-1e6 on a sinh-spaced grid, so both tiny and huge prices are resolved.
+    Returns the upper end of the bracket: the side that does not overspend.
+    """
+    nus = np.sinh(np.linspace(-np.arcsinh(1e6), np.arcsinh(1e6), 257))
+    for _ in range(6):
+        e = _expected_sizes(a, c, nus)
+        above = e > 1.0
+        if above.all():
+            return float(nus[-1])
+        if not above.any():
+            return float(nus[0])
+        j = int(np.argmin(above))  # first price at which the size is within budget
+        lo, hi = nus[j - 1], nus[j]
+        if hi - lo < 1e-12 * max(1.0, abs(hi)):
+            break
+        nus = np.linspace(lo, hi, 129)
+    return float(nus[j])
 
 
 def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:

@@ -1,0 +1,53 @@
+import pytest
+from torch import nn
+
+from mixbits.budget import budget_bits, parse_target
+from mixbits.space import PrepareConfig, prepare_
+
+
+def _space(**kw):
+    return prepare_(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), PrepareConfig(**kw))
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("24x", "compression", 24.0), ("24X", "compression", 24.0), ("300KB", "size_bytes", 300_000.0),
+    ("1.2MB", "size_bytes", 1_200_000.0), ("2KiB", "size_bytes", 2048.0), ("1.5bits", "average_bits", 1.5),
+    ("4 bit", "average_bits", 4.0),
+])
+def test_parse(text, kind, value):
+    t = parse_target(text)
+    assert (t.kind, t.value) == (kind, value)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "0x", "-3x", "12", "3 parsecs", "nanx"])
+def test_parse_rejects(text):
+    with pytest.raises(ValueError):
+        parse_target(text)
+
+
+def test_budget_in_each_unit():
+    space = _space()
+    n = 64 * 32 + 32 * 10  # 2368
+    assert space.cost.num_quantized_weights == n
+    assert budget_bits("8x", space.cost) == (n * 32) // 8
+    assert budget_bits("2bits", space.cost) == 2 * n
+    rest = space.cost.float_rest_bits  # biases: 42 * 32
+    assert budget_bits("1KB", space.cost) == 8000 - rest
+
+
+def test_unreachable_and_too_large_targets_name_the_limits():
+    space = _space()
+    with pytest.raises(ValueError, match=r"unreachable.*between 1x and 2[0-9.]+x"):
+        budget_bits("31x", space.cost)
+    with pytest.raises(ValueError, match="larger than the model"):
+        budget_bits("0.5x", space.cost)
+    with pytest.raises(ValueError, match="unreachable"):
+        budget_bits("0.5bits", space.cost)
+    with pytest.raises(ValueError, match="KB"):
+        budget_bits("100B", space.cost)
+
+
+def test_pins_narrow_the_reachable_range():
+    space = _space(pins={"0": 8})
+    with pytest.raises(ValueError, match="unpin"):
+        budget_bits("20x", space.cost)

@@ -1,0 +1,61 @@
+import json
+import re
+
+import pytest
+
+from mixbits.cli import main
+
+FAST = ["--float-epochs", "2", "--search-epochs", "2", "--finetune-epochs", "1", "-q"]
+
+
+def test_search_writes_run_folder_and_prints_report_numbers(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", "--out", str(out), "--target", "16x", "--pin", "features.0=8", *FAST]) == 0
+    printed = capsys.readouterr().out
+    for name in ("settings.json", "bits.json", "report.json", "report.md", "finetuned.pt", "float.pt", "search.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    bits = json.loads((out / "bits.json").read_text())
+    assert bits["features.0"] == 8
+    assert report["totals"]["quantized_bits"] <= report["budget_bits"]
+    assert f"{report['totals']['weight_compression']:.2f}x" in printed
+    assert f"{100 * report['final_test_accuracy']:.2f}%" in printed
+    assert re.search(r"features\.0 \*\s+Conv2d\s+288\s+8", printed)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["target"] == "16x" and settings["pins"] == {"features.0": 8}
+
+
+def test_config_file_and_command_line_override(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('target = "8x"\nsearch_epochs = 2\nfloat_epochs = 2\nfinetune_epochs = 1\nseed = 3\n')
+    out = tmp_path / "run"
+    assert main(["search", "-c", str(cfg), "--target", "12x", "--out", str(out), "-q"]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["target"] == "12x" and settings["seed"] == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--target", "40x"], "unreachable"),
+    (["--target", "0x"], "must be positive"),
+    (["--target", "ten"], "cannot parse target"),
+    (["--pin", "nolayer=8"], "matches no quantizable layer"),
+    (["--exclude", "nolayer"], "matches no quantizable layer"),
+    (["--bits", "1,3,12"], "unsupported bitwidth 12"),
+    (["--model", "nomodel"], "unknown model 'nomodel'; known:"),
+    (["--data", "nodata"], "unknown data set 'nodata'; known:"),
+    (["--method", "nomethod"], "unknown method 'nomethod'; known:"),
+    (["--checkpoint", "/nonexistent/float.pt"], "does not exist"),
+])
+def test_bad_input_fails_fast_with_a_clear_message(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert main(["search", "--out", str(out), *FAST, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not (out / "float.pt").exists()
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('targett = "8x"\n')
+    assert main(["search", "-c", str(cfg), "-q"]) == 2
+    assert "unknown keys ['targett']" in capsys.readouterr().err

@@ -1,0 +1,53 @@
+import itertools
+import random
+
+import pytest
+
+from mixbits.derive import solve_budget, solve_budget_dp
+
+
+def brute_force(scores, costs, budget):
+    names = list(costs)
+    best, best_val = None, None
+    for combo in itertools.product(*[sorted(costs[n]) for n in names]):
+        total = sum(costs[n][b] for n, b in zip(names, combo))
+        if total > budget:
+            continue
+        val = sum(scores[n][b] for n, b in zip(names, combo))
+        if best_val is None or val > best_val + 1e-12:
+            best, best_val = dict(zip(names, combo)), val
+    return best, best_val
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_exact_solvers_match_brute_force(seed):
+    rng = random.Random(seed)
+    n_layers = rng.randint(1, 5)
+    cands = sorted(rng.sample([1, 2, 3, 4, 5, 6, 8, 16, 32], rng.randint(1, 5)))
+    costs, scores = {}, {}
+    for i in range(n_layers):
+        n = rng.randint(1, 40)
+        costs[f"l{i}"] = {b: n * b + rng.randint(0, 3) for b in cands}
+        scores[f"l{i}"] = {b: rng.uniform(-5, 0) for b in cands}
+    lo = sum(min(c.values()) for c in costs.values())
+    hi = sum(max(c.values()) for c in costs.values())
+    budget = rng.randint(lo, hi)
+    ref, ref_val = brute_force(scores, costs, budget)
+    for solver in (solve_budget, solve_budget_dp):
+        got = solver(scores, costs, budget)
+        assert sum(costs[n][b] for n, b in got.items()) <= budget
+        assert sum(scores[n][b] for n, b in got.items()) == pytest.approx(ref_val, abs=1e-6)
+
+
+def test_budget_below_minimum_is_an_error():
+    with pytest.raises(ValueError, match="below the smallest"):
+        solve_budget({"a": {1: 0.0}}, {"a": {1: 10}}, 9)
+
+
+def test_large_costs_never_exceed_budget():
+    rng = random.Random(0)
+    costs = {f"l{i}": {b: rng.randint(10_000, 3_000_000) * b for b in (1, 2, 4, 8, 16, 32)} for i in range(40)}
+    scores = {n: {b: rng.uniform(-3, 0) for b in c} for n, c in costs.items()}
+    budget = sum(c[2] for c in costs.values())
+    got = solve_budget(scores, costs, budget)
+    assert sum(costs[n][b] for n, b in got.items()) <= budget

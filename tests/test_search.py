@@ -1,0 +1,109 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mixbits.data import TensorLoader
+from mixbits.finetune import finetune_
+from mixbits.search import SearchConfig, derive_bits, search
+from mixbits.space import PrepareConfig, prepare_
+from mixbits.train import NonFiniteLossError, TrainConfig, evaluate, fit
+
+from .test_space import Zoo
+
+
+def _toy_data(n=256, seed=0):
+    """A learnable 5-class problem for the Zoo model: inputs (N, 2, 16)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, 16, generator=g)
+    w = torch.randn(32, 5, generator=g)
+    y = (x.flatten(1) @ w).argmax(1)
+    return x, y
+
+
+def _loaders(seed=0):
+    x, y = _toy_data(seed=seed)
+    xt, yt = _toy_data(n=128, seed=seed + 100)
+    mk = lambda a, b, s: TensorLoader(a, b, batch_size=32, shuffle=True, seed=s)
+    return mk(x[:192], y[:192], 1), mk(x[192:], y[192:], 2), TensorLoader(xt, yt, batch_size=64)
+
+
+def test_zoo_model_goes_through_search_finetune_evaluate():
+    """Conv1d, depthwise and grouped convs, a module used twice and a tied weight, end to end."""
+    model = Zoo()
+    train, held, test = _loaders()
+    fit(model, train, TrainConfig(epochs=3, lr=0.05))
+    float_acc = evaluate(model, test)
+    teacher = copy.deepcopy(model)
+    space = prepare_(model)
+    result = search(model, space, train, held, SearchConfig(target="8x", epochs=3, distill_weight=0.5),
+                    teacher=teacher)
+    assert set(result.bits) == set(space.names)
+    assert space.cost.quantized_bits(result.bits) <= result.budget_bits
+    assert space.cost.quantized_bits(result.bits) >= 0.9 * result.budget_bits
+    hist = finetune_(model, space, result.bits, train, TrainConfig(epochs=2, lr=0.01), teacher=teacher)
+    assert len(hist) == 2
+    assert space.fixed_bits() == result.bits
+    acc = evaluate(model, test)
+    assert 0.0 <= acc <= 1.0 and 0.0 <= float_acc <= 1.0
+    # the searched history records an expected size at the budget after every search epoch
+    for rec in result.history[1:]:
+        assert rec["expected_quantized_bits"] == pytest.approx(result.budget_bits, rel=1e-4)
+
+
+def test_search_is_deterministic_for_a_seed():
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = Zoo()
+        train, held, _ = _loaders()
+        space = prepare_(model)
+        outs.append(search(model, space, train, held, SearchConfig(target="12x", epochs=2)).bits)
+    assert outs[0] == outs[1]
+
+
+def test_unreachable_target_fails_before_training():
+    model = Zoo()
+    before = copy.deepcopy(model.state_dict())
+    train, held, _ = _loaders()
+    space = prepare_(model)
+    with pytest.raises(ValueError, match="unreachable"):
+        search(model, space, train, held, SearchConfig(target="40x", epochs=2))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_derive_follows_preferences_and_fills_budget():
+    model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 4))
+    space = prepare_(model, PrepareConfig(candidates=(1, 2, 4, 8)))
+    # layer 0 strongly prefers 8 bits, the others prefer 1 bit
+    for d, k in zip(space.decision_list, (3, 0, 0)):
+        d.logits.data.zero_()
+        d.logits.data[k] = 5.0
+    costs = space.cost.cost_table()
+    budget = costs["0"][8] + costs["1"][2] + costs["2"][1]
+    bits = derive_bits(space, budget)
+    assert bits["0"] == 8
+    assert space.cost.quantized_bits(bits) <= budget
+    plain = derive_bits(space, budget, fill=False)
+    assert plain == {"0": 8, "1": 1, "2": 1}
+    assert bits == {"0": 8, "1": 2, "2": 1}  # the leftover is spent on an upgrade
+
+
+def test_nan_loss_stops_with_clear_message_and_restores_state():
+    model = Zoo()
+    train, held, _ = _loaders()
+    x, y = _toy_data(64)
+    x[5, 0, 0] = float("nan")
+    bad = TensorLoader(x, y, batch_size=32)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(NonFiniteLossError, match="restored"):
+        fit(model, bad, TrainConfig(epochs=1, lr=0.1))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    space = prepare_(model)
+    with pytest.raises(NonFiniteLossError, match="restored"):
+        search(model, space, bad, held, SearchConfig(target="8x", epochs=2, warmup_epochs=0))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
