@@ -18,6 +18,12 @@ import torch
 __all__ = ["atomic_write", "write_json", "write_text", "save_checkpoint", "load_checkpoint", "prepare_run_dir"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
     """Call ``writer(tmp_path)`` then rename the temporary file to ``path``."""
     path = Path(path)
@@ -25,6 +31,7 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
