@@ -11,11 +11,13 @@ Module map:
 - ``train`` / ``finetune``  float training, quantization-aware fine-tuning, evaluation.
 - ``data`` / ``models``     registries of data sets and models; device-resident batches.
 - ``report`` / ``run`` / ``cli``  reports, the whole job, and the command line.
+- ``export``    the packed ``.mbits`` file: ``export_model``, ``load``, ``export_onnx``.
 """
 
 from .budget import Target, budget_bits, parse_target
 from .cost import CostModel, LayerInfo
 from .derive import solve_budget
+from .export import ExportResult, export_model, export_onnx, load
 from .finetune import finetune_
 from .quant import fake_quantize, weight_codes
 from .report import build_report, format_table, to_markdown
@@ -30,4 +32,5 @@ __all__ = [
     "SearchResult", "Target", "TrainConfig", "budget_bits", "build_report", "derive_bits", "evaluate",
     "fake_quantize", "finetune_", "fit", "format_table", "parse_target", "prepare_", "search", "solve_budget",
     "to_markdown", "unprepare_", "weight_codes",
+    "ExportResult", "export_model", "export_onnx", "load",
 ]

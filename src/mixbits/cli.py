@@ -18,6 +18,11 @@ __all__ = ["main"]
 
 COMMAND_MODULES = (
     "mixbits.commands.search",
+    "mixbits.commands.report",
+    "mixbits.commands.sweep",
+    "mixbits.commands.train",
+    "mixbits.commands.export",
+    "mixbits.commands.inspect",
 )
 
 
@@ -42,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args._run(args)
-    except (ValueError, FileNotFoundError, NonFiniteLossError, ImportError) as exc:
+    except (ValueError, OSError, NonFiniteLossError, ImportError) as exc:
         print(f"mixbits {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -15,8 +15,11 @@ __all__ = ["finetune_"]
 
 def finetune_(model: nn.Module, space: BitSpace, bits: Mapping[str, int], loader: Iterable, config: TrainConfig, *,
               device: str | torch.device = "cpu", teacher: nn.Module | None = None,
-              on_epoch: Callable[[int, dict], None] | None = None, progress: bool = False) -> list[dict]:
+              on_epoch: Callable[[int, dict], None] | None = None, progress: bool = False,
+              resume: Mapping[str, Any] | None = None, on_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
     """Fix ``model`` at ``bits`` and train its weights in place (optionally distilled from ``teacher``).
+
+    ``resume`` and ``on_checkpoint`` continue an interrupted fine-tuning exactly (see :func:`mixbits.fit`).
 
     Returns:
         per-epoch training stats.
@@ -24,4 +27,4 @@ def finetune_(model: nn.Module, space: BitSpace, bits: Mapping[str, int], loader
     space.fix_(bits)
     model.to(device)
     return fit(model, loader, config, device=device, teacher=teacher, on_epoch=on_epoch, progress=progress,
-               desc="finetune")
+               desc="finetune", resume=resume, on_checkpoint=on_checkpoint)

@@ -9,31 +9,40 @@ user calls, and writes the run folder:
 - ``bits.json``      {layer name: bits};
 - ``search.json``    the method's per-epoch history (expected size, multiplier, probabilities);
 - ``report.json`` / ``report.md``  per-layer table, totals, accuracies;
-- ``finetuned.pt``   the fine-tuned weights with their bits.
+- ``finetuned.pt``   the fine-tuned weights with their bits;
+- ``history.json``   per-epoch loss and accuracy of the float training and the fine-tuning;
+- ``resume.pt``      the checkpoint of the last finished epoch (``mixbits search --resume``);
+- ``run.log``        the log (written by the command line).
+
+Under ``torchrun`` every process runs :func:`run_search` on its slice of each batch
+(see :mod:`mixbits.distributed`); rank 0 alone writes the folder.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
+from . import distributed
 from .budget import budget_bits, parse_target
-from .data import TensorLoader, load_dataset, split_held_out
+from .data import TensorLoader, load_dataset, split_held_out, take_train_subset
 from .finetune import finetune_
 from .models import create_model
 from .report import build_report, format_table, to_markdown
 from .runfiles import load_checkpoint, prepare_run_dir, save_checkpoint, write_json, write_text
 from .methods import METHODS, AllocationContext, allocate
 from .space import DEFAULT_CANDIDATES, PrepareConfig, prepare_
-from .train import TrainConfig, evaluate, fit
+from .train import NonFiniteLossError, TrainConfig, evaluate, fit, load_loader_state, loader_state, rng_state, set_rng_state
 
-__all__ = ["RunConfig", "run_search", "resolve_device", "load_float_state"]
+__all__ = ["RunConfig", "run_search", "resume_run", "load_settings", "resolve_device", "load_float_state", "RESUME_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,7 @@ class RunConfig:
     device: str = "auto"
     out: str | None = None
     checkpoint: str | None = None
+    train_subset: int | None = None
 
     def __post_init__(self) -> None:
         parse_target(self.target)
@@ -115,6 +125,8 @@ def load_float_state(model: torch.nn.Module, path: str | Path) -> dict:
 
 
 def _loaders(ds, config: RunConfig, device: torch.device) -> dict[str, TensorLoader]:
+    if config.train_subset is not None:  # seed 0 whatever the run's seed: the subset `mixbits train` used
+        ds = take_train_subset(ds, config.train_subset)
     w_idx, h_idx = split_held_out(len(ds.train_y), config.held_out_fraction, config.seed)
     common = dict(batch_size=config.batch_size, mean=ds.mean, std=ds.std, device=device)
     aug = ds.augment
@@ -128,86 +140,236 @@ def _loaders(ds, config: RunConfig, device: torch.device) -> dict[str, TensorLoa
     }
 
 
-def run_search(config: RunConfig, *, progress: bool = True, command: str | None = None) -> dict[str, Any]:
-    """Run the whole job and write the run folder; returns the report dict.
+RESUME_FILE = "resume.pt"
+
+
+def load_settings(folder: str | Path) -> RunConfig:
+    """The :class:`RunConfig` saved in a run folder's ``settings.json`` (``out`` set to ``folder``).
 
     Raises:
-        ValueError: bad settings (unknown data set/model, unreachable target, unknown
+        FileNotFoundError: ``folder`` is not a run folder.
+    """
+    path = Path(folder) / "settings.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a mixbits run folder: it has no settings.json")
+    raw = json.loads(path.read_text())
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {k: v for k, v in raw.items() if k in names}
+    for key in ("candidates", "exclude"):
+        if key in values:
+            values[key] = tuple(values[key])
+    values["out"] = str(folder)
+    return RunConfig(**values)
+
+
+def resume_run(folder: str | Path, *, device: str | None = None, progress: bool = True, command: str | None = None,
+               on_folder: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Continue the run in ``folder`` from its last checkpoint (``resume.pt``) with its saved settings.
+
+    The resumed run ends with the same bits and accuracies as an uninterrupted one
+    (same device and number of processes).
+
+    Args:
+        folder: the run folder of the interrupted ``mixbits search``.
+        device: run on another device than the saved settings say (results may then differ slightly).
+
+    Raises:
+        FileNotFoundError: not a run folder, or one without a checkpoint.
+    """
+    config = load_settings(folder)
+    if device is not None:
+        config = dataclasses.replace(config, device=device)
+    if not (Path(folder) / RESUME_FILE).is_file():
+        raise FileNotFoundError(f"run folder {str(folder)!r} has no checkpoint ({RESUME_FILE}) to resume from; "
+                                f"start the run again without --resume")
+    return run_search(config, progress=progress, command=command, resume=True, on_folder=on_folder)
+
+
+def run_search(config: RunConfig, *, progress: bool = True, command: str | None = None, resume: bool = False,
+               on_folder: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Run the whole job and write the run folder; returns the report dict.
+
+    The run checkpoints to ``resume.pt`` at the end of every epoch of every stage
+    (and between stages); with ``resume=True`` it continues from there. Under
+    torchrun every rank runs this function; only rank 0 writes files.
+
+    Args:
+        config: the settings.
+        progress: show progress bars (rank 0 only).
+        command: the command line, for the report.
+        resume: continue the run in ``config.out`` from its checkpoint.
+        on_folder: called with the run folder once it exists (the CLI attaches its log file there).
+
+    Raises:
+        ValueError: bad settings (unknown data set/model/method, unreachable target, unknown
             pin pattern, unwritable folder), raised before any training.
-        NonFiniteLossError: training diverged (the last good state is kept).
+        FileNotFoundError: a missing float checkpoint, raised before any training.
+        OSError: a checkpoint could not be written (disk full...); the previous one is kept.
+        NonFiniteLossError: training diverged (the last good checkpoint is kept).
     """
     t_start = time.time()
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
+    distributed.init_from_env(device)
+    if config.checkpoint and not Path(config.checkpoint).is_file():
+        raise FileNotFoundError(f"float checkpoint {config.checkpoint!r} does not exist")
     torch.manual_seed(config.seed)
     ds = load_dataset(config.data, root=config.data_root)
     model_kwargs = {"in_channels": ds.input_shape[0], "num_classes": ds.num_classes, "input_size": ds.input_shape[1]}
     model = create_model(config.model, **model_kwargs)
+    model = _sync_batchnorm(model, device)
     METHODS.get(config.method)  # an unknown method fails here, before any training
     prep = PrepareConfig(candidates=config.candidates, pins=config.pins, exclude=config.exclude)
     # Validate pins, excludes and the target on a throwaway copy before any training.
     probe_space = prepare_(copy.deepcopy(model), prep)
     budget = budget_bits(config.target, probe_space.cost)
-    out = prepare_run_dir(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.model}-{config.target}")
-    settings = {**asdict(config), "candidates": list(config.candidates), "pins": dict(config.pins),
-                "method_options": dict(config.method_options),
-                "exclude": list(config.exclude), "out": str(out), "device_resolved": str(device)}
-    write_json(out / "settings.json", settings)
+    main = distributed.is_main()
+    out = Path(distributed.broadcast_object(
+        config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.model}-{config.target}"))
+    state: dict[str, Any] | None = None
+    if resume:
+        state = load_checkpoint(out / RESUME_FILE)
+    if main:
+        prepare_run_dir(out)
+        if on_folder is not None:
+            on_folder(out)
+        if resume:  # temporary files of a write the kill interrupted (the final names were never touched)
+            for stale in out.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+        if not resume:
+            settings = {**asdict(config), "candidates": list(config.candidates), "pins": dict(config.pins),
+                        "method_options": dict(config.method_options), "exclude": list(config.exclude),
+                        "out": str(out), "device_resolved": str(device)}
+            write_json(out / "settings.json", settings)
     loaders = _loaders(ds, config, device)
     model.to(device)
+    stage, stage_state, carry = "float", None, {}
+    if state is not None:
+        stage, stage_state, carry = state["stage"], state.get("state"), dict(state["carry"])
+        if stage == "done" and (out / "report.json").is_file():
+            log.info("run %s is already complete", out)
+            return json.loads((out / "report.json").read_text())
+        for name, loader in loaders.items():
+            load_loader_state(loader, state["loaders"].get(name))
+        set_rng_state(state["rng"])
+        log.info("resuming %s at the %s stage%s", out, stage,
+                 f" after epoch {stage_state['epoch']}" if stage_state else "")
+
+    def checkpoint(stage_name: str, stage_state: dict | None, **extra: Any) -> None:
+        if not main:
+            return
+        path = out / RESUME_FILE
+        obj = {"version": 1, "stage": stage_name, "state": stage_state, "carry": carry,
+               "loaders": {n: loader_state(ld) for n, ld in loaders.items()}, "rng": rng_state(device), **extra}
+        try:
+            save_checkpoint(path, obj)
+        except OSError as exc:
+            raise OSError(exc.errno, f"could not write the checkpoint {path}: {exc.strerror or exc}. The previous "
+                                     f"checkpoint is kept: free some space, then continue with "
+                                     f"`mixbits search --resume {out}`") from exc
+        if stage_state:
+            log.info("checkpoint: %s epoch %d saved", stage_name, stage_state["epoch"])
+        else:
+            log.info("checkpoint: %s stage %s", stage_name, "complete" if stage_name == "done" else "starts")
+
+    try:
+        return _stages(config, model, model_kwargs, prep, budget, loaders, device, out, stage, stage_state, carry,
+                       checkpoint, progress=progress, command=command, t_start=t_start)
+    except NonFiniteLossError as exc:
+        raise NonFiniteLossError(f"{exc} The run folder keeps the last good checkpoint ({out / RESUME_FILE}).") from None
+
+
+def _stages(config: RunConfig, model: torch.nn.Module, model_kwargs: dict, prep: PrepareConfig, budget: int,
+            loaders: dict, device: torch.device, out: Path, stage: str, stage_state: dict | None, carry: dict,
+            checkpoint: Callable[..., None], *, progress: bool, command: str | None, t_start: float) -> dict[str, Any]:
+    main = distributed.is_main()
+    seconds = carry.setdefault("seconds", {"float": 0.0, "search": 0.0, "finetune": 0.0})
 
     # 1. float model
-    t0 = time.time()
-    if config.checkpoint:
-        load_float_state(model, config.checkpoint)
-        log.info("loaded float checkpoint %s", config.checkpoint)
+    if stage == "float":
+        t0 = time.time()
+        history: list[dict] = []
+        if config.checkpoint:
+            load_float_state(model, config.checkpoint)
+            log.info("loaded float checkpoint %s", config.checkpoint)
+        else:
+            history = fit(model, loaders["full"],
+                          TrainConfig(epochs=config.float_epochs, lr=config.float_lr, warmup_epochs=1),
+                          device=device, progress=progress, desc="float", resume=stage_state,
+                          on_checkpoint=lambda s: checkpoint("float", s))
+        float_acc = evaluate(model, loaders["test"], device=device)
+        if not config.checkpoint and main:
+            save_checkpoint(out / "float.pt", {"model": config.model, "model_kwargs": model_kwargs, "data": config.data,
+                                               "state_dict": model.state_dict(), "test_accuracy": float_acc})
+        seconds["float"] += time.time() - t0
+        carry.update(float_test_accuracy=float_acc, float_history=history)
+        log.info("float test accuracy %.4f", float_acc)
+        stage, stage_state = "search", None
+        checkpoint(stage, None)
     else:
-        fit(model, loaders["full"], TrainConfig(epochs=config.float_epochs, lr=config.float_lr, warmup_epochs=1),
-            device=device, progress=progress, desc="float")
-    float_time = time.time() - t0
-    float_acc = evaluate(model, loaders["test"], device=device)
-    if not config.checkpoint:
-        save_checkpoint(out / "float.pt", {"model": config.model, "model_kwargs": model_kwargs, "data": config.data,
-                                           "state_dict": model.state_dict(), "test_accuracy": float_acc})
-    log.info("float test accuracy %.4f", float_acc)
+        load_float_state(model, config.checkpoint or out / "float.pt")
     teacher = copy.deepcopy(model).eval() if config.distill else None
 
     # 2. allocate the bits (the differentiable search by default)
-    t0 = time.time()
     space = prepare_(model, prep)
-    result = allocate(config.method, AllocationContext(
-        model=model, space=space, loaders=loaders, budget_bits=budget, target=config.target,
-        epochs=config.search_epochs, seed=config.seed, device=device, teacher=teacher, progress=progress,
-        options=config.method_options))
-    search_time = time.time() - t0
-    write_json(out / "bits.json", result.bits)
-    write_json(out / "search.json", {"method": config.method, "budget_bits": budget, "info": result.info,
-                                     "history": result.history})
-    space.fix_(result.bits)
-    derived_acc = evaluate(model, loaders["test"], device=device)
+    if stage == "search":
+        t0 = time.time()
+        result = allocate(config.method, AllocationContext(
+            model=model, space=space, loaders=loaders, budget_bits=budget, target=config.target,
+            epochs=config.search_epochs, seed=config.seed, device=device, teacher=teacher, progress=progress,
+            options=config.method_options, resume=stage_state, on_checkpoint=lambda s: checkpoint("search", s)))
+        if main:
+            write_json(out / "search.json", {"method": config.method, "budget_bits": budget, "info": result.info,
+                                             "history": result.history})
+            write_json(out / "bits.json", result.bits)
+        space.fix_(result.bits)
+        seconds["search"] += time.time() - t0
+        carry.update(bits=dict(result.bits), derived_test_accuracy=evaluate(model, loaders["test"], device=device))
+        stage, stage_state = "finetune", None
+        checkpoint(stage, None, model=model.state_dict())
+    elif stage_state is None:  # resumed between the search and the fine-tuning
+        model.load_state_dict(_resume_file_model(out))
+    bits = {k: int(v) for k, v in carry["bits"].items()}
 
     # 3. fine-tune at the derived bits
     t0 = time.time()
-    finetune_(model, space, result.bits, loaders["full"],
-              TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr,
-                          distill_weight=0.5 if config.distill else 0.0),
-              device=device, teacher=teacher, progress=progress)
-    finetune_time = time.time() - t0
+    ft_history = finetune_(model, space, bits, loaders["full"],
+                           TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr,
+                                       distill_weight=0.5 if config.distill else 0.0),
+                           device=device, teacher=teacher, progress=progress, resume=stage_state,
+                           on_checkpoint=lambda s: checkpoint("finetune", s))
+    seconds["finetune"] += time.time() - t0
     final_acc = evaluate(model, loaders["test"], device=device)
-    save_checkpoint(out / "finetuned.pt", {"model": config.model, "model_kwargs": model_kwargs, "data": config.data,
-                                           "data_root": config.data_root, "bits": result.bits,
-                                           "candidates": list(config.candidates), "state_dict": model.state_dict(),
-                                           "test_accuracy": final_acc})
-
     report = build_report(
-        space, result.bits, method=config.method, target=config.target, budget_bits=budget,
-        float_test_accuracy=float_acc,
-        derived_test_accuracy=derived_acc, final_test_accuracy=final_acc, model=config.model, data=config.data,
-        seconds={"float": round(float_time, 2), "search": round(search_time, 2), "finetune": round(finetune_time, 2),
-                 "total": round(time.time() - t_start, 2)},
+        space, bits, method=config.method, target=config.target, budget_bits=budget,
+        float_test_accuracy=carry["float_test_accuracy"], derived_test_accuracy=carry["derived_test_accuracy"],
+        final_test_accuracy=final_acc, model=config.model, data=config.data,
+        seconds={**{k: round(v, 2) for k, v in seconds.items()}, "total": round(time.time() - t_start, 2)},
         device=str(device), run_folder=str(out), **({"command": command} if command else {}))
-    write_json(out / "report.json", report)
-    write_text(out / "report.md", to_markdown(report))
+    if main:
+        save_checkpoint(out / "finetuned.pt", {"model": config.model, "model_kwargs": model_kwargs, "data": config.data,
+                                               "data_root": config.data_root, "bits": bits,
+                                               "candidates": list(config.candidates), "state_dict": model.state_dict(),
+                                               "test_accuracy": final_acc})
+        write_json(out / "history.json", {"float": carry.get("float_history", []), "finetune": ft_history})
+        write_json(out / "report.json", report)
+        write_text(out / "report.md", to_markdown(report))
+    carry.pop("float_history", None)
+    checkpoint("done", None)
     return report
 
 
+def _resume_file_model(out: Path) -> dict:
+    return load_checkpoint(out / RESUME_FILE)["model"]
 
+
+def _sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Under several GPU ranks, BatchNorm statistics over the global batch (SyncBatchNorm)."""
+    if not distributed.is_distributed():
+        return model
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn and device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if has_bn:
+        log.warning("BatchNorm statistics are per rank on %s (SyncBatchNorm needs GPUs): the result differs "
+                    "slightly from a one-process run with the same global batch", device.type)
+    return model

@@ -20,7 +20,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,10 @@ from torch import nn
 from .budget import budget_bits, parse_target
 from .derive import solve_budget
 from .space import BitSpace
-from .train import NonFiniteLossError, _bar, cosine_lr, distill_loss
+from . import distributed
+from .progress import StageProgress
+from .train import (NonFiniteLossError, autocast, channels_last_, cosine_lr, distill_loss, global_mean,
+                    load_loader_state, loader_state, rng_state, set_rng_state, to_device_batch)
 
 __all__ = ["SearchConfig", "SearchResult", "search", "derive_bits"]
 
@@ -50,6 +53,7 @@ class SearchConfig:
         temperature_start, temperature_end: softmax temperature at the start and end.
         gumbel: add Gumbel noise to the logits during search.
         distill_weight: weight of the KL term to the float teacher in weight steps (needs a teacher).
+        amp: on CUDA, bf16 autocast and channels-last memory (no effect on other devices).
     """
 
     target: str = "24x"
@@ -62,6 +66,7 @@ class SearchConfig:
     temperature_end: float = 0.05
     gumbel: bool = False
     distill_weight: float = 0.0
+    amp: bool = True
 
     def __post_init__(self) -> None:
         parse_target(self.target)
@@ -119,8 +124,14 @@ def _temperature(config: SearchConfig, progress: float) -> float:
 
 def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_loader: Iterable,
            config: SearchConfig, *, device: str | torch.device = "cpu", teacher: nn.Module | None = None,
-           on_epoch: Callable[[int, dict], None] | None = None, progress: bool = False) -> SearchResult:
+           on_epoch: Callable[[int, dict], None] | None = None, progress: bool = False,
+           resume: Mapping[str, Any] | None = None, on_checkpoint: Callable[[dict], None] | None = None) -> SearchResult:
     """Search the bitwidths of a prepared model under ``config.target``.
+
+    Under torch.distributed every rank must get the same loaders (same seeds): each
+    rank computes on its slice of every batch, the gradients of the weights and of
+    the logits are averaged, and the logits are broadcast from rank 0 after every
+    logit step, so the multiplier, the temperature and the bits agree on all ranks.
 
     Args:
         model: the model, prepared with :func:`mixbits.prepare_`, starting from float weights.
@@ -132,6 +143,11 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
         teacher: float model for distillation in weight steps (``config.distill_weight > 0``).
         on_epoch: called after each epoch with (epoch, record).
         progress: show a progress bar.
+        resume: a state from ``on_checkpoint``: the search continues after its epoch and
+            ends with the same bits as the uninterrupted search.
+        on_checkpoint: called at the end of every epoch with the full search state (model,
+            logits and prices, both optimizers, multiplier, temperature, loader and RNG
+            states, history). Its tensors are the live ones: save or copy them before returning.
 
     Returns:
         the derived bits and the search history.
@@ -143,28 +159,40 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
     budget = budget_bits(config.target, space.cost)
     if config.distill_weight > 0 and teacher is None:
         raise ValueError("distill_weight > 0 needs a teacher model")
+    device = torch.device(device)
     model.to(device)
     space.to(device)
+    channels_last_(model, device, config.amp)
     space.unfix_()
     space.set_gumbel_(config.gumbel)
     weights = [p for p in model.parameters() if p.requires_grad]
+    logits = list(space.parameters())
     w_opt = torch.optim.SGD([{"params": [p for p in weights if p.dim() > 1], "weight_decay": config.weight_decay},
                              {"params": [p for p in weights if p.dim() <= 1], "weight_decay": 0.0}],
                             lr=config.weight_lr, momentum=0.9, nesterov=True)
-    a_opt = torch.optim.Adam(space.parameters(), lr=config.logit_lr, betas=(0.5, 0.999))
+    a_opt = torch.optim.Adam(logits, lr=config.logit_lr, betas=(0.5, 0.999))
     n_tr, n_ho = len(train_loader), len(held_out_loader)  # type: ignore[arg-type]
     if n_tr == 0 or n_ho == 0:
         raise ValueError("search needs non-empty training and held-out data")
     total_w_steps = config.epochs * n_tr
     arch_epochs = config.epochs - config.warmup_epochs
-    lam = space.project_(budget)
-    w_step = 0
+    space.set_temperature_(config.temperature_start)
+    w_step, first_epoch = 0, 0
     history: list[dict] = []
+    if resume is not None:
+        first_epoch, w_step, history = _restore(resume, model, space, w_opt, a_opt, train_loader, held_out_loader,
+                                                config, budget, (n_tr, n_ho))
+    else:
+        distributed.broadcast_(list(model.state_dict().values()) + list(space.state_dict().values()))
+    lam = space.project_(budget)
     if teacher is not None:
         teacher.eval()
-    space.set_temperature_(config.temperature_start)
-    for epoch in range(config.epochs):
+    bar = StageProgress("search", config.epochs, n_tr + n_ho, enabled=progress and distributed.is_main(),
+                        first_epoch=first_epoch)
+    full_bits = space.cost.float_quantized_bits()
+    for epoch in range(first_epoch, config.epochs):
         good = (copy.deepcopy(model.state_dict()), copy.deepcopy(space.state_dict()), lam)
+        _reset_quantizer_caches(space)
         model.train()
         space.train()
         arch_on = epoch >= config.warmup_epochs
@@ -172,56 +200,64 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
         done_tr = done_ho = 0
         sums = {"loss": 0.0, "held_loss": 0.0, "correct": 0, "seen": 0}
         steps = n_tr + (n_ho if arch_on else 0)
-        bar = _bar(steps, f"search {epoch + 1}/{config.epochs}", progress)
+        trace: list[dict] = []
+        trace_every = max(1, n_ho // _TRACE_PER_EPOCH)
+        bar.start_epoch(epoch, steps)
         for _ in range(steps):
             arch_step = arch_on and done_ho < n_ho and (done_tr >= n_tr or done_ho * n_tr <= done_tr * n_ho)
             if arch_step:
                 x, y = next(ho_it)
-                x, y = x.to(device), y.to(device)
+                x, y = to_device_batch(x, y, device, config.amp)
+                x, y, scale = distributed.shard_batch(x, y)
                 t = _temperature(config, (epoch - config.warmup_epochs + done_ho / n_ho) / arch_epochs)
                 space.set_temperature_(t)
                 lam = space.project_(budget)
-                task = F.cross_entropy(model(x), y)
-                loss = task
-                _check_finite(loss, model, space, good, epoch, "held-out")
+                with autocast(device, config.amp):
+                    task = F.cross_entropy(model(x), y)
+                task_value = global_mean(task, scale, device)
+                _check_finite(task_value, model, space, good, epoch, "held-out")
                 a_opt.zero_grad(set_to_none=True)
                 w_opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (task * scale).backward()
+                distributed.average_gradients_(logits)
                 a_opt.step()
+                # identical logits on every rank, whatever the reduction order of the backend
+                distributed.broadcast_(logits)
                 lam = space.project_(budget)
                 done_ho += 1
-                sums["held_loss"] += task.item()
+                sums["held_loss"] += task_value
+                if done_ho % trace_every == 0 or done_ho == n_ho:
+                    trace.append({"epoch": round(epoch + done_ho / n_ho, 4), "probs": _mixing_probs(space)})
             else:
                 x, y = next(tr_it)
-                x, y = x.to(device), y.to(device)
+                x, y = to_device_batch(x, y, device, config.amp)
+                x, y, scale = distributed.shard_batch(x, y)
                 lr = cosine_lr(w_step, total_w_steps, 0, config.weight_lr)
                 for g in w_opt.param_groups:
                     g["lr"] = lr
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                if config.distill_weight > 0:
-                    with torch.no_grad():
-                        t_out = teacher(x)  # type: ignore[misc]
-                    loss = (1 - config.distill_weight) * loss + config.distill_weight * distill_loss(out, t_out, 4.0)
-                _check_finite(loss, model, space, good, epoch, "training")
+                with autocast(device, config.amp):
+                    out = model(x)
+                    loss = F.cross_entropy(out, y)
+                    if config.distill_weight > 0:
+                        with torch.no_grad():
+                            t_out = teacher(x)  # type: ignore[misc]
+                        loss = (1 - config.distill_weight) * loss + config.distill_weight * distill_loss(out, t_out, 4.0)
+                loss_value = global_mean(loss, scale, device)
+                _check_finite(loss_value, model, space, good, epoch, "training")
                 w_opt.zero_grad(set_to_none=True)
                 a_opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * scale).backward()
+                distributed.average_gradients_(weights)
                 w_opt.step()
                 w_step += 1
                 done_tr += 1
-                sums["loss"] += loss.item()
+                sums["loss"] += loss_value
                 sums["correct"] += int((out.argmax(1) == y).sum())
                 sums["seen"] += y.shape[0]
-            if bar is not None:
-                bar.update(1)
-                if done_ho % 4 == 0:
-                    exp = float(space.expected_quantized_bits())
-                    bar.set_postfix(loss=f"{sums['loss'] / max(done_tr, 1):.3f}",
-                                    size=f"{space.cost.float_quantized_bits() / exp:.1f}x", lam=f"{lam:.3f}",
-                                    T=f"{space.decision_list[0].temperature:.3f}")
-        if bar is not None:
-            bar.close()
+            bar.step(lambda: _bar_numbers(space, sums, done_tr, lam, full_bits))
+        bar.end_epoch()
+        sums["correct"], sums["seen"] = distributed.all_reduce_sum([sums["correct"], sums["seen"]], device)
+        distributed.broadcast_(model.buffers())  # BatchNorm statistics as rank 0 saw them, on every rank
         with torch.no_grad():
             exp_bits = float(space.expected_quantized_bits())
         record = {
@@ -230,18 +266,27 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
             "train_accuracy": sums["correct"] / max(sums["seen"], 1),
             "held_out_loss": sums["held_loss"] / done_ho if done_ho else None,
             "expected_quantized_bits": exp_bits,
-            "expected_weight_compression": space.cost.float_quantized_bits() / exp_bits,
+            "expected_weight_compression": full_bits / exp_bits,
             "budget_bits": budget,
             "multiplier": lam,
             "temperature": space.decision_list[0].temperature,
             "argmax_bits": space.argmax_bits(),
             "probs": {n: [round(float(v), 5) for v in torch.softmax(d.logits.detach(), -1)] for n, d in
                       zip(space.names, space.decision_list)},
+            "mixing_probs": _mixing_probs(space),
+            "trace": trace,
         }
         history.append(record)
         log.info("search epoch %d/%d loss %.4f expected %.2fx (target budget %d bits) lam %.4f T %.4f",
                  epoch + 1, config.epochs, record["loss"], record["expected_weight_compression"], budget, lam,
                  record["temperature"])
+        if on_checkpoint is not None:
+            on_checkpoint({"kind": "search", "epoch": epoch + 1, "w_step": w_step, "steps": [n_tr, n_ho],
+                           "budget_bits": budget, "multiplier": lam, "temperature": space.decision_list[0].temperature,
+                           "model": model.state_dict(), "space": space.state_dict(),
+                           "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+                           "loaders": {"train": loader_state(train_loader), "held_out": loader_state(held_out_loader)},
+                           "rng": rng_state(device), "history": list(history)})
         if on_epoch is not None:
             on_epoch(epoch, record)
     space.set_gumbel_(False)
@@ -249,11 +294,58 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
     return SearchResult(bits=bits, budget_bits=budget, multiplier=lam, history=history)
 
 
-def _check_finite(loss: torch.Tensor, model: nn.Module, space: BitSpace, good: tuple, epoch: int, split: str) -> None:
-    if torch.isfinite(loss):
+# Snapshots of the mixing probabilities recorded per search epoch, for the report's plots.
+_TRACE_PER_EPOCH = 8
+
+
+def _mixing_probs(space: BitSpace) -> dict[str, list[float]]:
+    """{layer: the probabilities the layer computes with now (prices and temperature applied)}."""
+    with torch.no_grad():
+        return {n: [round(float(v), 5) for v in p] for n, p in space.probs().items()}
+
+
+def _bar_numbers(space: BitSpace, sums: dict, done_tr: int, lam: float, full_bits: int) -> dict[str, str]:
+    with torch.no_grad():
+        exp = float(space.expected_quantized_bits())
+    return {"loss": f"{sums['loss'] / max(done_tr, 1):.3f}",
+            "acc": f"{100 * sums['correct'] / max(sums['seen'], 1):.1f}%",
+            "size": f"{full_bits / exp:.1f}x", "lam": f"{lam:.3g}",
+            "T": f"{space.decision_list[0].temperature:.3f}"}
+
+
+def _reset_quantizer_caches(space: BitSpace) -> None:
+    # Decisions may cache quantizer parameters between forwards; starting every epoch
+    # from an empty cache makes a resumed search compute exactly what an uninterrupted one does.
+    for d in space.decision_list:
+        d.reset_cache_()
+
+
+def _restore(state: Mapping[str, Any], model: nn.Module, space: BitSpace, w_opt: torch.optim.Optimizer,
+             a_opt: torch.optim.Optimizer, train_loader: Iterable, held_out_loader: Iterable, config: SearchConfig,
+             budget: int, steps: tuple[int, int]) -> tuple[int, int, list[dict]]:
+    if state.get("kind") != "search":
+        raise ValueError(f"the resume state is not a search state (kind {state.get('kind')!r})")
+    if (int(state["budget_bits"]) != budget or tuple(state["steps"]) != steps or state["epoch"] > config.epochs):
+        raise ValueError(f"the resume state (budget {state['budget_bits']} bits, epoch {state['epoch']}, steps "
+                         f"{tuple(state['steps'])}) does not match this search (budget {budget} bits, "
+                         f"{config.epochs} epochs, steps {steps})")
+    model.load_state_dict(state["model"])
+    space.load_state_dict(state["space"])
+    space.set_temperature_(float(state["temperature"]))
+    w_opt.load_state_dict(state["w_opt"])
+    a_opt.load_state_dict(state["a_opt"])
+    load_loader_state(train_loader, state["loaders"]["train"])
+    load_loader_state(held_out_loader, state["loaders"]["held_out"])
+    set_rng_state(state["rng"])
+    log.info("search: resumed after epoch %d", state["epoch"])
+    return int(state["epoch"]), int(state["w_step"]), list(state["history"])
+
+
+def _check_finite(value: float, model: nn.Module, space: BitSpace, good: tuple, epoch: int, split: str) -> None:
+    if math.isfinite(value):
         return
     model.load_state_dict(good[0])
     space.load_state_dict(good[1])
     raise NonFiniteLossError(
-        f"search: the {split} loss became {loss.item()} in epoch {epoch + 1}; weights and logits were restored "
+        f"search: the {split} loss became {value} in epoch {epoch + 1}; weights and logits were restored "
         f"to the start of that epoch. Lower weight_lr/logit_lr or check the data for NaN/inf.")

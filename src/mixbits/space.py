@@ -107,6 +107,11 @@ class Decision(nn.Module):
         self._clip: torch.Tensor | None = None
         self._clip_age = 0
 
+    def reset_cache_(self) -> None:
+        """Forget the cached clipping ratios (recomputed at the next mixed forward)."""
+        self._clip = None
+        self._clip_age = 0
+
     def probs(self) -> torch.Tensor:
         """Probabilities over the candidates, shape (K,); Gumbel-perturbed when enabled in training."""
         logits = self.logits - self.shift

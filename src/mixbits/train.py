@@ -7,15 +7,19 @@ iterable of (inputs, labels) batches: a torch DataLoader or a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import distributed
+from .progress import StageProgress
 
 __all__ = ["TrainConfig", "NonFiniteLossError", "fit", "evaluate", "cosine_lr"]
 
@@ -38,6 +42,7 @@ class TrainConfig:
         label_smoothing: cross-entropy label smoothing.
         distill_weight: weight of the KL term to a teacher's logits (0 disables; needs a teacher).
         distill_temperature: softmax temperature of that KL term.
+        amp: on CUDA, bf16 autocast and channels-last memory (no effect on other devices).
     """
 
     epochs: int = 10
@@ -49,6 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     distill_weight: float = 0.0
     distill_temperature: float = 4.0
+    amp: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -76,17 +82,29 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 def fit(model: nn.Module, loader: Iterable, config: TrainConfig, *, device: str | torch.device = "cpu",
         teacher: nn.Module | None = None, on_epoch: Callable[[int, dict], None] | None = None,
-        progress: bool = False, desc: str = "train") -> list[dict]:
+        progress: bool = False, desc: str = "train", resume: Mapping[str, Any] | None = None,
+        on_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``model`` in place with SGD + cosine schedule.
+
+    Under torch.distributed (see :mod:`mixbits.distributed`) every rank must get the
+    same loader; each rank trains on its slice of every batch and the gradients are
+    averaged, so all ranks hold the same weights.
 
     Args:
         model: the model (float, or prepared with fixed bits for quantization-aware training).
-        loader: iterable of (inputs, labels) batches; ``len(loader)`` batches per epoch.
+        loader: iterable of (inputs, labels) batches; ``len(loader)`` batches per epoch. A loader
+            with ``state_dict``/``load_state_dict`` (:class:`mixbits.data.TensorLoader`) is checkpointed.
         config: the recipe.
         device: where inputs are moved.
         teacher: float model whose logits are distilled when ``config.distill_weight > 0``.
         on_epoch: called after every epoch with (epoch, stats).
         progress: show a progress bar.
+        desc: name of the stage in bars, logs and errors.
+        resume: a state from ``on_checkpoint``: training continues after its epoch and ends
+            exactly as the uninterrupted run would (same device, same loader).
+        on_checkpoint: called at the end of every epoch with the full training state (model,
+            optimizer, loader and RNG states, counters, history). Its tensors are the live ones:
+            save or copy them before returning.
 
     Returns:
         per-epoch stats: loss, train accuracy, lr.
@@ -96,6 +114,8 @@ def fit(model: nn.Module, loader: Iterable, config: TrainConfig, *, device: str 
     """
     if config.distill_weight > 0 and teacher is None:
         raise ValueError("distill_weight > 0 needs a teacher model")
+    device = torch.device(device)
+    channels_last_(model, device, config.amp)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() > 1]
     no_decay = [p for p in params if p.dim() <= 1]
@@ -108,48 +128,129 @@ def fit(model: nn.Module, loader: Iterable, config: TrainConfig, *, device: str 
     if teacher is not None:
         teacher.eval()
     history: list[dict] = []
-    step = 0
-    for epoch in range(config.epochs):
+    step, first_epoch = 0, 0
+    if resume is not None:
+        first_epoch, step, history = _restore_fit(resume, model, opt, loader, config, steps_per_epoch, desc)
+    else:
+        distributed.broadcast_(model.state_dict().values())
+    bar = StageProgress(desc, config.epochs, steps_per_epoch, enabled=progress and distributed.is_main(),
+                        first_epoch=first_epoch)
+    lr = cosine_lr(step, total, warmup, config.lr)
+    for epoch in range(first_epoch, config.epochs):
         good_state = copy.deepcopy(model.state_dict())
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = _bar(steps_per_epoch, f"{desc} {epoch + 1}/{config.epochs}", progress)
+        bar.start_epoch(epoch, steps_per_epoch)
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = to_device_batch(x, y, device, config.amp)
+            x, y, scale = distributed.shard_batch(x, y)
             lr = cosine_lr(step, total, warmup, config.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
-            out = model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
-            if config.distill_weight > 0:
-                with torch.no_grad():
-                    t_out = teacher(x)  # type: ignore[misc]
-                loss = (1 - config.distill_weight) * loss + config.distill_weight * distill_loss(
-                    out, t_out, config.distill_temperature)
-            if not torch.isfinite(loss):
+            with autocast(device, config.amp):
+                out = model(x)
+                loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
+                if config.distill_weight > 0:
+                    with torch.no_grad():
+                        t_out = teacher(x)  # type: ignore[misc]
+                    loss = (1 - config.distill_weight) * loss + config.distill_weight * distill_loss(
+                        out, t_out, config.distill_temperature)
+            loss_value = global_mean(loss, scale, device)
+            if not math.isfinite(loss_value):
                 model.load_state_dict(good_state)
                 raise NonFiniteLossError(
-                    f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}, step {step}; the model was "
+                    f"{desc}: the loss became {loss_value} at epoch {epoch + 1}, step {step}; the model was "
                     f"restored to the start of that epoch. Lower the learning rate (now {config.lr}) or check the data.")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * scale).backward()
+            distributed.average_gradients_(params)
             opt.step()
             step += 1
             n = y.shape[0]
-            loss_sum += loss.item() * n
+            loss_sum += loss_value * n
             correct += int((out.argmax(1) == y).sum())
             seen += n
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%")
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            bar.step(lambda: {"loss": f"{loss_sum / seen:.3f}", "acc": f"{100 * correct / seen:.1f}%",
+                              "lr": f"{lr:.3g}"})
+        bar.end_epoch()
+        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], device)
+        distributed.broadcast_(model.buffers())  # BatchNorm statistics as rank 0 saw them, on every rank
         stats = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "lr": lr}
         history.append(stats)
         log.info("%s epoch %d/%d loss %.4f train acc %.4f", desc, epoch + 1, config.epochs, stats["loss"], stats["train_accuracy"])
+        if on_checkpoint is not None:
+            on_checkpoint({"kind": "fit", "epoch": epoch + 1, "step": step, "steps_per_epoch": steps_per_epoch,
+                           "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "loader": loader_state(loader), "rng": rng_state(device), "history": list(history)})
         if on_epoch is not None:
             on_epoch(epoch, stats)
     return history
+
+
+def _restore_fit(state: Mapping[str, Any], model: nn.Module, opt: torch.optim.Optimizer, loader: Iterable,
+                 config: TrainConfig, steps_per_epoch: int, desc: str) -> tuple[int, int, list[dict]]:
+    if state.get("kind") != "fit":
+        raise ValueError(f"{desc}: the resume state is not a training state (kind {state.get('kind')!r})")
+    if state["steps_per_epoch"] != steps_per_epoch or state["epoch"] > config.epochs:
+        raise ValueError(f"{desc}: the resume state (epoch {state['epoch']}, {state['steps_per_epoch']} steps per "
+                         f"epoch) does not match this run ({config.epochs} epochs of {steps_per_epoch} steps)")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    load_loader_state(loader, state.get("loader"))
+    set_rng_state(state["rng"])
+    log.info("%s: resumed after epoch %d", desc, state["epoch"])
+    return int(state["epoch"]), int(state["step"]), list(state["history"])
+
+
+def global_mean(loss: torch.Tensor, scale: float, device: torch.device) -> float:
+    """The mean loss of the global batch (this rank's loss when not distributed)."""
+    value = float(loss.detach()) * scale
+    if distributed.is_distributed():
+        value = distributed.all_reduce_sum([value], device)[0] / distributed.world_size()
+    return value
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (tensor cores); a no-op on other devices."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def channels_last_(model: nn.Module, device: torch.device, enabled: bool) -> None:
+    # Channels-last convolutions are faster with tensor cores; on CPU the default layout is kept.
+    if enabled and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def to_device_batch(x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if amp and device.type == "cuda" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global RNG states that a loop consumes (CPU, and the CUDA device when used)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def loader_state(loader: Any) -> dict | None:
+    return loader.state_dict() if hasattr(loader, "state_dict") else None
+
+
+def load_loader_state(loader: Any, state: Mapping | None) -> None:
+    if state is not None and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(state)
 
 
 @torch.no_grad()
@@ -166,11 +267,3 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: str | torch.device =
     if seen == 0:
         raise ValueError("evaluation data is empty")
     return correct / seen
-
-
-def _bar(total: int, desc: str, on: bool):
-    if not on:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)

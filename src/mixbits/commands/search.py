@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 
@@ -37,18 +38,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--out", help="run folder (default runs/<time>-<model>-<target>)")
     p.add_argument("--checkpoint", help="float checkpoint to start from instead of training the float model")
+    p.add_argument("--train-subset", type=int, metavar="N",
+                   help="use a fixed seeded subset of N training samples (quick CPU recipes; default all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--resume", metavar="RUN_FOLDER",
+                   help="continue an interrupted run from its last checkpoint, with its saved settings "
+                        "(only --device may change)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..run import RunConfig, run_search
+    from .. import distributed
     from ..report import format_table
+    from ..run import RunConfig, resume_run, run_search
+    from .logfile import attach_log_file, detach_log_file
 
-    config = resolve_config(RunConfig, args, skip=set())
     cmd = "mixbits " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    report = run_search(config, progress=not args.quiet, command=cmd)
-    print(format_table(report))
-    print(f"\nrun folder: {report['run_folder']}  ({report['seconds']['total']:.1f} s on {report['device']})")
+    handler: list = []
+    main = True
+
+    def on_folder(folder) -> None:
+        handler.append(attach_log_file(folder))
+
+    try:
+        if args.resume:
+            _check_resume_args(args, RunConfig)
+            report = resume_run(args.resume, device=args.device, progress=not args.quiet, command=cmd,
+                                on_folder=on_folder)
+        else:
+            config = resolve_config(RunConfig, args, skip=set())
+            report = run_search(config, progress=not args.quiet, command=cmd, on_folder=on_folder)
+        main = distributed.is_main()
+    finally:
+        detach_log_file(handler[0] if handler else None)
+        distributed.destroy()
+    if main:
+        print(format_table(report))
+        print(f"\nrun folder: {report['run_folder']}  ({report['seconds']['total']:.1f} s on {report['device']})")
     return 0
 
 
+def _check_resume_args(args: argparse.Namespace, config_cls) -> None:
+    given = [f.name for f in dataclasses.fields(config_cls)
+             if f.name != "device" and getattr(args, f.name, None) is not None]
+    if getattr(args, "config", None):
+        given.insert(0, "config")
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise ValueError(f"--resume continues a run with the settings saved in {args.resume}/settings.json; "
+                         f"drop {flags} (only --device may change)")

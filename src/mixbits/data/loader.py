@@ -64,9 +64,10 @@ class TensorLoader:
         self.shuffle = shuffle
         self.augment = augment
         self.drop_last = drop_last and len(x) >= batch_size
-        c = x.shape[1]
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).expand(c).view(1, c, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).expand(c).view(1, c, 1, 1)
+        c = x.shape[1] if x.dim() > 1 else 1
+        view = (1, c) + (1,) * max(0, x.dim() - 2)  # broadcast over (N, C, ...) of any rank
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).expand(c).reshape(view)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).expand(c).reshape(view)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:

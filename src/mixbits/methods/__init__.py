@@ -13,5 +13,6 @@ budget under the same cost model). ``mixbits search --method NAME`` picks one.
 
 from .base import METHODS, Allocation, AllocationContext, allocate, register_method
 from . import differentiable  # noqa: F401  (registers "search")
+from . import hessian, random, uniform  # noqa: F401  (register "hessian", "random", "uniform")
 
 __all__ = ["METHODS", "Allocation", "AllocationContext", "allocate", "register_method"]

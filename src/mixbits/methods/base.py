@@ -30,6 +30,9 @@ class AllocationContext:
         teacher: the float model (for distillation), or None.
         progress: show progress bars.
         options: method-specific settings {name: value}.
+        resume: a state the method gave ``on_checkpoint`` in an interrupted run, to continue from
+            (methods that do not checkpoint ignore it and start over).
+        on_checkpoint: called by methods that checkpoint with their full state at the end of every epoch.
     """
 
     model: nn.Module
@@ -43,6 +46,8 @@ class AllocationContext:
     teacher: nn.Module | None = None
     progress: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+    resume: Mapping[str, Any] | None = None
+    on_checkpoint: Callable[[dict], None] | None = None
 
 
 @dataclass

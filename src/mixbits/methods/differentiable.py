@@ -12,5 +12,6 @@ def differentiable_search(ctx: AllocationContext) -> Allocation:
     config = SearchConfig(target=ctx.target, epochs=ctx.epochs,
                           distill_weight=0.5 if ctx.teacher is not None else 0.0, **dict(ctx.options))
     result = search(ctx.model, ctx.space, ctx.loaders["weights"], ctx.loaders["held_out"], config,
-                    device=ctx.device, teacher=ctx.teacher, progress=ctx.progress)
+                    device=ctx.device, teacher=ctx.teacher, progress=ctx.progress,
+                    resume=ctx.resume, on_checkpoint=ctx.on_checkpoint)
     return Allocation(bits=result.bits, history=result.history, info={"multiplier": result.multiplier})

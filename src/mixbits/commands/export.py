@@ -1,0 +1,90 @@
+"""``mixbits export``: a run folder -> a packed ``.mbits`` file (and optionally ONNX), checked."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "export"
+HELP = "pack a run's fine-tuned model into a .mbits file at its searched bits (optionally also ONNX)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_folder", metavar="RUN_FOLDER", help="the --out folder of a finished mixbits search")
+    p.add_argument("-o", "--output", help="the .mbits file to write (default RUN_FOLDER/model.mbits)")
+    p.add_argument("--onnx", nargs="?", const="", default=None, metavar="PATH",
+                   help="also write an ONNX graph (default: the output with .onnx) and check it with onnxruntime")
+    p.add_argument("--accuracy", action="store_true",
+                   help="also evaluate the reloaded model on the run's test set and compare with the run's model")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs of the output checks (default 0)")
+
+
+def _kib(num_bytes: float) -> str:
+    return f"{num_bytes:,.0f} B ({num_bytes / 1024:.2f} KiB)"
+
+
+def _size_rows(result, report_model_bits: int | None) -> list[tuple[str, str]]:
+    from ..export import size_bound_bytes
+
+    rows = []
+    if report_model_bits is not None and report_model_bits / 8 != result.promised_bytes:
+        rows.append(("warning", f"report.json promised {_kib(report_model_bits / 8)}, the cost model "
+                                f"{_kib(result.promised_bytes)}"))
+    diff = result.difference_bytes
+    allowed = size_bound_bytes(result.promised_bytes)
+    return rows + [
+        ("promised size (report)", _kib(result.promised_bytes)),
+        ("measured file size", _kib(result.file_bytes)),
+        ("difference", f"{diff:+,.0f} B ({100 * diff / result.promised_bytes:+.2f}%), of which header "
+                       f"{result.header_bytes:,} B; allowed +-{allowed:,.0f} B (2% + 4 KiB): "
+                       f"{'ok' if result.within_bound else 'EXCEEDED'}"),
+        ("weight compression (file)", f"{result.weight_compression:.2f}x ({result.float_quantized_bytes:,} B "
+                                      f"float32 -> {result.quantized_weight_bytes:,} B)"),
+        ("whole-file compression", f"{result.file_compression:.2f}x"),
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..export import compare_onnx, export_onnx, export_run, load, run_test_loader
+    from ..train import evaluate
+
+    if not Path(args.run_folder).is_dir():
+        raise FileNotFoundError(f"run folder {args.run_folder!r} does not exist")
+    out = Path(args.output) if args.output else Path(args.run_folder) / "model.mbits"
+    if not out.parent.is_dir():
+        raise ValueError(f"the output folder {str(out.parent)!r} does not exist")
+    result, rm = export_run(args.run_folder, out)
+    rows = [("written", str(out))] + _size_rows(result, rm.report_model_bits)
+
+    # Checks: the reloaded file against the fake-quantized model, then ONNX against the reloaded file.
+    net = load(out)
+    batches, what = [], ""
+    if rm.input_shape is not None:
+        x = torch.randn((8, *rm.input_shape), generator=torch.Generator().manual_seed(args.seed))  # (8, C, H, W)
+        with torch.no_grad():
+            reload_diff = float((net(x) - rm.model(x)).abs().max())
+        rows.append(("reload max |logit diff|", f"{reload_diff:.3g} (vs the fake-quantized model, 8 random inputs)"))
+        batches, what = [x], "8 random inputs"
+    if args.accuracy:
+        loader = run_test_loader(rm.info)
+        acc_fq, acc_loaded = evaluate(rm.model, loader), evaluate(net, loader)
+        same = "identical" if acc_fq == acc_loaded else "DIFFERENT"
+        rows.append(("test accuracy", f"{100 * acc_fq:.2f}% fake-quantized, {100 * acc_loaded:.2f}% reloaded "
+                                      f"({same})"))
+        batches, what = loader, "whole test set"
+    if args.onnx is not None:
+        onnx_path = Path(args.onnx) if args.onnx else out.with_suffix(".onnx")
+        export_onnx(out, onnx_path)
+        rows.append(("onnx", str(onnx_path)))
+        if batches:
+            cmp = compare_onnx(onnx_path, net, batches)
+            rows.append(("onnx max |output diff|", f"{cmp['max_abs_diff']:.3g} (onnxruntime vs PyTorch, {what})"))
+            if cmp["onnx_accuracy"] is not None:
+                rows.append(("onnx test accuracy", f"{100 * cmp['onnx_accuracy']:.2f}% onnxruntime, "
+                                                   f"{100 * cmp['torch_accuracy']:.2f}% PyTorch"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0 if result.within_bound else 1

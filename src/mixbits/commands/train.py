@@ -1,0 +1,165 @@
+"""``mixbits train``: train the float model that ``mixbits search --checkpoint`` starts from.
+
+The recipe is SGD with Nesterov momentum, linear warm-up then cosine decay,
+weight decay on weights (not on biases and norms) and optional label smoothing
+(:func:`mixbits.train.fit`). The run folder holds:
+
+- ``settings.json``  the resolved settings;
+- ``float.pt``       the checkpoint, in the format of a search run's ``float.pt``
+  (model, model_kwargs, data, state_dict, test_accuracy);
+- ``train.json``     per-epoch loss, accuracy and learning rate, the test accuracy and the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+NAME = "train"
+HELP = "train the float model (SGD + Nesterov, cosine schedule) and save a checkpoint for search"
+
+__all__ = ["FloatTrainConfig", "train_float", "NAME", "HELP", "add_arguments", "run"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FloatTrainConfig:
+    """Every setting of ``mixbits train`` (the CLI options and the keys of a ``-c`` TOML file)."""
+
+    data: str = "digits"
+    data_root: str | None = None
+    model: str = "digits_cnn"
+    epochs: int = 30
+    lr: float = 0.1
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    train_subset: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"train_subset must be >= 1, got {self.train_subset}")
+
+
+def train_float(config: FloatTrainConfig, *, progress: bool = True, command: str | None = None,
+                on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Train the float model, evaluate it on the test split and write the run folder.
+
+    Returns:
+        summary: run folder, checkpoint path, test accuracy, per-epoch history, timings.
+
+    Raises:
+        ValueError: unknown data set or model, a bad subset size, an unwritable folder (before any training).
+        NonFiniteLossError: training diverged.
+    """
+    import torch
+
+    from ..data import TensorLoader, load_dataset, take_train_subset
+    from ..models import create_model
+    from ..run import resolve_device
+    from ..runfiles import prepare_run_dir, save_checkpoint, write_json
+    from ..train import TrainConfig, evaluate, fit
+
+    t_start = time.time()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    ds = load_dataset(config.data, root=config.data_root)
+    if config.train_subset is not None:  # seed 0, the subset `mixbits search --train-subset` takes too
+        ds = take_train_subset(ds, config.train_subset)
+    model_kwargs = {"in_channels": ds.input_shape[0], "num_classes": ds.num_classes, "input_size": ds.input_shape[1]}
+    model = create_model(config.model, **model_kwargs).to(device)
+    recipe = TrainConfig(epochs=config.epochs, lr=config.lr, momentum=config.momentum, nesterov=True,
+                         weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
+                         label_smoothing=config.label_smoothing)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{config.data}").strip("_")
+    out = prepare_run_dir(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-train-{slug}")
+    write_json(out / "settings.json", {**asdict(config), "out": str(out), "device_resolved": str(device),
+                                       **({"command": command} if command else {})})
+    train_loader = TensorLoader(ds.train_x, ds.train_y, batch_size=config.batch_size, shuffle=True,
+                                augment=ds.augment, mean=ds.mean, std=ds.std, drop_last=True, seed=config.seed,
+                                device=device)
+    test_loader = TensorLoader(ds.test_x, ds.test_y, batch_size=1000, mean=ds.mean, std=ds.std, device=device)
+
+    t0 = time.time()
+    history = fit(model, train_loader, recipe, device=device, on_epoch=on_epoch, progress=progress, desc="float")
+    train_s = time.time() - t0
+    test_acc = evaluate(model, test_loader, device=device)
+    ckpt = save_checkpoint(out / "float.pt", {
+        "model": config.model, "model_kwargs": model_kwargs, "data": config.data, "data_root": config.data_root,
+        "train_subset": config.train_subset, "state_dict": model.state_dict(), "test_accuracy": test_acc})
+    images = config.epochs * len(train_loader) * config.batch_size
+    summary = {"command": command, "run_folder": str(out), "checkpoint": str(ckpt), "model": config.model,
+               "data": config.data, "train_samples": len(ds.train_y), "test_samples": len(ds.test_y),
+               "parameters": sum(p.numel() for p in model.parameters()), "test_accuracy": test_acc,
+               "device": str(device), "history": history,
+               "seconds": {"train": round(train_s, 2), "total": round(time.time() - t_start, 2)},
+               "train_images_per_s": round(images / max(train_s, 1e-9), 1)}
+    write_json(out / "train.json", summary)
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = FloatTrainConfig()
+    p.add_argument("-c", "--config", help="TOML file of settings (command-line options override it)")
+    p.add_argument("--data", help=f"data set: a name, imagefolder:PATH or package.module:function (default {d.data})")
+    p.add_argument("--data-root", help="where the data set lives (a folder or zip), or is downloaded to")
+    p.add_argument("--model", help=f"model: a name, torchvision:NAME, timm:NAME or package.module:function "
+                                   f"(default {d.model})")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default {d.epochs})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
+    p.add_argument("--momentum", type=float, help=f"Nesterov momentum (default {d.momentum})")
+    p.add_argument("--weight-decay", type=float, help=f"weight decay of conv/linear weights (default {d.weight_decay})")
+    p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up epochs before the cosine decay "
+                                                       f"(default {d.warmup_epochs})")
+    p.add_argument("--label-smoothing", type=float, help=f"label smoothing (default {d.label_smoothing})")
+    p.add_argument("--train-subset", type=int, metavar="N",
+                   help="train on a fixed seeded subset of N training samples (quick CPU recipes; default all)")
+    p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--out", help="run folder (default runs/<time>-train-<model>-<data>)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .options import resolve_config
+
+    config = resolve_config(FloatTrainConfig, args, skip=set())
+    cmd = "mixbits " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+    def show(epoch: int, stats: dict) -> None:
+        print(f"epoch {stats['epoch']}/{config.epochs}  loss {stats['loss']:.4f}  "
+              f"train acc {100 * stats['train_accuracy']:.2f}%  lr {stats['lr']:.4g}", flush=True)
+
+    s = train_float(config, progress=not args.quiet, command=cmd, on_epoch=None if args.quiet else show)
+    print(f"float test accuracy {100 * s['test_accuracy']:.2f}% ({s['test_samples']} test samples, "
+          f"{s['train_samples']} training samples, {s['parameters']:,} parameters, "
+          f"{s['seconds']['train']:.1f} s on {s['device']})")
+    print(f"checkpoint: {s['checkpoint']}")
+    search = ["mixbits", "search", "--data", config.data, "--model", config.model, "--checkpoint", s["checkpoint"]]
+    if config.data_root:
+        search += ["--data-root", config.data_root]
+    if config.train_subset is not None:
+        search += ["--train-subset", str(config.train_subset)]
+    print("next: " + " ".join(shlex.quote(a) for a in search) + " --target 24x")
+    return 0

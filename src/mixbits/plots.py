@@ -1,0 +1,233 @@
+"""The report's figures as PNG bytes (matplotlib, Agg backend: no display needed).
+
+Each function takes the plain data of a run folder (``report.json``,
+``search.json`` history, ``history.json``, sweep rows) and returns one PNG.
+Bitwidths keep one colour in every figure.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Mapping, Sequence
+
+__all__ = ["bits_png", "probs_png", "progress_png", "pareto_png", "probability_series"]
+
+_BIT_COLORS = {1: "#d62728", 2: "#ff7f0e", 3: "#bcbd22", 4: "#2ca02c", 5: "#17becf", 6: "#1f77b4", 7: "#9467bd",
+               8: "#8c564b", 16: "#7f7f7f", 32: "#1b1b1b"}
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError("report plots need matplotlib: pip install 'mixbits[plot]'") from exc
+    return plt
+
+
+def _png(fig) -> bytes:
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _short(name: str, n: int = 22) -> str:
+    return name if len(name) <= n else "…" + name[-(n - 1):]
+
+
+def bits_png(layers: Sequence[Mapping[str, Any]]) -> bytes:
+    """Bits per layer (log scale) above each layer's share of the quantized size.
+
+    Args:
+        layers: ``report.json`` rows: name, bits, share_of_quantized, pinned.
+    """
+    plt = _plt()
+    n = len(layers)
+    fig, (ax_b, ax_s) = plt.subplots(2, 1, figsize=(max(6.0, 0.32 * n + 2.0), 5.2), sharex=True,
+                                     gridspec_kw={"height_ratios": [1.2, 1]})
+    xs = list(range(n))
+    colors = [_BIT_COLORS.get(int(r["bits"]), "#444444") for r in layers]
+    ax_b.bar(xs, [r["bits"] for r in layers], color=colors, edgecolor=["black" if r["pinned"] else "none" for r in layers])
+    ax_b.set_yscale("log", base=2)
+    ticks = sorted({int(r["bits"]) for r in layers} | {1, 8, 32})
+    ax_b.set_yticks(ticks, [str(t) for t in ticks])
+    ax_b.minorticks_off()
+    ax_b.set_ylabel("bits")
+    ax_b.set_title("bits per layer (outlined: pinned)")
+    ax_s.bar(xs, [100 * r["share_of_quantized"] for r in layers], color=colors)
+    ax_s.set_ylabel("share of size (%)")
+    ax_s.set_xticks(xs, [_short(r["name"]) for r in layers], rotation=60, ha="right", fontsize=8)
+    for ax in (ax_b, ax_s):
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def probability_series(history: Sequence[Mapping[str, Any]]) -> tuple[list[float], dict[str, list[list[float]]]]:
+    """(x in epochs, {layer: [probabilities at each x]}) from a search history.
+
+    Uses the within-epoch ``trace`` and the end-of-epoch ``mixing_probs`` when the
+    search recorded them, else the end-of-epoch ``probs``.
+    """
+    xs: list[float] = []
+    series: dict[str, list[list[float]]] = {}
+
+    def add(x: float, probs: Mapping[str, Sequence[float]]) -> None:
+        if xs and x <= xs[-1]:
+            return
+        xs.append(x)
+        for name, p in probs.items():
+            series.setdefault(name, []).append(list(p))
+
+    for rec in history:
+        for point in rec.get("trace") or []:
+            add(float(point["epoch"]), point["probs"])
+        probs = rec.get("mixing_probs") or rec.get("probs")
+        if probs:
+            add(float(rec["epoch"]), probs)
+    return xs, series
+
+
+def probs_png(history: Sequence[Mapping[str, Any]], candidates: Sequence[int]) -> bytes | None:
+    """Stacked probabilities of each candidate bitwidth over the search, one small panel per layer.
+
+    Returns:
+        the PNG, or None when the history holds no probabilities (a method other than the search).
+    """
+    xs, series = probability_series(history)
+    cands = sorted(int(b) for b in candidates)
+    layers = {n: s for n, s in series.items() if s and len(s[0]) == len(cands) > 1}
+    if not xs or not layers:
+        return None
+    plt = _plt()
+    cols = min(4, len(layers))
+    rows = math.ceil(len(layers) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 1.9 * rows + 0.9), squeeze=False, sharex=True,
+                             sharey=True, layout="constrained")
+    colors = [_BIT_COLORS.get(b, "#444444") for b in cands]
+    for ax, (name, s) in zip(axes.flat, layers.items()):
+        per_bit = list(zip(*s))  # (K, T)
+        ax.stackplot(xs, per_bit, colors=colors, linewidth=0)
+        ax.set_title(_short(name, 30), fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_xlim(xs[0], xs[-1])
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("search epoch", fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
+    fig.legend(handles, [f"{b} bit" for b in cands], loc="outside upper center", ncol=len(cands), fontsize=8,
+               frameon=False, title="probability of each bitwidth during the search "
+                                    "(budget prices and temperature applied)", title_fontsize=9)
+    return _png(fig)
+
+
+def progress_png(search_history: Sequence[Mapping[str, Any]], fit_history: Mapping[str, Sequence[Mapping[str, Any]]],
+                 report: Mapping[str, Any]) -> bytes:
+    """Expected size against the target, multiplier and temperature during the search, and accuracy over all stages."""
+    plt = _plt()
+    fig, (ax_size, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    if search_history and "expected_weight_compression" in search_history[0]:
+        ep = [h["epoch"] for h in search_history]
+        comp = [h["expected_weight_compression"] for h in search_history]
+        ax_size.plot(ep, comp, "o-", label="expected compression")
+        h0 = search_history[0]
+        target = h0["expected_weight_compression"] * h0["expected_quantized_bits"] / h0["budget_bits"]
+        ax_size.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:.1f}x")
+        lo, hi = min(comp + [target]), max(comp + [target])
+        ax_size.set_ylim(lo - 0.15 * max(hi - lo, 0.1 * target), hi + 0.15 * max(hi - lo, 0.1 * target))
+        ax_size.ticklabel_format(axis="y", useOffset=False, style="plain")
+        ax_size.set_xlabel("search epoch")
+        ax_size.set_xticks(ep)
+        ax_size.set_ylabel("weight compression (x)")
+        twin = ax_size.twinx()
+        twin.plot(ep, [h["multiplier"] for h in search_history], "s:", color="tab:purple", ms=3, label="multiplier")
+        twin.plot(ep, [h["temperature"] for h in search_history], "^:", color="tab:orange", ms=3, label="temperature")
+        twin.set_ylabel("multiplier, temperature")
+        lines = ax_size.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax_size.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="best")
+        ax_size.set_title("expected size during the search")
+    else:
+        ax_size.text(0.5, 0.5, "no search history\n(method without epochs)", ha="center", va="center")
+        ax_size.set_axis_off()
+    stages = [("float", fit_history.get("float") or []), ("search", search_history or []),
+              ("fine-tune", fit_history.get("finetune") or [])]
+    start = 0
+    tests = {"float": report.get("float_test_accuracy"), "search": report.get("derived_test_accuracy"),
+             "fine-tune": report.get("final_test_accuracy")}
+    for i, (name, hist) in enumerate(stages):
+        accs = [h["train_accuracy"] for h in hist if h.get("train_accuracy") is not None]
+        xs = list(range(start + 1, start + len(accs) + 1))
+        if accs:
+            ax_acc.plot(xs, [100 * a for a in accs], "o-", ms=3, label=f"{name} train")
+            ax_acc.axvspan(start + 0.5, start + len(accs) + 0.5, color=f"C{i}", alpha=0.06)
+        if tests[name] is not None:
+            ax_acc.plot([start + max(len(accs), 1)], [100 * tests[name]], "*", ms=11, color=f"C{i}",
+                        markeredgecolor="black", label=f"{name} test {100 * tests[name]:.2f}%")
+        start += len(accs)
+    from matplotlib.ticker import MaxNLocator
+
+    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_acc.set_xlabel("epoch (float, search, fine-tune)")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_title("accuracy over the run")
+    ax_acc.legend(fontsize=7, loc="lower right")
+    for ax in (ax_size, ax_acc):
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def pareto_png(rows: Sequence[Mapping[str, Any]], *, run_point: tuple[float, float] | None = None,
+               float_accuracy: float | None = None) -> bytes:
+    """Test accuracy against weight compression for every sweep row, the Pareto front, and this run.
+
+    Args:
+        rows: dicts with method, weight_compression, test_accuracy (a fraction).
+        run_point: (weight compression, test accuracy) of the reported run, starred.
+        float_accuracy: the float model's test accuracy, a dashed line.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        methods.setdefault(str(r["method"]).split(":")[0], []).append(
+            (float(r["weight_compression"]), 100 * float(r["test_accuracy"])))
+    for i, (m, pts) in enumerate(sorted(methods.items())):
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=22, color=f"C{i}", label=m, zorder=3)
+    front = _pareto_front([p for pts in methods.values() for p in pts])
+    if front:
+        ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="black", lw=1, alpha=0.6,
+                label="Pareto front", zorder=2)
+    if run_point is not None:
+        ax.plot([run_point[0]], [100 * run_point[1]], "*", ms=16, color="gold", markeredgecolor="black",
+                label="this run", zorder=4)
+    if float_accuracy is not None:
+        ax.axhline(100 * float_accuracy, color="grey", ls="--", lw=1, label=f"float {100 * float_accuracy:.2f}%")
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in (1, 2, 4, 8, 16, 24, 32) if lo <= t <= hi]
+    ax.set_xticks(ticks, [f"{t}x" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("weight compression (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy against size")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats in both compression and accuracy, by increasing compression."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return sorted(front)

@@ -1,0 +1,92 @@
+"""``mixbits export`` and ``mixbits inspect`` on a run folder written the way ``mixbits search`` writes it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mixbits import PrepareConfig, prepare_
+from mixbits.cli import main
+from mixbits.export import load, read_mbits
+from mixbits.models import create_model
+from mixbits.report import build_report
+from mixbits.runfiles import save_checkpoint, write_json
+
+BITS = {"features.0": 8, "features.3": 1, "features.7": 2, "classifier": 16}
+KWARGS = {"in_channels": 1, "num_classes": 10, "input_size": 8, "width": 4}
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """A finished run of a small digits CNN with one excluded layer kept in float."""
+    run = tmp_path / "run"
+    run.mkdir()
+    model = create_model("digits_cnn", **KWARGS)
+    bits = {k: v for k, v in BITS.items() if k != "classifier"}
+    space = prepare_(model, PrepareConfig(exclude=("classifier",)))
+    space.fix_(bits)
+    write_json(run / "settings.json", {"model": "digits_cnn", "data": "digits", "exclude": ["classifier"], "pins": {}})
+    write_json(run / "report.json", build_report(space, bits, model="digits_cnn"))
+    save_checkpoint(run / "finetuned.pt", {"model": "digits_cnn", "model_kwargs": KWARGS, "data": "digits",
+                                           "data_root": None, "bits": bits, "candidates": [1, 2, 4, 8, 16, 32],
+                                           "state_dict": model.state_dict(), "test_accuracy": 0.5})
+    return run, model, space, bits
+
+
+def test_export_command_prints_promised_and_measured(run_folder, tmp_path, capsys):
+    run, model, space, bits = run_folder
+    out = tmp_path / "m.mbits"
+    assert main(["export", str(run), "-o", str(out), "--onnx", "--accuracy"]) == 0
+    text = capsys.readouterr().out
+    promised = space.cost.model_bits(bits) / 8
+    size = out.stat().st_size
+    assert f"promised size (report)     {promised:,.0f} B" in text
+    assert f"measured file size         {size:,} B" in text
+    assert "(2% + 4 KiB): ok" in text
+    assert "reload max |logit diff|    0 " in text
+    assert "(identical)" in text
+    onnx_line = next(line for line in text.splitlines() if line.startswith("onnx max |output diff|"))
+    assert float(onnx_line.split()[4]) <= 1e-4
+    assert (tmp_path / "m.onnx").is_file()
+    f = read_mbits(out)
+    assert {r.name: r.bits for r in f.layers} == bits
+    assert [r.key for r in f.floats][-2:] == ["classifier.weight", "classifier.bias"]  # excluded: kept in float
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(load(out)(x), model.eval()(x))
+
+
+def test_export_default_output_and_inspect(run_folder, capsys):
+    run, _, space, bits = run_folder
+    assert main(["export", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(run / "model.mbits")]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].split() == ["layer", "kind", "shape", "bits", "bytes"]
+    assert text.splitlines()[2].split() == ["features.3", "Conv2d", "8x4x3x3", "1", "52"]  # 288 bits + 8 scales
+    assert "zoo digits_cnn" in text and "within 2% + 4 KiB" in text
+    assert main(["inspect", "--json", str(run / "model.mbits")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {r["name"]: r["bits"] for r in info["layers"]} == bits
+    assert info["totals"]["promised_bytes"] == space.cost.model_bits(bits) / 8
+
+
+def test_command_errors_are_one_line(run_folder, tmp_path, capsys):
+    run, *_ = run_folder
+    assert main(["export", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"mixbits export: error: run folder '{tmp_path / 'nowhere'}' does not exist"
+    (tmp_path / "empty").mkdir()
+    assert main(["export", str(tmp_path / "empty")]) == 2
+    assert "has no finetuned.pt" in capsys.readouterr().err
+    assert main(["export", str(run), "-o", str(tmp_path / "no" / "m.mbits")]) == 2
+    assert "output folder" in capsys.readouterr().err
+    assert main(["export", str(run), "-o", str(tmp_path / "m.mbits")]) == 0
+    data = (tmp_path / "m.mbits").read_bytes()
+    (tmp_path / "cut.mbits").write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "cut.mbits")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "truncated or corrupted" in err

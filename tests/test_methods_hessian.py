@@ -1,0 +1,72 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixbits.methods import allocate
+from mixbits.methods.hessian import hessian_sensitivity, hutchinson_traces
+from mixbits.quant import quantize_hard
+
+from ._method_helpers import tiny_context
+
+
+def test_hutchinson_matches_the_exact_hessian_trace():
+    # Reference equivalence: a linear softmax classifier, whose Hessian we form exactly.
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 4)
+    x, y = torch.randn(32, 3), torch.randint(0, 4, (32,))
+    w = lin.weight
+
+    def loss_of(weight):
+        return F.cross_entropy(F.linear(x, weight, lin.bias), y)
+
+    exact = torch.autograd.functional.hessian(loss_of, w.detach().clone())  # (4, 3, 4, 3)
+    exact_trace = float(exact.reshape(12, 12).diagonal().sum())
+    g = torch.Generator().manual_seed(0)
+    est = hutchinson_traces(lin, {"w": w}, [(x, y)] * 4, batches=4, samples=500, generator=g)["w"]
+    assert exact_trace > 0
+    assert est == pytest.approx(exact_trace, rel=0.05)
+
+
+def test_hutchinson_is_exact_for_a_diagonal_hessian():
+    # Loss sum_i c_i w_i^2 / 2 has Hessian diag(c): v^T H v = sum c_i for every Rademacher v.
+    w = nn.Parameter(torch.randn(5))
+    c = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    model = lambda x: (c * w * w).sum() / 2 + 0 * x.sum()  # noqa: E731
+    est = hutchinson_traces(model, {"w": w}, [(torch.zeros(1), None)], batches=1, samples=3,
+                            loss_fn=lambda out, _: out)["w"]
+    assert est == pytest.approx(15.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("target", ["6x", "16x", "28x"])
+def test_hessian_fits_the_budget_and_minimises_the_sensitivity(target):
+    ctx, space = tiny_context(target)
+    res = allocate("hessian", ctx)
+    assert space.cost.quantized_bits(res.bits) <= ctx.budget_bits
+    # the float weights are left as they were: the space is back in its searchable state
+    assert space.fixed_bits() is None
+    # exhaustive check that no assignment within the budget has a smaller summed sensitivity
+    import itertools
+
+    omega = res.info["sensitivity"]
+    costs = space.cost.cost_table()
+    names = list(costs)
+    best = min(sum(omega[n][str(b)] for n, b in zip(names, combo))
+               for combo in itertools.product(*[sorted(costs[n]) for n in names])
+               if sum(costs[n][b] for n, b in zip(names, combo)) <= ctx.budget_bits)
+    assert res.info["objective"] == pytest.approx(best, rel=1e-6, abs=1e-12)
+
+
+def test_hessian_sensitivity_is_trace_per_weight_times_error():
+    ctx, space = tiny_context("16x")
+    weights = {layer.name: ctx.model.get_submodule(layer.name)._parameters["weight"] for layer in space.layers}
+    omega = hessian_sensitivity(space, weights, {n: 2.0 for n in weights})
+    w = weights["3"].detach()
+    assert omega["3"][2] == pytest.approx(2.0 / w.numel() * float((quantize_hard(w, 2) - w).pow(2).sum()))
+    assert omega["3"][32] == 0.0
+
+
+def test_hessian_rejects_the_test_split():
+    ctx, _ = tiny_context("16x", options={"split": "test"})
+    with pytest.raises(ValueError, match="never the test split"):
+        allocate("hessian", ctx)

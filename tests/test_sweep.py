@@ -1,0 +1,64 @@
+import csv
+import json
+
+import pytest
+
+from mixbits.cli import main
+from mixbits.sweep import ROW_FIELDS, SweepConfig, parse_method, sweep
+
+
+def _config(tmp_path, **kw):
+    base = dict(data="digits", model="digits_cnn", methods=("search", "random", "uniform:2"), targets=("16x",),
+                seeds=(0,), float_epochs=1, search_epochs=2, finetune_epochs=1, train_subset=320, test_subset=128,
+                device="cpu", out=str(tmp_path / "sweep"))
+    base.update(kw)
+    return SweepConfig(**base)
+
+
+def test_sweep_writes_the_table_and_the_plot(tmp_path):
+    result = sweep(_config(tmp_path))
+    rows = result["rows"]
+    assert [(r["method"], r["target"]) for r in rows] == [
+        ("search", "16x"), ("random", "16x"), ("uniform:2", "2bit"), ("uniform:1", "1bit")]
+    for r in rows:
+        assert r["quantized_bits"] <= r["budget_bits"]
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+    assert rows[0]["weight_compression"] >= 16.0
+    assert rows[2]["average_bits"] > 2.0 and set(rows[2]["bits"].values()) == {2}
+    out = tmp_path / "sweep"
+    with open(out / "sweep.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(ROW_FIELDS)
+    assert [t["method"] for t in table] == [r["method"] for r in rows]
+    saved = json.loads((out / "sweep.json").read_text())
+    assert len(saved["rows"]) == 4 and saved["float_accuracy"] == result["float_accuracy"]
+    png = (out / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert (out / "float.pt").is_file()
+
+
+def test_sweep_cli_from_a_checkpoint(tmp_path, capsys):
+    from mixbits.models import create_model
+    from mixbits.runfiles import save_checkpoint
+
+    model = create_model("digits_cnn", in_channels=1, num_classes=10, input_size=8)
+    save_checkpoint(tmp_path / "float.pt", {"state_dict": model.state_dict()})
+    code = main(["sweep", "-q", "--checkpoint", str(tmp_path / "float.pt"), "--methods", "hessian,uniform",
+                 "--targets", "8x,24x", "--finetune-epochs", "0", "--train-subset", "320", "--test-subset", "128",
+                 "--no-plot", "--no-binary-point", "--device", "cpu", "--out", str(tmp_path / "cli")])
+    assert code == 0
+    rows = json.loads((tmp_path / "cli" / "sweep.json").read_text())["rows"]
+    assert [(r["method"], r["target"]) for r in rows] == [("hessian", "8x"), ("hessian", "24x"),
+                                                          ("uniform", "8x"), ("uniform", "24x")]
+    assert "csv:" in capsys.readouterr().out
+
+
+def test_parse_method_and_bad_settings(tmp_path):
+    assert parse_method("uniform:4") == ("uniform", {"bits": 4})
+    assert parse_method("hessian") == ("hessian", {})
+    with pytest.raises(ValueError, match="known"):
+        parse_method("nope")
+    with pytest.raises(ValueError, match="uniform:K"):
+        parse_method("uniform:x")
+    with pytest.raises(ValueError, match="targets is empty"):
+        _config(tmp_path, targets=())
