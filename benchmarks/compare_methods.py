@@ -19,8 +19,6 @@ finish, so a long run can be watched and a crash loses nothing done.
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import logging
 import math
 import platform
@@ -50,7 +48,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                            float_lr=0.05, finetune_lr=0.01, search_seeds=(0,), random_seeds=(0, 1)),
     },
     "quick": {
-        "lenet5": dict(data="mnist5k", float_epochs=6, search_epochs=3, finetune_epochs=1, batch_size=128,
+        "lenet5": dict(data="mnist5k", float_epochs=12, search_epochs=3, finetune_epochs=2, batch_size=128,
                        float_lr=0.05, finetune_lr=0.01, search_seeds=(0, 1, 2), random_seeds=(0, 1, 2)),
         "resnet20": dict(data="cifar10", train_subset=1024, test_subset=500, float_epochs=4, search_epochs=2,
                          finetune_epochs=1, batch_size=64, float_lr=0.05, finetune_lr=0.01, search_seeds=(0,),
@@ -101,14 +99,26 @@ class DiffQBaseline:
         b_opt = torch.optim.Adam(list(logits.values()), lr=self.bits_lr)
         float_mb = space.cost.float_quantized_bits() / 8 / 2**20
         loader = self.setup.loaders(self.seed)["full"]
+        diverged = False
         for _ in range(self.epochs):
             for x, y in loader:
-                loss = F.cross_entropy(model(x), y) + penalty * q.model_size() / float_mb
+                loss = F.cross_entropy(model(x), y)
+                diverged = not (torch.isfinite(loss) and all(torch.isfinite(p).all() for p in logits.values()))
+                if diverged:
+                    break
+                loss = loss + penalty * q.model_size() / float_mb
                 opt.zero_grad(set_to_none=True)
                 b_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 b_opt.step()
+            if diverged:
+                break
+        if diverged or not all(torch.isfinite(p).all() for p in model.parameters()):
+            q.detach()
+            log.warning("diffq penalty %.4g diverged; counted as not fitting", penalty)
+            self.memo[penalty] = ({}, {}, 2**62)
+            return self.memo[penalty]
         with torch.no_grad():
             bits = {}
             for n in names:
@@ -155,7 +165,7 @@ class DiffQBaseline:
         if hi is None:
             raise RuntimeError(f"DiffQ did not reach the budget {budget} bits with penalties up to {p:g}")
         bits, state, _ = self.memo[hi]
-        ctx.model.load_state_dict(state)  # fine-tune from DiffQ's weights, as search hands over its own
+        ctx.model.load_state_dict(state)  # hand over DiffQ's weights, as the search hands over its own
         return Allocation(bits=bits, info={"penalty": hi, "runs": {f"{k:.4g}": v[2] for k, v in self.memo.items()}})
 
 
@@ -176,7 +186,7 @@ def mct_available() -> str | None:
 
 
 # ---------------------------------------------------------------------------- cost ratios
-def step_time_ratio(setup: SweepSetup, repeats: int = 6) -> dict[str, float]:
+def step_time_ratio(setup: SweepSetup, repeats: int = 4) -> dict[str, float]:
     """Median time of a search step (weight step and logit step) over a float training step, interleaved."""
     c = setup.config
     loader = setup.loaders(0)["weights"]
@@ -237,9 +247,10 @@ def _git_head() -> str:
 def run_model(name: str, prof: dict[str, Any], args, out: Path) -> dict[str, Any]:
     prof = dict(prof)
     search_seeds, random_seeds = prof.pop("search_seeds"), prof.pop("random_seeds")
-    ckpt = out / ".work" / f"{name}_float.pt"
+    work = Path(args.work)
+    ckpt = work / f"{name}_float.pt"
     config = SweepConfig(model=name, data_root=args.cifar_root if prof["data"] == "cifar10" else None,
-                         targets=TARGETS, device=args.device, out=str(out / ".work"),
+                         targets=TARGETS, device=args.device, out=str(work), finetune_from=args.finetune_from,
                          checkpoint=str(ckpt) if ckpt.is_file() and not args.retrain else None, **prof)
     t0 = time.time()
     setup = prepare_sweep(config, progress=False)
@@ -250,6 +261,7 @@ def run_model(name: str, prof: dict[str, Any], args, out: Path) -> dict[str, Any
         save_checkpoint(ckpt, {"model": name, "state_dict": setup.float_state, "test_accuracy": setup.float_accuracy})
     log.info("%s: float %.4f in %.1f s", name, setup.float_accuracy, time.time() - t0)
     result: dict[str, Any] = {"model": name, "data": config.data, "float_accuracy": setup.float_accuracy,
+                              "finetune_from": config.finetune_from,
                               "float_epoch_seconds": setup.float_epoch_seconds,
                               "float_steps_per_epoch": setup.float_steps_per_epoch,
                               "settings": {**prof, "search_seeds": list(search_seeds), "random_seeds": list(random_seeds)},
@@ -354,7 +366,7 @@ def write_markdown(results: list[dict], out: Path, command: str, mode: str) -> N
              f"Command: `{command}`  ", f"Commit: `{_git_head()}`  ",
              f"Machine: 2-core CPU container, no GPU ({platform.processor() or platform.machine()}, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads; cores shared with other jobs)  ",
-             f"Mode: {mode}", ""]
+             f"Mode: {mode}; fine-tuning starts from: {results[0]['finetune_from'] if results else '-'} weights", ""]
     for res in results:
         st = res["settings"]
         lines += [f"## {res['model']} on {res['data']}", "",
@@ -398,8 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cifar-root", default="../shared/data/cifar10-jpeg.zip", help="the CIFAR-10 folder or zip")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--finetune-from", choices=("float", "method"), default="float",
+                   help="float (default): every row fine-tunes its bits from the same float weights; method: "
+                        "from the weights the method hands over (search's and DiffQ's trained weights)")
+    p.add_argument("--work", default="runs/compare_work", help="where the float checkpoints are kept (reused if present)")
     p.add_argument("--retrain", action="store_true", help="train the float models even if a checkpoint exists")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a CPU shared with other jobs, more threads than free "
+                        "cores makes every step many times slower)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     args.mode = "full" if args.full else "smoke" if args.smoke else "quick"
     if args.smoke:
         args.models = "digits_cnn"

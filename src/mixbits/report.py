@@ -62,6 +62,10 @@ def _total_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "target" in report:
         lines.append(("target", f"{report['target']} (budget {_kib(report['budget_bits'])} for quantized weights, "
                                 f"{100 * t['quantized_bits'] / report['budget_bits']:.1f}% used)"))
+    if "packed_file" in report:
+        f = report["packed_file"]
+        lines.append(("packed file (measured on disk)", f"{f['file_bytes'] / 1024:.2f} KiB, promised "
+                      f"{f['promised_bytes'] / 1024:.2f} KiB + header {f['header_bytes'] / 1024:.2f} KiB"))
     for key, label in (("float_test_accuracy", "float test accuracy"),
                        ("derived_test_accuracy", "test accuracy at derived bits, before fine-tuning"),
                        ("final_test_accuracy", "final test accuracy")):

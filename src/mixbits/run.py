@@ -36,6 +36,7 @@ from .budget import budget_bits, parse_target
 from .data import TensorLoader, load_dataset, split_held_out, take_train_subset
 from .finetune import finetune_
 from .models import create_model
+from .export.exporter import export_model
 from .report import build_report, format_table, to_markdown
 from .runfiles import load_checkpoint, prepare_run_dir, save_checkpoint, write_json, write_text
 from .methods import METHODS, AllocationContext, allocate
@@ -350,12 +351,21 @@ def _stages(config: RunConfig, model: torch.nn.Module, model_kwargs: dict, prep:
                                                "data_root": config.data_root, "bits": bits,
                                                "candidates": list(config.candidates), "state_dict": model.state_dict(),
                                                "test_accuracy": final_acc})
+        # The packed file, so the report states the size measured on disk next to the promise.
+        packed = export_model(model, space, out / PACKED_FILE, bits=bits, zoo=config.model, model_kwargs=model_kwargs,
+                              input_shape=tuple(loaders["test"].x.shape[1:]))
+        report["packed_file"] = {"path": str(out / PACKED_FILE), "promised_bytes": packed.promised_bytes,
+                                 "file_bytes": packed.file_bytes, "header_bytes": packed.header_bytes,
+                                 "within_bound": packed.within_bound}
         write_json(out / "history.json", {"float": carry.get("float_history", []), "finetune": ft_history})
         write_json(out / "report.json", report)
         write_text(out / "report.md", to_markdown(report))
     carry.pop("float_history", None)
     checkpoint("done", None)
     return report
+
+
+PACKED_FILE = "model.mbits"
 
 
 def _resume_file_model(out: Path) -> dict:

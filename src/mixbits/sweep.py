@@ -62,6 +62,9 @@ class SweepConfig:
         seeds: seeds; every (method, target) runs once per seed.
         method_options: {method name: {option: value}}.
         train_subset, test_subset: use only this many (seeded, random) samples, for quick runs.
+        finetune_from: ``"method"``: fine-tune the weights the method hands over (the search's
+            trained weights, as ``mixbits search`` does); ``"float"``: every row starts fine-tuning
+            from the same float weights, so rows differ only by their bits.
         binary_point: also fine-tune the all-binary model (``uniform:1``), marked on the plot.
         plot: write ``pareto.png`` (needs matplotlib: ``pip install mixbits[plot]``).
     """
@@ -84,6 +87,7 @@ class SweepConfig:
     distill: bool = True
     train_subset: int | None = None
     test_subset: int | None = None
+    finetune_from: str = "method"
     binary_point: bool = True
     plot: bool = True
     device: str = "auto"
@@ -104,6 +108,8 @@ class SweepConfig:
         for name in ("float_epochs", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.finetune_from not in ("method", "float"):
+            raise ValueError(f"finetune_from must be 'method' or 'float', got {self.finetune_from!r}")
         for name in ("train_subset", "test_subset"):
             v = getattr(self, name)
             if v is not None and v < 2:
@@ -251,6 +257,8 @@ def run_row(setup: SweepSetup, method: str, target: str | None, seed: int, *, al
     size = space.cost.quantized_bits(bits)
     if size > budget:
         raise RuntimeError(f"{method} returned {size} bits, over the budget of {budget} bits")
+    if c.finetune_from == "float":
+        model.load_state_dict(setup.float_state)
     space.fix_(bits)
     derived = evaluate(model, loaders["test"], device=setup.device)
     t0 = time.time()

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
     p.add_argument("--train-subset", type=int, help="use only this many training samples (quick runs)")
     p.add_argument("--test-subset", type=int, help="use only this many test samples (quick runs)")
+    p.add_argument("--finetune-from", choices=("method", "float"),
+                   help="fine-tune the weights the method hands over (default) or restart every row from the float weights")
     p.add_argument("--no-distill", dest="distill", action="store_false", default=None,
                    help="do not distil from the float model")
     p.add_argument("--no-binary-point", dest="binary_point", action="store_false", default=None,
