@@ -6,12 +6,12 @@ import pytest
 from mixbits.derive import solve_budget, solve_budget_dp
 
 
-def brute_force(scores, costs, budget):
+def brute_force(scores, costs, budget, floor=0):
     names = list(costs)
     best, best_val = None, None
     for combo in itertools.product(*[sorted(costs[n]) for n in names]):
         total = sum(costs[n][b] for n, b in zip(names, combo))
-        if total > budget:
+        if total > budget or total < floor:
             continue
         val = sum(scores[n][b] for n, b in zip(names, combo))
         if best_val is None or val > best_val + 1e-12:
@@ -51,3 +51,26 @@ def test_large_costs_never_exceed_budget():
     budget = sum(c[2] for c in costs.values())
     got = solve_budget(scores, costs, budget)
     assert sum(costs[n][b] for n, b in got.items()) <= budget
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_floor_matches_brute_force(seed):
+    from mixbits.derive import InfeasibleError
+
+    rng = random.Random(100 + seed)
+    cands = [1, 2, 4, 8]
+    costs = {f"l{i}": {b: rng.randint(5, 30) * b + 2 for b in cands} for i in range(rng.randint(2, 4))}
+    scores = {n: {b: rng.uniform(-5, 0) for b in cands} for n in costs}
+    lo = sum(min(c.values()) for c in costs.values())
+    hi = sum(max(c.values()) for c in costs.values())
+    budget = rng.randint(lo, hi)
+    floor = int(budget * rng.uniform(0.8, 1.0))
+    ref, ref_val = brute_force(scores, costs, budget, floor)
+    for solver in (solve_budget, solve_budget_dp):
+        if ref is None:
+            with pytest.raises(InfeasibleError):
+                solver(scores, costs, budget, floor=floor)
+            continue
+        got = solver(scores, costs, budget, floor=floor)
+        assert floor <= sum(costs[n][b] for n, b in got.items()) <= budget
+        assert sum(scores[n][b] for n, b in got.items()) == pytest.approx(ref_val, abs=1e-6)

@@ -86,9 +86,25 @@ def test_derive_follows_preferences_and_fills_budget():
     bits = derive_bits(space, budget)
     assert bits["0"] == 8
     assert space.cost.quantized_bits(bits) <= budget
-    plain = derive_bits(space, budget, fill=False)
-    assert plain == {"0": 8, "1": 1, "2": 1}
+    plain = derive_bits(space, budget, fill=False, min_use=0.0)
+    assert plain == {"0": 8, "1": 1, "2": 1}  # 91% of the budget
     assert bits == {"0": 8, "1": 2, "2": 1}  # the leftover is spent on an upgrade
+    # a lower bound of 95% forces the best assignment that uses the budget
+    assert derive_bits(space, budget, fill=False) == {"0": 8, "1": 2, "2": 1}
+
+
+def test_derive_prefers_budget_use_over_weak_preferences():
+    """A coarse layer that cannot be upgraded is traded so the budget is used (the 16x digits case)."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 8))
+    space = prepare_(model, PrepareConfig(candidates=(1, 2, 4)))
+    for d, k in zip(space.decision_list, (1, 0, 0)):  # layer 0 prefers 2 bits, the others 1 bit
+        d.logits.data.zero_()
+        d.logits.data[k] = 0.5
+    costs = space.cost.cost_table()
+    budget = costs["0"][1] + costs["1"][4] + costs["2"][2]
+    bits = derive_bits(space, budget)
+    used = space.cost.quantized_bits(bits)
+    assert 0.95 * budget <= used <= budget
 
 
 def test_nan_loss_stops_with_clear_message_and_restores_state():

@@ -13,39 +13,48 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["solve_budget", "solve_budget_dp"]
+__all__ = ["InfeasibleError", "solve_budget", "solve_budget_dp"]
 
 # Among assignments of equal preference, prefer the one that uses more of the budget.
 _TIE_BREAK = 1e-7
 
 
-def _validate(scores: Mapping[str, Mapping[int, float]], costs: Mapping[str, Mapping[int, int]], budget: int) -> None:
+def _validate(scores: Mapping[str, Mapping[int, float]], costs: Mapping[str, Mapping[int, int]], budget: int,
+              floor: int) -> None:
     if set(scores) != set(costs):
         raise ValueError("scores and costs must name the same layers")
     min_total = sum(min(c.values()) for c in costs.values())
     if budget < min_total:
         raise ValueError(f"budget of {budget} bits is below the smallest reachable size of {min_total} bits")
+    if floor > budget:
+        raise ValueError(f"floor of {floor} bits is above the budget of {budget} bits")
+
+
+class InfeasibleError(ValueError):
+    """No assignment has a total size between the floor and the budget."""
 
 
 def solve_budget(scores: Mapping[str, Mapping[int, float]], costs: Mapping[str, Mapping[int, int]],
-                 budget: int) -> dict[str, int]:
+                 budget: int, *, floor: int = 0) -> dict[str, int]:
     """Exact multiple-choice knapsack with HiGHS.
 
     Args:
         scores: {layer: {bits: preference}} (higher is better).
         costs: {layer: {bits: exact size in bits}}.
         budget: the largest total size allowed, in bits.
+        floor: the smallest total size allowed, in bits.
 
     Returns:
-        {layer: bits} whose total cost is at most ``budget``.
+        {layer: bits} whose total cost is in ``[floor, budget]``.
 
     Raises:
         ValueError: the budget is below the smallest reachable size.
+        InfeasibleError: no assignment lies between ``floor`` and ``budget``.
         RuntimeError: the solver failed.
     """
     from scipy.optimize import Bounds, LinearConstraint, milp
 
-    _validate(scores, costs, budget)
+    _validate(scores, costs, budget, floor)
     names = list(costs)
     index = [(n, b) for n in names for b in sorted(costs[n])]
     cost_vec = np.array([costs[n][b] for n, b in index], dtype=np.float64)
@@ -56,14 +65,17 @@ def solve_budget(scores: Mapping[str, Mapping[int, float]], costs: Mapping[str, 
         choose_one[names.index(n), j] = 1.0
     bound = float(budget)
     for _ in range(5):
-        constraints = [LinearConstraint(choose_one, 1.0, 1.0), LinearConstraint(cost_vec[None, :], -np.inf, bound)]
+        constraints = [LinearConstraint(choose_one, 1.0, 1.0),
+                       LinearConstraint(cost_vec[None, :], float(floor) if floor > 0 else -np.inf, bound)]
         res = milp(objective, constraints=constraints, integrality=np.ones(len(index)), bounds=Bounds(0, 1))
+        if res.status == 2:  # infeasible
+            raise InfeasibleError(f"no assignment has a size between {floor} and {budget} bits")
         if res.x is None:
             raise RuntimeError(f"budget solver failed: {res.message}")
         x = np.round(res.x).astype(int)
         chosen = {n: b for (n, b), xi in zip(index, x) if xi == 1}
         total = sum(costs[n][b] for n, b in chosen.items())
-        if len(chosen) == len(names) and total <= budget:
+        if len(chosen) == len(names) and floor <= total <= budget:
             return chosen
         # The solver's feasibility tolerance let the rounded answer slip over: tighten and retry.
         bound -= max(total - budget, 1)
@@ -71,9 +83,9 @@ def solve_budget(scores: Mapping[str, Mapping[int, float]], costs: Mapping[str, 
 
 
 def solve_budget_dp(scores: Mapping[str, Mapping[int, float]], costs: Mapping[str, Mapping[int, int]],
-                    budget: int) -> dict[str, int]:
+                    budget: int, *, floor: int = 0) -> dict[str, int]:
     """Exact dynamic programme over total size; O(layers * candidates * budget). For small problems."""
-    _validate(scores, costs, budget)
+    _validate(scores, costs, budget, floor)
     names = list(costs)
     neg = -np.inf
     best = np.full(budget + 1, neg)
@@ -93,9 +105,10 @@ def solve_budget_dp(scores: Mapping[str, Mapping[int, float]], costs: Mapping[st
             arg[better] = b
         best = new
         choice.append(arg)
+    best[:floor] = neg
     total = int(np.argmax(best))
     if best[total] == neg:
-        raise ValueError("no assignment fits the budget")
+        raise InfeasibleError(f"no assignment has a size between {floor} and {budget} bits")
     out: dict[str, int] = {}
     for n, arg in zip(reversed(names), reversed(choice)):
         b = int(arg[total])

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .budget import budget_bits, parse_target
-from .derive import solve_budget
+from .derive import InfeasibleError, solve_budget
 from .space import BitSpace
 from . import distributed
 from .progress import StageProgress
@@ -98,18 +98,23 @@ class SearchResult:
     history: list[dict] = field(default_factory=list)
 
 
-def derive_bits(space: BitSpace, budget: int, *, fill: bool = True) -> dict[str, int]:
+def derive_bits(space: BitSpace, budget: int, *, fill: bool = True, min_use: float = 0.95) -> dict[str, int]:
     """The discrete assignment the search prefers, with exact size <= ``budget``.
 
-    First the assignment that maximises the summed log-probabilities under the
-    budget. With ``fill``, the budget this leaves unused is then spent on upgrades
-    only (no layer gets fewer bits): the most of the budget that upgrades can use,
-    ties broken by the search's preference. More bits in a layer do not lower the
-    accuracy a fine-tuning reaches, so an unused budget is accuracy given away.
+    The assignment that maximises the summed log-probabilities with a size between
+    ``min_use * budget`` and ``budget`` (without the lower bound where no assignment
+    reaches it: the layers' sizes can be coarse). With ``fill``, the budget this
+    leaves unused is then spent on upgrades only (no layer gets fewer bits): the
+    most of the budget that upgrades can use, ties broken by the search's
+    preference. The user asked for a size; an unused budget is accuracy given away.
     """
     prefs = space.preferences()
     costs = space.cost.cost_table()
-    bits = solve_budget(prefs, costs, budget)
+    try:
+        bits = solve_budget(prefs, costs, budget, floor=math.ceil(min_use * budget))
+    except InfeasibleError:
+        log.info("no assignment uses %.0f%% of the budget; deriving without the lower bound", 100 * min_use)
+        bits = solve_budget(prefs, costs, budget)
     if not fill:
         return bits
     up_costs = {n: {b: c for b, c in costs[n].items() if b >= bits[n]} for n in costs}
