@@ -93,6 +93,17 @@ def _time(batches_iter, n: int, warmup: int, step, device: torch.device) -> floa
     return seen / (time.perf_counter() - t0)
 
 
+def _cpu_ms_per_batch(loader, n: int, warmup: int) -> float:
+    """CPU time (this process, all threads) per batch produced; insensitive to other jobs' load."""
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    t0 = time.process_time()
+    for _ in range(n):
+        next(it)
+    return 1000 * (time.process_time() - t0) / n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-root", help="CIFAR-10 folder or zip (default: synthetic images)")
@@ -142,6 +153,12 @@ def main() -> None:
         for kind in ("tensor", "dataloader"):
             rates[kind]["train"].append(_time(make(kind, r), args.batches, args.warmup, train_step, device))
             rates[kind]["loader_only"].append(_time(make(kind, r), args.loader_batches, args.warmup, no_step, device))
+    # CPU cost of producing a batch, in-process for both (DataLoader without workers), so that the
+    # figure does not depend on how busy the machine is.
+    workers = args.workers
+    args.workers = 0
+    cpu_ms = {kind: _cpu_ms_per_batch(make(kind, 0), args.loader_batches, args.warmup) for kind in ("tensor", "dataloader")}
+    args.workers = workers
     med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in rates.items()}
     result = {
         "benchmark": "data_pipeline", "model": "resnet20", "data": source, "device": str(device),
@@ -150,6 +167,7 @@ def main() -> None:
         "images_per_s": med, "all_rounds": rates,
         "train_ratio_tensor_over_dataloader": med["tensor"]["train"] / med["dataloader"]["train"],
         "loader_only_ratio_tensor_over_dataloader": med["tensor"]["loader_only"] / med["dataloader"]["loader_only"],
+        "loader_cpu_ms_per_batch_in_process": cpu_ms,
         "torch": torch.__version__, "python": platform.python_version(),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
     }
@@ -160,6 +178,8 @@ def main() -> None:
         print(f"{label:<34}{med[kind]['train']:>16.1f}{med[kind]['loader_only']:>22.1f}")
     print(f"ratio TensorLoader / DataLoader: training {result['train_ratio_tensor_over_dataloader']:.2f}x, "
           f"loader only {result['loader_only_ratio_tensor_over_dataloader']:.2f}x")
+    print(f"CPU time to produce one batch in-process: TensorLoader {cpu_ms['tensor']:.1f} ms, "
+          f"per-sample Dataset {cpu_ms['dataloader']:.1f} ms ({cpu_ms['dataloader'] / cpu_ms['tensor']:.1f}x)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -7,7 +7,7 @@ from mixbits.methods import allocate
 from mixbits.methods.hessian import hessian_sensitivity, hutchinson_traces
 from mixbits.quant import quantize_hard
 
-from ._method_helpers import tiny_context
+from ._method_helpers import one_thread, tiny_context  # noqa: F401  (one_thread: autouse fixture)
 
 
 def test_hutchinson_matches_the_exact_hessian_trace():
@@ -23,9 +23,10 @@ def test_hutchinson_matches_the_exact_hessian_trace():
     exact = torch.autograd.functional.hessian(loss_of, w.detach().clone())  # (4, 3, 4, 3)
     exact_trace = float(exact.reshape(12, 12).diagonal().sum())
     g = torch.Generator().manual_seed(0)
-    est = hutchinson_traces(lin, {"w": w}, [(x, y)] * 4, batches=4, samples=500, generator=g)["w"]
+    est = hutchinson_traces(lin, {"w": w}, [(x, y)] * 2, batches=2, samples=300, generator=g)["w"]
     assert exact_trace > 0
-    assert est == pytest.approx(exact_trace, rel=0.05)
+    # 600 Rademacher probes: the estimate's relative std is about 1.5% here
+    assert est == pytest.approx(exact_trace, rel=0.06)
 
 
 def test_hutchinson_is_exact_for_a_diagonal_hessian():

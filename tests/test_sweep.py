@@ -6,6 +6,8 @@ import pytest
 from mixbits.cli import main
 from mixbits.sweep import ROW_FIELDS, SweepConfig, parse_method, sweep
 
+from ._method_helpers import one_thread  # noqa: F401  (autouse fixture: one torch thread)
+
 
 def _config(tmp_path, **kw):
     base = dict(data="digits", model="digits_cnn", methods=("search", "random", "uniform:2"), targets=("16x",),

@@ -375,6 +375,7 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, *, float_ac
             key = f"uniform:{k}"
         groups.setdefault(base, {}).setdefault(key, []).append(r)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    lines = []
     for base, points in groups.items():
         xs, ys, es = [], [], []
         for pts in points.values():
@@ -383,8 +384,18 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, *, float_ac
             ys.append(m)
             es.append(s)
         order = sorted(range(len(xs)), key=lambda i: xs[i])
-        ax.errorbar([xs[i] for i in order], [ys[i] for i in order], yerr=[es[i] for i in order], marker="o",
-                    ms=4, capsize=3, label=base)
+        lines.append((base, [xs[i] for i in order], [ys[i] for i in order], [es[i] for i in order]))
+    # A collapsed run (e.g. 10% on 10 classes) would flatten every other line: keep the y axis within
+    # 25 points of the best accuracy and mark what falls below at the bottom edge.
+    best = max([y for _, _, ys, _ in lines for y in ys] + ([100 * float_accuracy] if float_accuracy else []))
+    shown = [y for _, _, ys, _ in lines for y in ys if y >= best - 25]
+    floor = min(shown) - 1.0 if shown else best - 25
+    for base, xs, ys, es in lines:
+        line = ax.errorbar(xs, [max(y, floor) for y in ys], yerr=es, marker="o", ms=4, capsize=3, label=base)
+        for x, y in zip(xs, ys):
+            if y < floor:
+                ax.annotate(f"{base} {y:.1f}%", (x, floor), xytext=(0, 6), textcoords="offset points", fontsize=7,
+                            ha="center", color=line[0].get_color())
     binary = [r for r in rows if r["method"] == "uniform:1"]
     if binary:
         x = statistics.fmean(r["weight_compression"] for r in binary)
@@ -392,6 +403,7 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, *, float_ac
         ax.plot([x], [y], marker="*", ms=14, color="black", ls="none", label="all binary (1 bit)")
     if float_accuracy is not None:
         ax.axhline(100 * float_accuracy, color="grey", ls="--", lw=1, label=f"float ({100 * float_accuracy:.2f}%)")
+    ax.set_ylim(bottom=floor - 0.5)
     ax.set_xscale("log")
     lo, hi = ax.get_xlim()
     ticks = [t for t in (1, 2, 4, 8, 12, 16, 24, 32) if lo <= t <= hi]
