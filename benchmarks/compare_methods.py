@@ -383,7 +383,7 @@ def write_markdown(results: list[dict], out: Path, command: str, mode: str) -> N
              *[f"Command ({r['model']}): `{r.get('command', command)}` at commit `{r.get('commit', _git_head())}`, "
                f"{r.get('started', '')}  " for r in results],
              f"Machine: 2-core CPU container, no GPU ({platform.processor() or platform.machine()}, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads; cores shared with other jobs)  ",
+             f"torch {torch.__version__}, torch threads: {torch.get_num_threads()}; cores shared with other jobs)  ",
              f"Mode: {mode}. Fine-tuning starts from: {results[0]['finetune_from'] if results else '-'} weights " + ("(the search and DiffQ hand over the weights they trained, the other rows start from the float checkpoint)" if results and results[0]['finetune_from'] == 'method' else "(every row starts from the float checkpoint)"), ""]
     for res in results:
         st = res["settings"]
@@ -415,7 +415,20 @@ def write_markdown(results: list[dict], out: Path, command: str, mode: str) -> N
         if res["skipped"]:
             lines += ["Not run:", ""] + [f"- {k}: {v}" for k, v in res["skipped"].items()] + [""]
         lines += [f"![{res['model']}](compare_{res['model']}.png)", ""]
-    lines += ["## Does search win at >= 16x?", ""] + [v for res in results for v in verdict(res)] + [""]
+    lines += ["## Does search win at >= 16x?", "", "Means over the seeds run; a test set of 1,000 images makes one "
+              "image 0.1 point.", ""] + [v for res in results for v in verdict(res)] + [""]
+    lines += ["## Read with care", "",
+              "- With fine-tuning from the method's weights, the search and DiffQ have trained the weights for "
+              "their search epochs before the common fine-tuning; the other rows start it from the float "
+              "checkpoint. In these quick settings the float models are under-trained, so part of the search's "
+              "lead at 24x and 28x is that extra training (on LeNet-5 it beats the float model). "
+              "`--finetune-from float` isolates the allocations (see compare_control_finetune_from_float.md).",
+              "- DiffQ's sizes are coarse (one bitwidth per layer, rounded): it lands at or under the budget, "
+              "sometimes far under (LeNet-5 16x: 23.4x). At the penalties that reach 24x-28x its trained weights "
+              "degrade or collapse (LeNet-5 28x: every layer at 1 bit, 10%); with the float weights its 28x bits "
+              "are uniform 1-bit.",
+              "- Search step / float step is measured interleaved on the same batch; search wall time / one float "
+              "epoch uses timings taken minutes apart on cores shared with other jobs: read both as rough.", ""]
     (out / "compare_methods.md").write_text("\n".join(lines))
 
 

@@ -346,6 +346,11 @@ def write_table(result: Mapping[str, Any], out: str | Path, stem: str = "sweep")
     return {"csv": str(csv_path), "json": str(json_path)}
 
 
+# The same method keeps its colour across plots; other labels take matplotlib's cycle.
+_COLORS = {"search": "tab:red", "hessian": "tab:purple", "random": "tab:orange", "uniform": "tab:blue",
+           "diffq": "tab:green", "mct": "tab:brown"}
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -391,7 +396,8 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, *, float_ac
     shown = [y for _, _, ys, _ in lines for y in ys if y >= best - 25]
     floor = min(shown) - 1.0 if shown else best - 25
     for base, xs, ys, es in lines:
-        line = ax.errorbar(xs, [max(y, floor) for y in ys], yerr=es, marker="o", ms=4, capsize=3, label=base)
+        line = ax.errorbar(xs, [max(y, floor) for y in ys], yerr=es, marker="o", ms=4, capsize=3, label=base,
+                           color=_COLORS.get(base))
         for x, y in zip(xs, ys):
             if y < floor:
                 ax.annotate(f"{base} {y:.1f}%", (x, floor), xytext=(0, 6), textcoords="offset points", fontsize=7,
