@@ -53,10 +53,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "lenet5": dict(data="mnist5k", float_epochs=20, search_epochs=4, finetune_epochs=3, batch_size=128,
                        float_lr=0.05, finetune_lr=0.003, search_seeds=(0, 1, 2), random_seeds=(0, 1, 2),
                        hessian_seeds=(0, 1, 2),
-                       search_options={"weight_lr": 0.005}),
+                       search_options={"weight_lr": 0.005, "init": "hessian"}),
         "resnet20": dict(data="cifar10", train_subset=4000, test_subset=1000, float_epochs=20, search_epochs=2,
                          finetune_epochs=1, batch_size=128, float_lr=0.05, finetune_lr=0.01, search_seeds=(0, 1, 2),
-                         random_seeds=(0, 1, 2), hessian_seeds=(0, 1, 2)),
+                         random_seeds=(0, 1, 2), hessian_seeds=(0, 1, 2), search_options={"init": "hessian"}),
     },
     "full": {
         "lenet5": dict(data="mnist5k", float_epochs=30, search_epochs=10, finetune_epochs=10, batch_size=128,

@@ -19,7 +19,7 @@ vectors per batch (default 8), ``split`` (``"held_out"`` or ``"weights"``).
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -91,13 +91,12 @@ def hessian_sensitivity(space: BitSpace, weights: Mapping[str, torch.Tensor],
     return out
 
 
-@register_method("hessian")
-def hessian_allocation(ctx: AllocationContext) -> Allocation:
-    """Minimise the summed Hessian-weighted quantization error under the budget."""
-    options = dict(ctx.options or {})
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ValueError(f"hessian: unknown options {unknown}; known: {sorted(_OPTIONS)}")
+def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
+                      ) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
+    """(omega {layer: {bits: sensitivity}}, traces {layer: Hessian trace}) at the float weights.
+
+    Options: ``split`` ("held_out" or "weights", never the test split), ``batches``, ``samples``.
+    """
     split = options.get("split", "held_out")
     if split not in ("held_out", "weights"):
         raise ValueError(f"hessian: split must be 'held_out' or 'weights' (never the test split), got {split!r}")
@@ -116,11 +115,21 @@ def hessian_allocation(ctx: AllocationContext) -> Allocation:
     negative = [n for n, t in traces.items() if t <= 0]
     if negative:
         log.warning("hessian: non-positive trace estimates for %s (counted as insensitive)", negative[:5])
-    omega = hessian_sensitivity(space, weights, traces)
+    return hessian_sensitivity(space, weights, traces), traces
+
+
+@register_method("hessian")
+def hessian_allocation(ctx: AllocationContext) -> Allocation:
+    """Minimise the summed Hessian-weighted quantization error under the budget."""
+    options = dict(ctx.options or {})
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise ValueError(f"hessian: unknown options {unknown}; known: {sorted(_OPTIONS)}")
+    omega, traces = layer_sensitivity(ctx, options)
     # Scale to O(1) so the solver's tolerances and tie-break act on comparable numbers.
     scale = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
     scores = {n: {b: -v / scale for b, v in per.items()} for n, per in omega.items()}
-    bits = solve_budget(scores, space.cost.cost_table(), ctx.budget_bits)
+    bits = solve_budget(scores, ctx.space.cost.cost_table(), ctx.budget_bits)
     info = {"traces": traces, "sensitivity": {n: {str(b): v for b, v in per.items()} for n, per in omega.items()},
             "objective": sum(omega[n][b] for n, b in bits.items())}
     return Allocation(bits=bits, info=info)
