@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from mixbits.methods import allocate
-from mixbits.methods.differentiable import _init_from_hessian
 from mixbits.methods.hessian import layer_sensitivity
+from mixbits.search import init_logits_from_hessian_
 
 from ._method_helpers import one_thread, tiny_context  # noqa: F401
 
@@ -11,7 +11,7 @@ from ._method_helpers import one_thread, tiny_context  # noqa: F401
 def test_hessian_init_orders_logits_like_the_sensitivity():
     ctx, space = tiny_context("16x")
     omega, _ = layer_sensitivity(ctx, {})
-    _init_from_hessian(ctx, 10.0)
+    init_logits_from_hessian_(ctx.model, space, ctx.loaders["held_out"], 10.0)
     for layer, d in space.items():
         logits = d.logits.detach()
         assert float(logits.max()) <= 0.0 and float(logits.min()) >= -10.0
@@ -33,5 +33,5 @@ def test_search_method_with_each_init_fits_the_budget(init):
 
 def test_unknown_init_is_an_error():
     ctx, _ = tiny_context("16x", options={"init": "magic"})
-    with pytest.raises(ValueError, match="unknown init 'magic'; known: uniform, hessian"):
+    with pytest.raises(ValueError, match="unknown init 'magic'; known: hessian, uniform"):
         allocate("search", ctx)

@@ -34,7 +34,7 @@ from .progress import StageProgress
 from .train import (NonFiniteLossError, autocast, channels_last_, cosine_lr, distill_loss, global_mean,
                     load_loader_state, loader_state, rng_state, set_rng_state, to_device_batch)
 
-__all__ = ["SearchConfig", "SearchResult", "search", "derive_bits"]
+__all__ = ["SearchConfig", "SearchResult", "search", "derive_bits", "init_logits_from_hessian_"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ class SearchConfig:
         gumbel: add Gumbel noise to the logits during search.
         distill_weight: weight of the KL term to the float teacher in weight steps (needs a teacher).
         amp: on CUDA, bf16 autocast and channels-last memory (no effect on other devices).
+        init: where the logits start: ``"hessian"`` (``-init_scale * omega / max(omega)``, with
+            omega the HAWQ-style sensitivity, Hessian trace times quantization error, estimated on
+            a few held-out batches: the search refines a second-order allocation) or
+            ``"uniform"`` (all zero).
+        init_scale: the spread of the Hessian start, in logits.
     """
 
     target: str = "24x"
@@ -67,9 +72,13 @@ class SearchConfig:
     gumbel: bool = False
     distill_weight: float = 0.0
     amp: bool = True
+    init: str = "hessian"
+    init_scale: float = 10.0
 
     def __post_init__(self) -> None:
         parse_target(self.target)
+        if self.init not in ("hessian", "uniform"):
+            raise ValueError(f"unknown init {self.init!r}; known: hessian, uniform")
         if self.epochs < 1:
             raise ValueError(f"search epochs must be >= 1, got {self.epochs}")
         if not 0 <= self.warmup_epochs < self.epochs:
@@ -120,6 +129,22 @@ def derive_bits(space: BitSpace, budget: int, *, fill: bool = True, min_use: flo
     up_costs = {n: {b: c for b, c in costs[n].items() if b >= bits[n]} for n in costs}
     up_scores = {n: {b: c / budget + 1e-4 * prefs[n][b] for b, c in up_costs[n].items()} for n in costs}
     return solve_budget(up_scores, up_costs, budget)
+
+
+def init_logits_from_hessian_(model: nn.Module, space: BitSpace, loader: Iterable, scale: float = 10.0) -> dict:
+    """Set every free layer's logits to ``-scale * omega / max(omega)`` (HAWQ-style sensitivity).
+
+    The softmax with the budget price then starts at the Lagrangian relaxation of the Hessian
+    allocation. Returns the Hessian traces per layer.
+    """
+    from .methods.hessian import sensitivity  # the methods package imports this module
+
+    omega, traces = sensitivity(model, space, loader)
+    top = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
+    with torch.no_grad():
+        for layer, d in space.items():
+            d.logits.copy_(torch.tensor([-scale * omega[layer.name][b] / top for b in layer.candidates]))
+    return traces
 
 
 def _temperature(config: SearchConfig, progress: float) -> float:
@@ -188,6 +213,8 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
         first_epoch, w_step, history = _restore(resume, model, space, w_opt, a_opt, train_loader, held_out_loader,
                                                 config, budget, (n_tr, n_ho))
     else:
+        if config.init == "hessian":
+            init_logits_from_hessian_(model, space, held_out_loader, config.init_scale)
         distributed.broadcast_(list(model.state_dict().values()) + list(space.state_dict().values()))
     lam = space.project_(budget)
     if teacher is not None:

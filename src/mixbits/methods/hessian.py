@@ -100,15 +100,28 @@ def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
     split = options.get("split", "held_out")
     if split not in ("held_out", "weights"):
         raise ValueError(f"hessian: split must be 'held_out' or 'weights' (never the test split), got {split!r}")
-    space, model = ctx.space, ctx.model
+    return sensitivity(ctx.model, ctx.space, ctx.loaders[split], seed=ctx.seed,
+                       batches=int(options.get("batches", 4)), samples=int(options.get("samples", 8)))
+
+
+def sensitivity(model: nn.Module, space: BitSpace, loader: Iterable, *, seed: int = 0, batches: int = 4,
+                samples: int = 8) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
+    """(omega {layer: {bits: sensitivity}}, traces {layer: Hessian trace}) of a prepared model at its float weights.
+
+    Args:
+        model: the prepared model; it computes in float while the traces are estimated.
+        space: its BitSpace (left unfixed afterwards).
+        loader: batches for the estimate (never the test split).
+        seed: seed of the Rademacher probes.
+        batches, samples: batches used, probes per batch.
+    """
     weights = {layer.name: float_weight(model.get_submodule(layer.name)) for layer in space.layers}
     was_training = model.training
     space.fix_({layer.name: 32 for layer in space.layers})  # the float forward: Q_32 is the identity
     model.eval()
     try:
-        g = torch.Generator().manual_seed(ctx.seed)
-        traces = hutchinson_traces(model, weights, ctx.loaders[split], batches=int(options.get("batches", 4)),
-                                   samples=int(options.get("samples", 8)), generator=g)
+        g = torch.Generator().manual_seed(seed)
+        traces = hutchinson_traces(model, weights, loader, batches=batches, samples=samples, generator=g)
     finally:
         space.unfix_()
         model.train(was_training)
