@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -31,11 +30,3 @@ def tiny_context(target: str = "16x", *, seed: int = 0, options=None, pins=None,
                             device=torch.device("cpu"), options=options or {})
     return ctx, space
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and on shared cores several threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -22,13 +22,6 @@ TINY = dict(float_epochs=2, search_epochs=3, finetune_epochs=1, train_subset=300
             device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("option, value, kind", [("--model", "resnet9000", "model"), ("--data", "imagenet-22k", "data set"),
                                                  ("--method", "magic", "method")])

@@ -5,7 +5,7 @@ from mixbits.methods import allocate
 from mixbits.methods.hessian import layer_sensitivity
 from mixbits.search import init_logits_from_hessian_
 
-from ._method_helpers import one_thread, tiny_context  # noqa: F401
+from ._method_helpers import tiny_context
 
 
 def test_hessian_init_orders_logits_like_the_sensitivity():

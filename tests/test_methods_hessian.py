@@ -7,7 +7,7 @@ from mixbits.methods import allocate
 from mixbits.methods.hessian import hessian_sensitivity, hutchinson_traces
 from mixbits.quant import quantize_hard
 
-from ._method_helpers import one_thread, tiny_context  # noqa: F401  (one_thread: autouse fixture)
+from ._method_helpers import tiny_context
 
 
 def test_hutchinson_matches_the_exact_hessian_trace():

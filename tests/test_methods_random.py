@@ -6,7 +6,7 @@ import pytest
 from mixbits.methods import allocate
 from mixbits.methods.random import random_bits
 
-from ._method_helpers import one_thread, tiny_context  # noqa: F401  (one_thread: autouse fixture)
+from ._method_helpers import tiny_context
 
 
 @pytest.mark.parametrize("target", ["6x", "16x", "28x"])

@@ -2,7 +2,7 @@ import pytest
 
 from mixbits.methods import allocate
 
-from ._method_helpers import one_thread, tiny_context  # noqa: F401  (one_thread: autouse fixture)
+from ._method_helpers import tiny_context
 
 
 @pytest.mark.parametrize("target", ["4x", "8x", "16x", "28x"])

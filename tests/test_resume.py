@@ -26,14 +26,6 @@ ARGS = ["--float-epochs", "2", "--search-epochs", "3", "--finetune-epochs", "2",
         "--batch-size", "20", "--target", "16x", "--seed", "3", "--device", "cpu", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # bitwise reproducibility does not need it, but a loaded CI machine runs tiny models far faster on one thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _mixbits(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}

@@ -6,7 +6,6 @@ import pytest
 from mixbits.cli import main
 from mixbits.sweep import ROW_FIELDS, SweepConfig, parse_method, sweep
 
-from ._method_helpers import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 
 def _config(tmp_path, **kw):

@@ -37,7 +37,7 @@ from .data import TensorLoader, load_dataset, split_held_out, take_train_subset
 from .finetune import finetune_
 from .models import create_model
 from .export.exporter import export_model
-from .report import build_report, format_table, to_markdown
+from .report import build_report, to_markdown
 from .runfiles import load_checkpoint, prepare_run_dir, save_checkpoint, write_json, write_text
 from .methods import METHODS, AllocationContext, allocate
 from .space import DEFAULT_CANDIDATES, PrepareConfig, prepare_

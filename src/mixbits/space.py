@@ -22,11 +22,10 @@ group of output channels can become a unit without changing the callers.
 from __future__ import annotations
 
 import fnmatch
-import math
-
-import numpy as np
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F

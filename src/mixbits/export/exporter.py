@@ -21,7 +21,7 @@ from ..space import BitSpace, float_weight
 from .fileformat import (FORMAT_VERSION, SCALE_DTYPE, FloatRecord, LayerRecord, encode_tensors, records_to_json,
                          write_mbits)
 
-__all__ = ["ExportResult", "export", "size_bound_bytes", "model_source"]
+__all__ = ["ExportResult", "export_model", "size_bound_bytes", "model_source"]
 
 log = logging.getLogger(__name__)
 
