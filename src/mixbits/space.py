@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn
