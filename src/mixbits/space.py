@@ -138,7 +138,7 @@ class Decision(nn.Module):
         parts = []  # quantized weights in ascending candidate order, 32 excluded
         if self.candidates[0] == 1:
             view = (-1,) + (1,) * (w.dim() - 1)
-            s = _binary_scale(wd).view(view)
+            s = weight_scale(wd, 1).view(view)
             parts.append(torch.where(wd >= 0, s, -s)[None])
         if self._uniform:
             if self._clip is None or self._clip_age >= self.clip_refresh or self._clip.device != w.device:
@@ -155,10 +155,6 @@ class Decision(nn.Module):
 
     def extra_repr(self) -> str:
         return f"candidates={self.candidates}, fixed_bits={self.fixed_bits}"
-
-
-def _binary_scale(w: torch.Tensor) -> torch.Tensor:
-    return weight_scale(w, 1)
 
 
 _DECISION_ATTR = "_mixbits_decision"
@@ -259,11 +255,6 @@ class BitSpace(nn.Module):
             k = len(d.candidates)
             d.shift.copy_(torch.from_numpy(nu * d.temperature * c[i, :k]).to(d.shift))
         return nu * free[0][1].temperature
-
-    def clear_prices_(self) -> None:
-        """Forget the budget prices set by :meth:`project_`."""
-        for d in self.decision_list:
-            d.shift.zero_()
 
     def expected_quantized_bits(self) -> torch.Tensor:
         """Differentiable expected size of the quantized weights, in bits."""
