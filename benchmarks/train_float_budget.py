@@ -1,0 +1,88 @@
+"""Train a float zoo model with the longest cosine recipe that fits a wall-clock budget.
+
+One probe epoch (on a throw-away copy) times an epoch; the real run then trains
+``min(max_epochs, budget / epoch_time)`` epochs with the usual recipe (SGD +
+Nesterov, warm-up, cosine decay to zero), so the schedule is complete, never cut
+short. Used to make the committed float checkpoints under
+``benchmarks/checkpoints/`` on a lent GPU:
+
+    python benchmarks/train_float_budget.py --model resnet20 --data cifar10 \\
+        --data-root cifar10-jpeg.zip --budget-s 240 --max-epochs 200 --out OUT
+
+Writes ``OUT/float.pt`` (the checkpoint mixbits loads), ``OUT/train.json`` (the
+record: epochs, per-epoch history, test accuracy, timings, device) and prints the
+sha256 of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mixbits.commands.train import FloatTrainConfig, train_float
+from mixbits.data import TensorLoader, load_dataset
+from mixbits.models import create_model
+from mixbits.run import resolve_device
+from mixbits.train import TrainConfig, fit
+
+
+def probe_epoch_seconds(config: FloatTrainConfig) -> float:
+    """Seconds of one training epoch of ``config``'s model and data (after a short warm-up)."""
+    device = resolve_device(config.device)
+    ds = load_dataset(config.data, root=config.data_root)
+    kw = {"in_channels": ds.input_shape[0], "num_classes": ds.num_classes, "input_size": ds.input_shape[1]}
+    model = create_model(config.model, **kw).to(device)
+    loader = TensorLoader(ds.train_x, ds.train_y, batch_size=config.batch_size, shuffle=True, augment=ds.augment,
+                          mean=ds.mean, std=ds.std, drop_last=True, seed=123, device=device)
+    fit(copy.deepcopy(model), loader, TrainConfig(epochs=1, lr=config.lr), device=device)  # warm-up (kernels, caches)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.time()
+    fit(model, loader, TrainConfig(epochs=1, lr=config.lr), device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.time() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--data", default="cifar10")
+    p.add_argument("--data-root")
+    p.add_argument("--budget-s", type=float, required=True, help="wall-clock seconds for the real run")
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--min-epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    base = FloatTrainConfig(data=args.data, data_root=args.data_root, model=args.model, epochs=1, lr=args.lr,
+                            batch_size=args.batch_size, weight_decay=args.weight_decay, seed=args.seed,
+                            device=args.device, out=args.out)
+    t_epoch = probe_epoch_seconds(base)
+    epochs = int(max(args.min_epochs, min(args.max_epochs, math.floor(args.budget_s / t_epoch))))
+    print(f"probe: {t_epoch:.2f} s/epoch -> {epochs} epochs in a budget of {args.budget_s:.0f} s", flush=True)
+    config = FloatTrainConfig(**{**base.__dict__, "epochs": epochs, "warmup_epochs": min(2.0, epochs / 10)})
+    cmd = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
+    s = train_float(config, progress=False, command=cmd,
+                    on_epoch=lambda e, st: print(f"epoch {st['epoch']}/{epochs} loss {st['loss']:.4f} "
+                                                 f"train acc {100 * st['train_accuracy']:.2f}%", flush=True))
+    digest = hashlib.sha256(Path(s["checkpoint"]).read_bytes()).hexdigest()
+    print(f"float test accuracy {100 * s['test_accuracy']:.2f}% after {epochs} epochs "
+          f"({s['seconds']['train']:.1f} s on {s['device']}); probe {t_epoch:.2f} s/epoch")
+    print(f"sha256 {digest}  {s['checkpoint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
