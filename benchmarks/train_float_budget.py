@@ -9,6 +9,9 @@ short. Used to make the committed float checkpoints under
     python benchmarks/train_float_budget.py --model resnet20 --data cifar10 \\
         --data-root cifar10-jpeg.zip --budget-s 240 --max-epochs 200 --out OUT
 
+``--init-from CKPT`` continues from a float checkpoint instead of a random start: a second
+cosine cycle (a warm restart, as in SGDR) with the learning rate given.
+
 Writes ``OUT/float.pt`` (the checkpoint mixbits loads), ``OUT/train.json`` (the
 record: epochs, per-epoch history, test accuracy, timings, device) and prints the
 sha256 of the checkpoint.
@@ -64,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--init-from", help="a float checkpoint to continue from (a second cosine cycle)")
+    p.add_argument("--epochs", type=int, help="train exactly this many epochs (no probe)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.init_from:
+        return continue_training(args, argv)
     base = FloatTrainConfig(data=args.data, data_root=args.data_root, model=args.model, epochs=1, lr=args.lr,
                             batch_size=args.batch_size, weight_decay=args.weight_decay, seed=args.seed,
                             device=args.device, out=args.out)
@@ -81,6 +88,50 @@ def main(argv: list[str] | None = None) -> int:
     print(f"float test accuracy {100 * s['test_accuracy']:.2f}% after {epochs} epochs "
           f"({s['seconds']['train']:.1f} s on {s['device']}); probe {t_epoch:.2f} s/epoch")
     print(f"sha256 {digest}  {s['checkpoint']}")
+    return 0
+
+
+def continue_training(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """A second cosine cycle from ``args.init_from``; writes the checkpoint and record like :func:`train_float`."""
+    from mixbits.run import load_float_state
+    from mixbits.runfiles import prepare_run_dir, save_checkpoint, write_json
+    from mixbits.train import evaluate
+
+    if not args.epochs:
+        raise SystemExit("--init-from needs --epochs")
+    t_start = time.time()
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    ds = load_dataset(args.data, root=args.data_root)
+    kw = {"in_channels": ds.input_shape[0], "num_classes": ds.num_classes, "input_size": ds.input_shape[1]}
+    model = create_model(args.model, **kw)
+    start = load_float_state(model, args.init_from)
+    model.to(device)
+    loader = TensorLoader(ds.train_x, ds.train_y, batch_size=args.batch_size, shuffle=True, augment=ds.augment,
+                          mean=ds.mean, std=ds.std, drop_last=True, seed=args.seed, device=device)
+    test = TensorLoader(ds.test_x, ds.test_y, batch_size=1000, mean=ds.mean, std=ds.std, device=device)
+    before = evaluate(model, test, device=device)
+    recipe = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=1.0)
+    t0 = time.time()
+    history = fit(model, loader, recipe, device=device,
+                  on_epoch=lambda e, st: print(f"epoch {st['epoch']}/{args.epochs} loss {st['loss']:.4f} "
+                                               f"train acc {100 * st['train_accuracy']:.2f}%", flush=True))
+    train_s = time.time() - t0
+    acc = evaluate(model, test, device=device)
+    out = prepare_run_dir(args.out)
+    ckpt = save_checkpoint(out / "float.pt", {"model": args.model, "model_kwargs": kw, "data": args.data,
+                                              "state_dict": model.state_dict(), "test_accuracy": acc})
+    cmd = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
+    write_json(out / "train.json", {"command": cmd, "init_from": args.init_from,
+                                    "init_test_accuracy": before, "init_record": start.get("test_accuracy"),
+                                    "test_accuracy": acc, "epochs": args.epochs, "lr": args.lr,
+                                    "batch_size": args.batch_size, "history": history, "device": str(device),
+                                    "test_samples": len(ds.test_y), "seconds": {"train": round(train_s, 2),
+                                                                                "total": round(time.time() - t_start, 2)}})
+    digest = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()
+    print(f"float test accuracy {100 * before:.2f}% -> {100 * acc:.2f}% after {args.epochs} more epochs "
+          f"({train_s:.1f} s on {device})")
+    print(f"sha256 {digest}  {ckpt}")
     return 0
 
 

@@ -123,3 +123,44 @@ def test_nan_loss_stops_with_clear_message_and_restores_state():
         search(model, space, bad, held, SearchConfig(target="8x", epochs=2, warmup_epochs=0))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_the_logits_learn_and_the_movement_is_reported():
+    """The search moves its logits away from the start; frozen logits (a tiny lr) move nothing.
+
+    Fails if the logit step is lost: the movement would be zero for both runs.
+    """
+    moved = {}
+    for lr in (0.2, 1e-12):
+        torch.manual_seed(0)
+        model = Zoo()
+        train, held, _ = _loaders()
+        fit(model, train, TrainConfig(epochs=2, lr=0.05))
+        space = prepare_(model)
+        start = {n: d.logits.detach().clone() for n, d in zip(space.names, space.decision_list)}
+        result = search(model, space, train, held, SearchConfig(target="8x", epochs=3, logit_lr=lr, init="uniform"))
+        change = max(float((d.logits.detach() - start[n]).abs().max()) for n, d in zip(space.names, space.decision_list))
+        moved[lr] = (change, result.movement)
+        assert set(result.start_bits) == set(space.names)
+        assert 0.0 <= result.movement["changed_fraction"] <= 1.0
+    change, movement = moved[0.2]
+    # 3 epochs, 2 of them learning the logits with one step per weight step (6 batches): 12 Adam steps
+    assert change > 0.5
+    assert movement["mean_tv"] > 0.05
+    frozen_change, frozen = moved[1e-12]
+    assert frozen_change < 1e-9
+    assert frozen["mean_tv"] < 1e-9 and frozen["changed_layers"] == []
+
+
+def test_logit_ratio_sets_the_logit_steps_per_epoch():
+    torch.manual_seed(0)
+    model = Zoo()
+    train, held, _ = _loaders()  # 6 weight batches, 2 held-out batches per epoch
+    space = prepare_(model)
+    result = search(model, space, train, held, SearchConfig(target="8x", epochs=2, warmup_epochs=0, init="uniform",
+                                                           logit_ratio=1.5))
+    # 9 logit steps per epoch: the held-out split (2 batches) is cycled; the trace keeps one record per step
+    assert [len(rec["trace"]) for rec in result.history] == [9, 9]
+    assert result.history[-1]["trace"][-1]["epoch"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="logit_ratio"):
+        SearchConfig(logit_ratio=0)

@@ -46,7 +46,7 @@ def test_sweep_cli_from_a_checkpoint(tmp_path, capsys):
     save_checkpoint(tmp_path / "float.pt", {"state_dict": model.state_dict()})
     code = main(["sweep", "-q", "--checkpoint", str(tmp_path / "float.pt"), "--methods", "hessian,uniform",
                  "--targets", "8x,24x", "--finetune-epochs", "0", "--train-subset", "320", "--test-subset", "128",
-                 "--no-plot", "--no-binary-point", "--finetune-from", "float", "--device", "cpu", "--out", str(tmp_path / "cli")])
+                 "--no-plot", "--no-binary-point", "--no-compute-matched", "--finetune-from", "float", "--device", "cpu", "--out", str(tmp_path / "cli")])
     assert code == 0
     rows = json.loads((tmp_path / "cli" / "sweep.json").read_text())["rows"]
     assert [(r["method"], r["target"]) for r in rows] == [("hessian", "8x"), ("hessian", "24x"),

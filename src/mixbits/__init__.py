@@ -23,14 +23,14 @@ from .quant import fake_quantize, weight_codes
 from .report import build_report, format_table, to_markdown
 from .search import SearchConfig, SearchResult, derive_bits, search
 from .space import BitSpace, Decision, PrepareConfig, prepare_, unprepare_
-from .train import NonFiniteLossError, TrainConfig, evaluate, fit
+from .train import NonFiniteLossError, TrainConfig, evaluate, fit, recalibrate_bn_
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BitSpace", "CostModel", "Decision", "LayerInfo", "NonFiniteLossError", "PrepareConfig", "SearchConfig",
     "SearchResult", "Target", "TrainConfig", "budget_bits", "build_report", "derive_bits", "evaluate",
-    "fake_quantize", "finetune_", "fit", "format_table", "parse_target", "prepare_", "search", "solve_budget",
+    "fake_quantize", "finetune_", "fit", "format_table", "parse_target", "prepare_", "recalibrate_bn_", "search", "solve_budget",
     "to_markdown", "unprepare_", "weight_codes",
     "ExportResult", "export_model", "export_onnx", "load",
 ]

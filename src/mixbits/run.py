@@ -41,7 +41,7 @@ from .report import build_report, to_markdown
 from .runfiles import load_checkpoint, prepare_run_dir, save_checkpoint, write_json, write_text
 from .methods import METHODS, AllocationContext, allocate
 from .space import DEFAULT_CANDIDATES, PrepareConfig, prepare_
-from .train import NonFiniteLossError, TrainConfig, evaluate, fit, load_loader_state, loader_state, rng_state, set_rng_state
+from .train import NonFiniteLossError, TrainConfig, evaluate, fit, recalibrate_bn_, load_loader_state, loader_state, rng_state, set_rng_state
 
 __all__ = ["RunConfig", "run_search", "resume_run", "load_settings", "resolve_device", "load_float_state", "RESUME_FILE"]
 
@@ -323,21 +323,26 @@ def _stages(config: RunConfig, model: torch.nn.Module, model_kwargs: dict, prep:
                                              "history": result.history})
             write_json(out / "bits.json", result.bits)
         space.fix_(result.bits)
+        recalibrate_bn_(model, loaders["full"], device=device)
         seconds["search"] += time.time() - t0
-        carry.update(bits=dict(result.bits), derived_test_accuracy=evaluate(model, loaders["test"], device=device))
+        carry.update(bits=dict(result.bits), method_weight_epochs=float(result.weight_epochs),
+                     derived_test_accuracy=evaluate(model, loaders["test"], device=device))
         stage, stage_state = "finetune", None
         checkpoint(stage, None, model=model.state_dict())
     elif stage_state is None:  # resumed between the search and the fine-tuning
         model.load_state_dict(_resume_file_model(out))
     bits = {k: int(v) for k, v in carry["bits"].items()}
 
-    # 3. fine-tune at the derived bits
+    # 3. fine-tune at the derived bits; every method gets the same weight epochs in all (a method
+    #    that trained no weights while allocating is fine-tuned search_epochs longer)
+    ft_epochs = max(0, round(config.search_epochs + config.finetune_epochs - carry.get("method_weight_epochs", 0.0)))
     t0 = time.time()
     ft_history = finetune_(model, space, bits, loaders["full"],
-                           TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr,
+                           TrainConfig(epochs=ft_epochs, lr=config.finetune_lr,
                                        distill_weight=0.5 if config.distill else 0.0),
                            device=device, teacher=teacher, progress=progress, resume=stage_state,
                            on_checkpoint=lambda s: checkpoint("finetune", s))
+    recalibrate_bn_(model, loaders["full"], device=device)
     seconds["finetune"] += time.time() - t0
     final_acc = evaluate(model, loaders["test"], device=device)
     report = build_report(

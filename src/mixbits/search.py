@@ -50,6 +50,9 @@ class SearchConfig:
         weight_lr: peak SGD learning rate of the weights (cosine decay).
         weight_decay: SGD weight decay of the weights.
         logit_lr: Adam learning rate of the logits.
+        logit_ratio: logit steps per weight step in the epochs where the logits learn; the
+            held-out split is cycled as often as that takes. Logit steps change no weight, so
+            this costs time, never weight training.
         temperature_start, temperature_end: softmax temperature at the start and end.
         gumbel: add Gumbel noise to the logits during search.
         distill_weight: weight of the KL term to the float teacher in weight steps (needs a teacher).
@@ -67,13 +70,14 @@ class SearchConfig:
     weight_lr: float = 0.02
     weight_decay: float = 5e-4
     logit_lr: float = 0.05
+    logit_ratio: float = 1.0
     temperature_start: float = 1.0
     temperature_end: float = 0.05
     gumbel: bool = False
     distill_weight: float = 0.0
     amp: bool = True
     init: str = "hessian"
-    init_scale: float = 10.0
+    init_scale: float = 3.0
 
     def __post_init__(self) -> None:
         parse_target(self.target)
@@ -85,6 +89,8 @@ class SearchConfig:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} with {self.epochs} epochs")
         if not (self.temperature_start > 0 and self.temperature_end > 0):
             raise ValueError("temperatures must be positive")
+        if not self.logit_ratio > 0:
+            raise ValueError(f"logit_ratio must be positive, got {self.logit_ratio}")
         for name in ("weight_lr", "logit_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -99,12 +105,19 @@ class SearchResult:
         budget_bits: the budget on the quantized weights, bits.
         multiplier: final Lagrange multiplier.
         history: per-epoch records (losses, expected size, multiplier, temperature, probabilities).
+        start_bits: the bits derived from the logits as they started (before any logit step).
+        movement: how far the search moved from its start: ``changed_layers`` (layers whose
+            derived bits differ from ``start_bits``), ``changed_fraction``, and
+            ``mean_tv``/``max_tv``, the total-variation distance between each layer's start and
+            final preference distributions (0: unchanged, 1: disjoint).
     """
 
     bits: dict[str, int]
     budget_bits: int
     multiplier: float
     history: list[dict] = field(default_factory=list)
+    start_bits: dict[str, int] = field(default_factory=dict)
+    movement: dict[str, Any] = field(default_factory=dict)
 
 
 def derive_bits(space: BitSpace, budget: int, *, fill: bool = True, min_use: float = 0.95) -> dict[str, int]:
@@ -207,19 +220,22 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
     total_w_steps = config.epochs * n_tr
     arch_epochs = config.epochs - config.warmup_epochs
     space.set_temperature_(config.temperature_start)
+    n_logit = max(1, round(n_tr * config.logit_ratio))  # logit steps per epoch once the logits learn
     w_step, first_epoch = 0, 0
     history: list[dict] = []
     if resume is not None:
         first_epoch, w_step, history = _restore(resume, model, space, w_opt, a_opt, train_loader, held_out_loader,
                                                 config, budget, (n_tr, n_ho))
+        start = resume["start"]
     else:
         if config.init == "hessian":
             init_logits_from_hessian_(model, space, held_out_loader, config.init_scale)
         distributed.broadcast_(list(model.state_dict().values()) + list(space.state_dict().values()))
+        start = {"bits": derive_bits(space, budget), "probs": _preference_probs(space)}
     lam = space.project_(budget)
     if teacher is not None:
         teacher.eval()
-    bar = StageProgress("search", config.epochs, n_tr + n_ho, enabled=progress and distributed.is_main(),
+    bar = StageProgress("search", config.epochs, n_tr + n_logit, enabled=progress and distributed.is_main(),
                         first_epoch=first_epoch)
     full_bits = space.cost.float_quantized_bits()
     for epoch in range(first_epoch, config.epochs):
@@ -231,17 +247,22 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
         tr_it, ho_it = iter(train_loader), iter(held_out_loader)
         done_tr = done_ho = 0
         sums = {"loss": 0.0, "held_loss": 0.0, "correct": 0, "seen": 0}
-        steps = n_tr + (n_ho if arch_on else 0)
+        n_arch = n_logit if arch_on else 0
+        steps = n_tr + n_arch
         trace: list[dict] = []
-        trace_every = max(1, n_ho // _TRACE_PER_EPOCH)
+        trace_every = max(1, n_arch // _TRACE_PER_EPOCH)
         bar.start_epoch(epoch, steps)
         for _ in range(steps):
-            arch_step = arch_on and done_ho < n_ho and (done_tr >= n_tr or done_ho * n_tr <= done_tr * n_ho)
+            arch_step = done_ho < n_arch and (done_tr >= n_tr or done_ho * n_tr <= done_tr * n_arch)
             if arch_step:
-                x, y = next(ho_it)
+                batch = next(ho_it, None)
+                if batch is None:  # the held-out split is cycled when the logits take more steps than it has
+                    ho_it = iter(held_out_loader)
+                    batch = next(ho_it)
+                x, y = batch
                 x, y = to_device_batch(x, y, device, config.amp)
                 x, y, scale = distributed.shard_batch(x, y)
-                t = _temperature(config, (epoch - config.warmup_epochs + done_ho / n_ho) / arch_epochs)
+                t = _temperature(config, (epoch - config.warmup_epochs + done_ho / n_arch) / arch_epochs)
                 space.set_temperature_(t)
                 lam = space.project_(budget)
                 with autocast(device, config.amp):
@@ -258,8 +279,8 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
                 lam = space.project_(budget)
                 done_ho += 1
                 sums["held_loss"] += task_value
-                if done_ho % trace_every == 0 or done_ho == n_ho:
-                    trace.append({"epoch": round(epoch + done_ho / n_ho, 4), "probs": _mixing_probs(space)})
+                if done_ho % trace_every == 0 or done_ho == n_arch:
+                    trace.append({"epoch": round(epoch + done_ho / n_arch, 4), "probs": _mixing_probs(space)})
             else:
                 x, y = next(tr_it)
                 x, y = to_device_batch(x, y, device, config.amp)
@@ -318,12 +339,30 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
                            "model": model.state_dict(), "space": space.state_dict(),
                            "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
                            "loaders": {"train": loader_state(train_loader), "held_out": loader_state(held_out_loader)},
-                           "rng": rng_state(device), "history": list(history)})
+                           "rng": rng_state(device), "history": list(history), "start": start})
         if on_epoch is not None:
             on_epoch(epoch, record)
     space.set_gumbel_(False)
     bits = derive_bits(space, budget)
-    return SearchResult(bits=bits, budget_bits=budget, multiplier=lam, history=history)
+    return SearchResult(bits=bits, budget_bits=budget, multiplier=lam, history=history, start_bits=start["bits"],
+                        movement=_movement(space, start, bits))
+
+
+def _preference_probs(space: BitSpace) -> dict[str, list[float]]:
+    """{layer: softmax of its logits at temperature 1}, the distribution the derivation follows."""
+    return {n: [float(v) for v in torch.softmax(d.logits.detach().double(), -1)]
+            for n, d in zip(space.names, space.decision_list)}
+
+
+def _movement(space: BitSpace, start: Mapping[str, Any], bits: Mapping[str, int]) -> dict[str, Any]:
+    """How far the search moved from its start (see :class:`SearchResult`)."""
+    end = _preference_probs(space)
+    tv = {n: 0.5 * sum(abs(a - b) for a, b in zip(start["probs"][n], end[n])) for n in end}
+    free = [layer.name for layer in space.layers if not layer.pinned]
+    changed = sorted(n for n in free if int(bits[n]) != int(start["bits"][n]))
+    return {"changed_layers": changed, "changed_fraction": len(changed) / max(len(free), 1),
+            "mean_tv": sum(tv[n] for n in free) / max(len(free), 1), "max_tv": max((tv[n] for n in free), default=0.0),
+            "start_bits": {k: int(v) for k, v in start["bits"].items()}}
 
 
 # Snapshots of the mixing probabilities recorded per search epoch, for the report's plots.

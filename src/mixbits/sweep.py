@@ -38,16 +38,16 @@ from .models import create_model
 from .run import load_float_state, resolve_device
 from .runfiles import prepare_run_dir, save_checkpoint, write_json
 from .space import DEFAULT_CANDIDATES, PrepareConfig, prepare_
-from .train import TrainConfig, evaluate, fit
+from .train import TrainConfig, evaluate, fit, recalibrate_bn_
 
 __all__ = ["SweepConfig", "SweepSetup", "sweep", "prepare_sweep", "run_row", "write_table", "plot_pareto",
            "parse_method", "ROW_FIELDS"]
 
 log = logging.getLogger(__name__)
 
-ROW_FIELDS = ("method", "target", "seed", "size_bits", "quantized_bits", "budget_bits", "weight_compression",
-              "model_compression", "average_bits", "derived_accuracy", "test_accuracy", "search_seconds",
-              "finetune_seconds")
+ROW_FIELDS = ("model", "method", "target", "seed", "size_bits", "quantized_bits", "budget_bits", "weight_compression",
+              "model_compression", "average_bits", "derived_accuracy", "test_accuracy", "float_accuracy",
+              "weight_epochs", "finetune_epochs", "distill", "search_seconds", "finetune_seconds")
 
 Allocator = Callable[[AllocationContext], Allocation]
 
@@ -65,6 +65,9 @@ class SweepConfig:
         finetune_from: ``"method"``: fine-tune the weights the method hands over (the search's
             trained weights, as ``mixbits search`` does); ``"float"``: every row starts fine-tuning
             from the same float weights, so rows differ only by their bits.
+        compute_matched: every row gets the same number of weight-update epochs after the float
+            checkpoint, ``search_epochs + finetune_epochs``: a method that trains no weights while it
+            allocates (all but ``search``) is fine-tuned that much longer.
         binary_point: also fine-tune the all-binary model (``uniform:1``), marked on the plot.
         plot: write ``pareto.png`` (needs matplotlib: ``pip install mixbits[plot]``).
     """
@@ -88,6 +91,7 @@ class SweepConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     finetune_from: str = "method"
+    compute_matched: bool = True
     binary_point: bool = True
     plot: bool = True
     device: str = "auto"
@@ -259,20 +263,27 @@ def run_row(setup: SweepSetup, method: str, target: str | None, seed: int, *, al
         raise RuntimeError(f"{method} returned {size} bits, over the budget of {budget} bits")
     if c.finetune_from == "float":
         model.load_state_dict(setup.float_state)
+    method_epochs = float(result.weight_epochs) if c.finetune_from == "method" else 0.0
+    ft_epochs = c.finetune_epochs
+    if c.compute_matched:
+        ft_epochs = max(0, round(c.search_epochs + c.finetune_epochs - method_epochs))
     space.fix_(bits)
+    recalibrate_bn_(model, loaders["full"], device=setup.device)
     derived = evaluate(model, loaders["test"], device=setup.device)
     t0 = time.time()
     finetune_(model, space, bits, loaders["full"],
-              TrainConfig(epochs=c.finetune_epochs, lr=c.finetune_lr, distill_weight=0.5 if c.distill else 0.0),
+              TrainConfig(epochs=ft_epochs, lr=c.finetune_lr, distill_weight=0.5 if c.distill else 0.0),
               device=setup.device, teacher=teacher, progress=progress)
+    recalibrate_bn_(model, loaders["full"], device=setup.device)
     finetune_seconds = time.time() - t0
     s = space.cost.summary(bits)
-    row = {"method": method, "target": target_label, "seed": seed, "size_bits": s["model_bits"],
+    row = {"model": c.model, "method": method, "target": target_label, "seed": seed, "size_bits": s["model_bits"],
            "quantized_bits": s["quantized_bits"], "budget_bits": budget,
            "weight_compression": s["weight_compression"], "model_compression": s["model_compression"],
            "average_bits": s["average_bits"], "derived_accuracy": derived,
            "test_accuracy": evaluate(model, loaders["test"], device=setup.device),
-           "search_seconds": search_seconds, "finetune_seconds": finetune_seconds, "bits": bits,
+           "float_accuracy": setup.float_accuracy, "weight_epochs": method_epochs + ft_epochs,
+           "finetune_epochs": ft_epochs, "distill": bool(c.distill), "search_seconds": search_seconds, "finetune_seconds": finetune_seconds, "bits": bits,
            "info": _jsonable(result.info)}
     log.info("%s %s seed %d: %.2fx, test accuracy %.4f", method, target_label, seed, row["weight_compression"],
              row["test_accuracy"])

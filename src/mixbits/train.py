@@ -21,7 +21,7 @@ from torch import nn
 from . import distributed
 from .progress import StageProgress
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "fit", "evaluate", "cosine_lr"]
+__all__ = ["TrainConfig", "NonFiniteLossError", "fit", "evaluate", "cosine_lr", "recalibrate_bn_", "BN_BATCHES"]
 
 log = logging.getLogger(__name__)
 
@@ -267,3 +267,44 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: str | torch.device =
     if seen == 0:
         raise ValueError("evaluation data is empty")
     return correct / seen
+
+
+# Training batches averaged into the BatchNorm statistics after the bits are fixed.
+BN_BATCHES = 50
+
+
+@torch.no_grad()
+def recalibrate_bn_(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu",
+                    batches: int = BN_BATCHES) -> int:
+    """Re-estimate every BatchNorm's running statistics for the weights the model computes with now.
+
+    The running mean and variance a model carries were averaged while other weights
+    computed (the float weights, or mixed weights during the search); once the bits
+    are fixed they are stale. This resets them and averages the batch statistics
+    (cumulative, not exponential) over the first ``batches`` batches of ``loader``,
+    forwards only: no weight changes. Use training batches, never the test split.
+
+    Returns:
+        the number of batches used (0 when the model has no BatchNorm).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches < 1:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    model.train()
+    used = 0
+    for x, _ in loader:
+        model(x.to(device))
+        used += 1
+        if used >= batches:
+            break
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+    model.train(was_training)
+    if used == 0:
+        raise ValueError("BatchNorm re-estimation got no batch: the training loader is empty")
+    return used

@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tune the weights the method hands over (default) or restart every row from the float weights")
     p.add_argument("--no-distill", dest="distill", action="store_false", default=None,
                    help="do not distil from the float model")
+    p.add_argument("--no-compute-matched", dest="compute_matched", action="store_false", default=None,
+                   help="fine-tune every row finetune_epochs only (default: every method gets search_epochs + "
+                        "finetune_epochs of weight updates in all)")
     p.add_argument("--no-binary-point", dest="binary_point", action="store_false", default=None,
                    help="do not add the all-binary model")
     p.add_argument("--no-plot", dest="plot", action="store_false", default=None, help="do not write pareto.png")

@@ -52,11 +52,17 @@ class AllocationContext:
 
 @dataclass
 class Allocation:
-    """What a method returns: the bits, and a history for reports (may be empty)."""
+    """What a method returns: the bits, and a history for reports (may be empty).
+
+    ``weight_epochs`` counts the epochs of weight updates the method itself made (the
+    search trains the weights while it learns the bits; the others train none). Runs
+    give every method the same total: the fine-tuning makes up the difference.
+    """
 
     bits: dict[str, int]
     history: list[dict] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    weight_epochs: float = 0.0
 
 
 METHODS: Registry[Callable[[AllocationContext], Allocation]] = Registry("method")

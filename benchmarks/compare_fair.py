@@ -1,0 +1,247 @@
+"""Every allocation method at equal compute, from one float checkpoint: the fair comparison.
+
+The protocol (``mixbits.sweep.run_row`` with ``compute_matched``):
+
+- one float checkpoint per model, the same for every method, seed and target;
+- every row gets the same weight-update epochs after it, ``search_epochs + finetune_epochs``:
+  the search spends ``search_epochs`` of them while it learns the bits, the other methods get
+  them as extra fine-tuning;
+- the same distillation setting for every row (``--distill`` / ``--no-distill``);
+- BatchNorm statistics re-estimated on training batches once the bits are fixed and again after
+  fine-tuning, before every evaluation;
+- the full test split, several seeds, and per-seed differences against ``hessian``.
+
+Methods (labels): ``uniform`` (the most bits every layer can have), ``hessian`` (HAWQ-style
+sensitivity), ``random`` (an exact uniform draw of the assignments in the budget), ``search``
+(the differentiable search as ``mixbits search`` runs it), ``search_uniform`` (the search from
+all-zero logits: the relaxation alone), ``search_frozen`` (the search's weight training with
+the logits frozen at the Hessian start: what the weights alone bring).
+
+Rows are appended to ``OUT/rows-<model>-<shard>.jsonl`` as they finish; ``--shard i/n`` runs
+every n-th job so that several processes can share one GPU; ``--report`` merges every row file
+in OUT into ``compare_fair.csv`` and ``compare_fair.md``.
+
+    python benchmarks/compare_fair.py --model lenet5 --data mnist5k --checkpoint CKPT --out DIR
+    python benchmarks/compare_fair.py --report --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixbits.sweep import SweepConfig, prepare_sweep, run_row
+
+METHODS = {
+    "uniform": ("uniform", {}),
+    "hessian": ("hessian", {}),
+    "random": ("random", {}),
+    "search": ("search", {}),
+    "search_uniform": ("search", {"init": "uniform"}),
+    "search_frozen": ("search", {"logit_lr": 1e-12}),
+}
+CSV_FIELDS = ("model", "method", "target", "seed", "weight_compression", "test_accuracy", "weight_epochs",
+              "float_accuracy", "derived_accuracy", "model_compression", "average_bits", "size_bits", "budget_bits",
+              "finetune_epochs", "distill", "search_epochs", "changed_fraction", "mean_tv", "search_seconds",
+              "finetune_seconds", "device")
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001 - a copy without git still runs
+        return "unknown"
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--search-option {pair!r}: write KEY=VALUE")
+        out[key] = json.loads(value) if value[:1] in "-0123456789[{tf" else value
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m not in METHODS:
+            raise SystemExit(f"unknown method {m!r}; known: {', '.join(METHODS)}")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    config = SweepConfig(model=args.model, data=args.data, data_root=args.data_root, checkpoint=args.checkpoint,
+                         methods=("hessian",), targets=tuple(targets), seeds=tuple(seeds),
+                         search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
+                         batch_size=args.batch_size, finetune_lr=args.finetune_lr, distill=args.distill,
+                         train_subset=args.train_subset, test_subset=args.test_subset, device=args.device, compute_matched=True, plot=False,
+                         binary_point=False, out=str(out))
+    jobs = [(m, t, s) for s in seeds for t in targets for m in methods]
+    index, count = args.shard
+    jobs = jobs[index::count]
+    path = out / f"rows-{args.model}-{index}of{count}.jsonl"
+    done = set()
+    if path.is_file():  # a rerun continues where a killed one stopped
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["method"], r["target"], r["seed"]))
+    jobs = [j for j in jobs if j not in done]
+    if not jobs:
+        print(f"{path}: every job done")
+        return
+    setup = prepare_sweep(config)
+    search_options = _options(args.search_option)
+    for label, target, seed in jobs:
+        name, opts = METHODS[label]
+        if name == "search":
+            opts = {**search_options, **opts}
+        t0 = time.time()
+        row = run_row(setup, name, target, seed, options=opts)
+        row.update(method=label, search_epochs=args.search_epochs, device=str(setup.device),
+                   float_accuracy=setup.float_accuracy, commit=_git_head(),
+                   changed_fraction=(row.get("info") or {}).get("changed_fraction"),
+                   mean_tv=(row.get("info") or {}).get("mean_tv"))
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{label:>15} {target:>4} seed {seed}: {row['weight_compression']:.2f}x  "
+              f"derived {100 * row['derived_accuracy']:.2f}%  final {100 * row['test_accuracy']:.2f}%  "
+              f"({time.time() - t0:.0f} s)", flush=True)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def report(out: Path, header: list[str]) -> str:
+    rows = [json.loads(line) for p in sorted(out.glob("rows-*.jsonl")) for line in p.read_text().splitlines() if line]
+    if not rows:
+        raise SystemExit(f"no rows-*.jsonl in {out}")
+    with open(out / "compare_fair.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
+        w.writeheader()
+        for r in sorted(rows, key=lambda r: (r["model"], r["method"], float(r["target"].rstrip("x")), r["seed"])):
+            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k)) for k in CSV_FIELDS})
+    lines = list(header)
+    for model in sorted({r["model"] for r in rows}):
+        mr = [r for r in rows if r["model"] == model]
+        targets = sorted({r["target"] for r in mr}, key=lambda t: float(t.rstrip("x")))
+        methods = [m for m in METHODS if any(r["method"] == m for r in mr)]
+        first = mr[0]
+        lines += [f"## {model}", "",
+                  f"Float test accuracy {100 * first['float_accuracy']:.2f}%; {first['weight_epochs']:g} weight epochs "
+                  f"for every row ({first['search_epochs']} search + the rest fine-tuning for the search; all "
+                  f"fine-tuning for the others); distillation {'on' if first['distill'] else 'off'}; device "
+                  f"{first['device']}; seeds {sorted({r['seed'] for r in mr})}.", "",
+                  "Final test accuracy (%), mean ± std over seeds, and the mean weight compression reached:", "",
+                  "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+        for m in methods:
+            cells = []
+            for t in targets:
+                rr = [r for r in mr if r["method"] == m and r["target"] == t]
+                if not rr:
+                    cells.append("-")
+                    continue
+                mean, std = _mean_std([100 * r["test_accuracy"] for r in rr])
+                comp = statistics.fmean(r["weight_compression"] for r in rr)
+                cells.append(f"{mean:.2f} ± {std:.2f} ({comp:.1f}x, n={len(rr)})")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines += ["", "Per-seed difference against `hessian` (points, mean ± std over the paired seeds):", "",
+                  "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+        for m in methods:
+            if m == "hessian":
+                continue
+            cells = []
+            for t in targets:
+                base = {r["seed"]: r["test_accuracy"] for r in mr if r["method"] == "hessian" and r["target"] == t}
+                diffs = [100 * (r["test_accuracy"] - base[r["seed"]]) for r in mr
+                         if r["method"] == m and r["target"] == t and r["seed"] in base]
+                if diffs:
+                    mean, std = _mean_std(diffs)
+                    cells.append(f"{mean:+.2f} ± {std:.2f}")
+                else:
+                    cells.append("-")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        moved = [m for m in methods if m.startswith("search")]
+        if moved:
+            lines += ["", "How far the search moved from its start (derived bits that differ from the bits of the "
+                          "start logits; total-variation distance of the preference distributions), mean over seeds:",
+                      "", "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+            for m in moved:
+                cells = []
+                for t in targets:
+                    rr = [r for r in mr if r["method"] == m and r["target"] == t and r.get("changed_fraction") is not None]
+                    cells.append(f"{100 * statistics.fmean(r['changed_fraction'] for r in rr):.0f}% layers, "
+                                 f"TV {statistics.fmean(r['mean_tv'] for r in rr):.2f}" if rr else "-")
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    text = "\n".join(lines)
+    (out / "compare_fair.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="digits_cnn")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--data-root")
+    p.add_argument("--checkpoint", help="the float checkpoint every row starts from")
+    p.add_argument("--methods", default="uniform,hessian,random,search,search_uniform,search_frozen")
+    p.add_argument("--targets", default="8x,16x,24x,28x")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--search-epochs", type=int, default=4)
+    p.add_argument("--finetune-epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--search-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a SearchConfig field for the search rows (repeatable)")
+    p.add_argument("--train-subset", type=int, help="quick checks only: this many training samples")
+    p.add_argument("--test-subset", type=int, help="quick checks only: this many test samples (default: all)")
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.add_argument("--report", action="store_true", help="merge the row files in --out into compare_fair.csv/.md")
+    p.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    i, _, n = args.shard.partition("/")
+    args.shard = (int(i), int(n))
+    logging.basicConfig(level=logging.WARNING)
+    if args.report:
+        header = ["# Every method at equal compute", "",
+                  f"Merged by `python benchmarks/compare_fair.py --report --out {args.out}` at commit `{_git_head()}`.",
+                  *args.note, ""]
+        print(report(Path(args.out), header))
+        return 0
+    cmd = "python benchmarks/compare_fair.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    with open(Path(args.out).joinpath("commands.txt") if Path(args.out).is_dir() else _mk(args.out), "a") as f:
+        f.write(f"{cmd}\n  commit {_git_head()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+                f"{platform.machine()}, torch {torch.__version__}, "
+                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}\n")
+    run(args)
+    return 0
+
+
+def _mk(out: str) -> Path:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return Path(out) / "commands.txt"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
