@@ -241,3 +241,18 @@ def test_interrupted_write_leaves_the_old_file(good, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_model(model, space, tmp_path / "new.mbits")
     assert sorted(os.listdir(tmp_path)) == ["good.mbits"]  # no half file, no temporary left behind
+
+
+def test_inspect_into_a_closed_pipe_exits_quietly(good):
+    import subprocess
+    import sys
+
+    import mixbits
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(mixbits.__file__)),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "mixbits", "inspect", "--json", str(good)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line, like `| head -0`
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and "Broken pipe" not in err and "Traceback" not in err, err
