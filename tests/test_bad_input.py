@@ -66,8 +66,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
 
     def full_disk(obj, f, *a, **kw):
         if isinstance(obj, dict) and obj.get("stage") == "search" and (obj.get("state") or {}).get("epoch") == 2:
-            with open(f, "wb") as fh:  # half a file, then the disk is full
-                fh.write(b"\0" * 100)
+            f.write(b"\0" * 100)  # half a file, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *a, **kw)
 

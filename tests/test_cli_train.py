@@ -48,8 +48,8 @@ def test_train_reads_a_toml_config_and_the_command_line_wins(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--data", "nope"], "unknown data set 'nope'; known:"),
     (["--model", "resnet21"], "unknown model 'resnet21'; known:"),
-    (["--train-subset", "0"], "train_subset must be >= 1"),
-    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--train-subset", "0"], "train_subset = 0 in the command line: input should be greater than or equal to 1"),
+    (["--epochs", "0"], "epochs = 0 in the command line: input should be greater than or equal to 1"),
     (["--data", "cifar10"], "cifar10 needs --data-root"),
 ])
 def test_train_errors_are_one_line_with_exit_status_2(tmp_path, capsys, args, message):
@@ -84,3 +84,86 @@ def model(in_channels, num_classes, input_size):
                  *SEARCH_FAST]) == 0
     report = json.loads((run / "report.json").read_text())
     assert report["model"] == "my_project_cli:model" and report["totals"]["quantized_bits"] <= report["budget_bits"]
+
+
+def _train_args(out):
+    return ["train", "--epochs", "12", "--train-subset", "900", "--batch-size", "30", "--lr", "0.05",
+            "--device", "cpu", "--out", str(out), "-q"]
+
+
+def test_train_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mixbits
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(mixbits.__file__)),
+                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "mixbits", *_train_args(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (killed / "resume.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # mid-run, after at least one epoch's checkpoint
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    assert not (killed / "float.pt").exists()
+    epoch = torch.load(killed / "resume.pt", weights_only=True)["fit"]["epoch"]
+    assert 1 <= epoch < 12
+    assert main(["train", "--resume", str(killed), "-q"]) == 0
+    assert not (killed / "resume.pt").exists()  # removed once complete
+
+    whole = tmp_path / "whole"
+    assert main(_train_args(whole)) == 0
+    a = torch.load(killed / "float.pt", weights_only=True)
+    b = torch.load(whole / "float.pt", weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["test_accuracy"] == b["test_accuracy"]
+    h1 = json.loads((killed / "train.json").read_text())["history"]
+    h2 = json.loads((whole / "train.json").read_text())["history"]
+    assert h1 == h2 and len(h1) == 12
+
+
+def test_train_resume_refuses_new_settings_and_a_second_run_needs_force(tmp_path, capsys):
+    out = tmp_path / "t"
+    args = ["train", "--epochs", "1", "--train-subset", "200", "--batch-size", "50", "--out", str(out), "-q"]
+    assert main(args) == 0
+    assert main(["train", "--resume", str(out), "--lr", "0.01"]) == 2
+    assert "drop --lr (only --device may change)" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "already holds a run (settings.json)" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+    assert main(["train", "--resume", str(out), "-q"]) == 0  # complete: nothing to do
+
+
+@pytest.mark.parametrize("command", ["train", "search"])
+@pytest.mark.parametrize("nan_step", [0, 5])  # in the first epoch (nothing saved yet), in the second
+def test_nan_message_says_what_to_do(tmp_path, capsys, monkeypatch, command, nan_step):
+    import mixbits.train
+
+    real, calls = mixbits.train.global_mean, []
+
+    def diverge(loss, scale, device):
+        calls.append(1)
+        return float("nan") if len(calls) == nan_step + 1 else real(loss, scale, device)
+
+    monkeypatch.setattr(mixbits.train, "global_mean", diverge)
+    out = tmp_path / "run"
+    base = ["--train-subset", "200", "--batch-size", "50", "--out", str(out), "-q", "--device", "cpu"]
+    extra = ["--epochs", "3"] if command == "train" else ["--float-epochs", "3", "--search-epochs", "2",
+                                                        "--finetune-epochs", "1"]
+    assert main([command, *base, *extra]) == 2
+    err = capsys.readouterr().err
+    assert "float: the loss became nan at epoch" in err and "--force" in err and "lower" in err
+    if nan_step == 0:
+        assert "No epoch finished, so there is nothing to resume" in err and "resume.pt" not in err
+        assert not (out / "resume.pt").exists()
+    else:
+        assert "resume.pt" in err and "--resume repeats the same settings" in err
+        assert (out / "resume.pt").exists()

@@ -53,7 +53,9 @@ def test_resnet_like_every_bitwidth(tmp_path, pattern):
     res = export_model(model, space, tmp_path / "r.mbits", import_path="tests._export_nets:tiny_resnet",
                        model_kwargs={"width": 8}, input_shape=(3, 12, 12))
     _check_size(res, space, bits)
-    net = load(tmp_path / "r.mbits")  # rebuilt from the import path
+    with pytest.raises(ValueError, match="would run that code"):
+        load(tmp_path / "r.mbits")  # the import path is code: refused by default
+    net = load(tmp_path / "r.mbits", trust_code=True)  # rebuilt from the import path
     x = torch.randn(4, 3, 12, 12)
     assert _max_diff(net, model, x) <= 1e-5
     # A fresh instance given by the user gets the same weights.
@@ -131,10 +133,10 @@ def test_load_errors(tmp_path):
         load(tmp_path / "r.mbits", model=bigger)
     export_model(model, space, tmp_path / "bad.mbits", import_path="no_such_package_xyz:make")
     with pytest.raises(ValueError, match="cannot import the model builder 'no_such_package_xyz:make'"):
-        load(tmp_path / "bad.mbits")
+        load(tmp_path / "bad.mbits", trust_code=True)
     export_model(model, space, tmp_path / "zoo.mbits", zoo="no_such_model",
                  model_kwargs=dict(in_channels=3, num_classes=10, input_size=8))
-    with pytest.raises(ValueError, match="unknown model 'no_such_model'"):
+    with pytest.raises(ValueError, match="model 'no_such_model', which is not a built-in model; known: digits_cnn"):
         load(tmp_path / "zoo.mbits")
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "missing.mbits")

@@ -17,7 +17,7 @@ Module map:
 from .budget import Target, budget_bits, parse_target
 from .cost import CostModel, LayerInfo
 from .derive import solve_budget
-from .export import ExportResult, export_model, export_onnx, load
+from .export import CodeNotTrustedError, ExportResult, MbitsFormatError, export_model, export_onnx, load
 from .finetune import finetune_
 from .quant import fake_quantize, weight_codes
 from .report import build_report, format_table, to_markdown
@@ -32,5 +32,5 @@ __all__ = [
     "SearchResult", "Target", "TrainConfig", "budget_bits", "build_report", "derive_bits", "evaluate",
     "fake_quantize", "finetune_", "fit", "format_table", "parse_target", "prepare_", "recalibrate_bn_", "search", "solve_budget",
     "to_markdown", "unprepare_", "weight_codes",
-    "ExportResult", "export_model", "export_onnx", "load",
+    "CodeNotTrustedError", "ExportResult", "MbitsFormatError", "export_model", "export_onnx", "load",
 ]

@@ -38,7 +38,7 @@ from .finetune import finetune_
 from .models import create_model
 from .export.exporter import export_model
 from .report import build_report, to_markdown
-from .runfiles import load_checkpoint, prepare_run_dir, save_checkpoint, write_json, write_text
+from .runfiles import RunLock, claim_run_dir, load_checkpoint, save_checkpoint, write_json, write_text
 from .methods import METHODS, AllocationContext, allocate
 from .space import DEFAULT_CANDIDATES, PrepareConfig, prepare_
 from .train import NonFiniteLossError, TrainConfig, evaluate, fit, recalibrate_bn_, load_loader_state, loader_state, rng_state, set_rng_state
@@ -142,6 +142,9 @@ def _loaders(ds, config: RunConfig, device: torch.device) -> dict[str, TensorLoa
 
 
 RESUME_FILE = "resume.pt"
+# What a run writes (--force removes them first, so a folder never mixes two runs).
+RUN_FILES = ("settings.json", "float.pt", "bits.json", "search.json", "report.json", "report.md", "report.html",
+             "finetuned.pt", "history.json", RESUME_FILE, "run.log", "model.mbits", "model.onnx")
 
 
 def load_settings(folder: str | Path) -> RunConfig:
@@ -187,7 +190,7 @@ def resume_run(folder: str | Path, *, device: str | None = None, progress: bool 
 
 
 def run_search(config: RunConfig, *, progress: bool = True, command: str | None = None, resume: bool = False,
-               on_folder: Callable[[Path], None] | None = None) -> dict[str, Any]:
+               on_folder: Callable[[Path], None] | None = None, force: bool = False) -> dict[str, Any]:
     """Run the whole job and write the run folder; returns the report dict.
 
     The run checkpoints to ``resume.pt`` at the end of every epoch of every stage
@@ -200,14 +203,27 @@ def run_search(config: RunConfig, *, progress: bool = True, command: str | None 
         command: the command line, for the report.
         resume: continue the run in ``config.out`` from its checkpoint.
         on_folder: called with the run folder once it exists (the CLI attaches its log file there).
+        force: overwrite a run already in ``config.out`` (its files are removed first).
 
     Raises:
         ValueError: bad settings (unknown data set/model/method, unreachable target, unknown
-            pin pattern, unwritable folder), raised before any training.
+            pin pattern, unwritable folder, a folder holding a run without ``force``), raised before any training.
+        RunFolderBusyError: another process is writing the folder.
         FileNotFoundError: a missing float checkpoint, raised before any training.
         OSError: a checkpoint could not be written (disk full...); the previous one is kept.
         NonFiniteLossError: training diverged (the last good checkpoint is kept).
     """
+    locks: list[RunLock] = []
+    try:
+        return _run_search(config, progress=progress, command=command, resume=resume, on_folder=on_folder,
+                           force=force, locks=locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_search(config: RunConfig, *, progress: bool, command: str | None, resume: bool,
+                on_folder: Callable[[Path], None] | None, force: bool, locks: list[RunLock]) -> dict[str, Any]:
     t_start = time.time()
     device = distributed.local_device(resolve_device(config.device))
     distributed.init_from_env(device)
@@ -226,16 +242,14 @@ def run_search(config: RunConfig, *, progress: bool = True, command: str | None 
     main = distributed.is_main()
     out = Path(distributed.broadcast_object(
         config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.model}-{config.target}"))
+    if main:  # the lock; temporary files of a write a kill interrupted are removed (final names never touched)
+        locks.append(claim_run_dir(out, markers=("settings.json",), outputs=RUN_FILES, force=force, resume=resume))
     state: dict[str, Any] | None = None
     if resume:
         state = load_checkpoint(out / RESUME_FILE)
     if main:
-        prepare_run_dir(out)
         if on_folder is not None:
             on_folder(out)
-        if resume:  # temporary files of a write the kill interrupted (the final names were never touched)
-            for stale in out.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
         if not resume:
             settings = {**asdict(config), "candidates": list(config.candidates), "pins": dict(config.pins),
                         "method_options": dict(config.method_options), "exclude": list(config.exclude),
@@ -249,6 +263,10 @@ def run_search(config: RunConfig, *, progress: bool = True, command: str | None 
         if stage == "done" and (out / "report.json").is_file():
             log.info("run %s is already complete", out)
             return json.loads((out / "report.json").read_text())
+        if stage == "done":
+            raise FileNotFoundError(f"the run in {str(out)!r} is complete but its report.json is missing: its "
+                                    f"results are in finetuned.pt and model.mbits (mixbits export {out}); to run it "
+                                    f"again, start without --resume and with --force")
         for name, loader in loaders.items():
             load_loader_state(loader, state["loaders"].get(name))
         set_rng_state(state["rng"])
@@ -276,7 +294,11 @@ def run_search(config: RunConfig, *, progress: bool = True, command: str | None 
         return _stages(config, model, model_kwargs, prep, budget, loaders, device, out, stage, stage_state, carry,
                        checkpoint, progress=progress, command=command, t_start=t_start)
     except NonFiniteLossError as exc:
-        raise NonFiniteLossError(f"{exc} The run folder keeps the last good checkpoint ({out / RESUME_FILE}).") from None
+        kept = (f"The run folder keeps the last good checkpoint ({out / RESUME_FILE}), but --resume repeats the same "
+                f"settings." if (out / RESUME_FILE).is_file() else "No epoch finished, so there is nothing to resume.")
+        raise NonFiniteLossError(f"{exc} {kept} Start a new run with a lower learning rate (--float-lr or "
+                                 f"--finetune-lr, or float_lr / finetune_lr in a -c config) and --force to reuse "
+                                 f"{out}.") from None
 
 
 def _stages(config: RunConfig, model: torch.nn.Module, model_kwargs: dict, prep: PrepareConfig, budget: int,

@@ -36,7 +36,7 @@ from .finetune import finetune_
 from .methods import METHODS, Allocation, AllocationContext, allocate
 from .models import create_model
 from .run import load_float_state, resolve_device
-from .runfiles import prepare_run_dir, save_checkpoint, write_json
+from .runfiles import claim_run_dir, save_checkpoint, write_json
 from .space import DEFAULT_CANDIDATES, PrepareConfig, prepare_
 from .train import TrainConfig, evaluate, fit, recalibrate_bn_
 
@@ -192,6 +192,9 @@ def prepare_sweep(config: SweepConfig, *, progress: bool = False) -> SweepSetup:
     model_kwargs = {"in_channels": ds.input_shape[0], "num_classes": ds.num_classes, "input_size": ds.input_shape[1]}
     torch.manual_seed(config.seeds[0])
     model = create_model(config.model, **model_kwargs).to(device)
+    probe = prepare_(copy.deepcopy(model), PrepareConfig(candidates=config.candidates))
+    for target in config.targets:  # an unreachable target fails here, before the float training
+        budget_bits(target, probe.cost)
     setup = SweepSetup(config, ds, device, model_kwargs, {}, 0.0, 0.0, 0, None)
     loaders = setup.loaders(config.seeds[0])
     steps = len(loaders["full"])
@@ -298,14 +301,37 @@ def _jsonable(obj: Any) -> Any:
         return {}
 
 
-def sweep(config: SweepConfig, *, progress: bool = False,
-          on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+SWEEP_FILES = ("sweep.csv", "sweep.json", "pareto.png", "float.pt")
+
+
+def sweep(config: SweepConfig, *, progress: bool = False, on_row: Callable[[dict[str, Any]], None] | None = None,
+          force: bool = False) -> dict[str, Any]:
     """Run every (method, target, seed) from one float model; write the table and the plot.
+
+    The output folder is locked while the sweep runs; one that already holds a sweep
+    needs ``force`` (its files are removed first). A folder created here is removed
+    again if the sweep fails before writing anything (an unreachable target...).
 
     Returns:
         {"float_accuracy", "float_epoch_seconds", ..., "rows": [...], "files": {...}}.
+
+    Raises:
+        RunFolderBusyError: another process writes the folder.
+        ValueError: bad settings, an unreachable target (before the float training), a sweep already in the folder.
     """
-    out = prepare_run_dir(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-sweep-{config.model}")
+    out = Path(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-sweep-{config.model}")
+    lock = claim_run_dir(out, markers=SWEEP_FILES, outputs=SWEEP_FILES, force=force)
+    failed = True
+    try:
+        result = _sweep(config, out, progress=progress, on_row=on_row)
+        failed = False
+        return result
+    finally:
+        lock.release(remove_empty_folder=failed)
+
+
+def _sweep(config: SweepConfig, out: Path, *, progress: bool,
+           on_row: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     setup = prepare_sweep(config, progress=progress)
     if not config.checkpoint:
         save_checkpoint(out / "float.pt", {"model": config.model, "model_kwargs": setup.model_kwargs,

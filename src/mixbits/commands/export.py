@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accuracy", action="store_true",
                    help="also evaluate the reloaded model on the run's test set and compare with the run's model")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs of the output checks (default 0)")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="let the reload check import the model code the file names (needed for "
+                        "torchvision:, timm: and package.module:function models; built-in models never need it)")
 
 
 def _kib(num_bytes: float) -> str:
@@ -44,6 +47,19 @@ def _size_rows(result, report_model_bits: int | None) -> list[tuple[str, str]]:
     ]
 
 
+def _check_trust(args: argparse.Namespace) -> None:
+    """Before writing anything: a run of a model that is not built in needs --trust-model-code to reload."""
+    from ..export.run_export import CHECKPOINT_NAME
+    from ..models import MODELS
+    from ..runfiles import load_checkpoint
+
+    ckpt = Path(args.run_folder) / CHECKPOINT_NAME
+    name = str(load_checkpoint(ckpt).get("model")) if ckpt.is_file() else None
+    if name is not None and name not in MODELS and not args.trust_model_code:
+        raise ValueError(f"the run's model {name!r} is not a built-in model: reloading the exported file imports "
+                         f"its code. Add --trust-model-code if you trust it")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -55,11 +71,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path(args.run_folder) / "model.mbits"
     if not out.parent.is_dir():
         raise ValueError(f"the output folder {str(out.parent)!r} does not exist")
+    _check_trust(args)
     result, rm = export_run(args.run_folder, out)
     rows = [("written", str(out))] + _size_rows(result, rm.report_model_bits)
 
     # Checks: the reloaded file against the fake-quantized model, then ONNX against the reloaded file.
-    net = load(out)
+    net = load(out, trust_code=args.trust_model_code)
     batches, what = [], ""
     if rm.input_shape is not None:
         x = torch.randn((8, *rm.input_shape), generator=torch.Generator().manual_seed(args.seed))  # (8, C, H, W)
@@ -76,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         batches, what = loader, "whole test set"
     if args.onnx is not None:
         onnx_path = Path(args.onnx) if args.onnx else out.with_suffix(".onnx")
-        export_onnx(out, onnx_path)
+        export_onnx(out, onnx_path, trust_code=args.trust_model_code)
         rows.append(("onnx", str(onnx_path)))
         if batches:
             cmp = compare_onnx(onnx_path, net, batches)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 NAME = "inspect"
 HELP = "show the per-layer bits, sizes and totals of a .mbits file (checks it, builds no model)"
@@ -50,5 +52,10 @@ def run(args: argparse.Namespace) -> int:
     from ..export import describe
 
     info = describe(args.file)
-    print(json.dumps(info, indent=2) if args.json else format_summary(info))
+    text = json.dumps(info, indent=2) if args.json else format_summary(info)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `mixbits inspect FILE | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
     return 0

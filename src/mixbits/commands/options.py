@@ -38,29 +38,44 @@ def load_toml(path: str) -> dict[str, Any]:
     try:
         with open(p, "rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config file {path!r} is not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # a binary file is a UnicodeDecodeError
+        raise ValueError(f"config file {path!r} is not valid TOML: {str(exc)[:200]}") from None
 
 
 def resolve_config(cls, args: argparse.Namespace, skip: set[str]) -> Any:
-    """Defaults of ``cls``, then the TOML file, then command-line options."""
+    """Defaults of ``cls``, then the TOML file, then command-line options, checked for type and range.
+
+    Raises:
+        ValueError: an unreadable config file, unknown keys, or values of the wrong type or out of range,
+            naming each key and where it came from (before any folder is created or any training starts).
+    """
+    from ..settings import check_method_options, validate_settings
+
     fields = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     if getattr(args, "config", None):
         raw = load_toml(args.config)
         unknown = sorted(set(raw) - fields)
         if unknown:
             raise ValueError(f"config file {args.config!r} has unknown keys {unknown}; known keys: {sorted(fields)}")
         values.update(raw)
+        sources.update({k: f"config file {args.config!r}" for k in raw})
     for name in fields:
         v = getattr(args, name, None)
         if v is not None and name not in skip:
             values[name] = v
+            sources[name] = "the command line"
     if "pins" in values and isinstance(values["pins"], list):
         values["pins"] = dict(values["pins"])
-    for key in ("candidates", "exclude"):
-        if key in values:
-            values[key] = tuple(values[key])
-    return cls(**values)
-
-
+    config = validate_settings(cls, values, sources)
+    options = getattr(config, "method_options", None) or {}
+    where = sources.get("method_options", "the settings")
+    if "method" in fields:  # {option: value} for the one method
+        check_method_options(options, [config.method], where)
+    elif "methods" in fields:  # {method: {option: value}}
+        for name, opts in options.items():
+            if not isinstance(opts, dict):
+                raise ValueError(f"method_options.{name} in {where} must be a table of options, got {opts!r}")
+            check_method_options(opts, [name], where)
+    return config

@@ -31,12 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-epochs", type=int, help=f"search epochs (default {d.search_epochs})")
     p.add_argument("--finetune-epochs", type=int, help=f"fine-tuning epochs (default {d.finetune_epochs})")
     p.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
+    p.add_argument("--float-lr", type=float, help=f"peak learning rate of the float training (default {d.float_lr})")
+    p.add_argument("--finetune-lr", type=float, help=f"peak learning rate of the fine-tuning (default {d.finetune_lr})")
     p.add_argument("--held-out-fraction", type=float, help=f"training data held out for the logits (default {d.held_out_fraction})")
     p.add_argument("--no-distill", dest="distill", action="store_false", default=None,
                    help="do not distil from the float model during search and fine-tuning")
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--out", help="run folder (default runs/<time>-<model>-<target>)")
+    p.add_argument("--force", action="store_true", help="overwrite the run already in --out (its files are removed)")
     p.add_argument("--checkpoint", help="float checkpoint to start from instead of training the float model")
     p.add_argument("--train-subset", type=int, metavar="N",
                    help="use a fixed seeded subset of N training samples (quick CPU recipes; default all)")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                                 on_folder=on_folder)
         else:
             config = resolve_config(RunConfig, args, skip=set())
-            report = run_search(config, progress=not args.quiet, command=cmd, on_folder=on_folder)
+            report = run_search(config, progress=not args.quiet, command=cmd, on_folder=on_folder, force=args.force)
         main = distributed.is_main()
     finally:
         detach_log_file(handler[0] if handler else None)

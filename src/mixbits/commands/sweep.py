@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plot", dest="plot", action="store_false", default=None, help="do not write pareto.png")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--out", help="output folder (default runs/<time>-sweep-<model>)")
+    p.add_argument("--force", action="store_true", help="overwrite the sweep already in --out (its files are removed)")
     p.add_argument("--checkpoint", help="float checkpoint to start every row from")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
               f"{row['average_bits']:.3f} bits  test {100 * row['test_accuracy']:.2f}%  "
               f"(search {row['search_seconds']:.1f} s, fine-tune {row['finetune_seconds']:.1f} s)", flush=True)
 
-    result = sweep(config, progress=not args.quiet, on_row=show)
+    result = sweep(config, progress=not args.quiet, on_row=show, force=args.force)
     print(f"float test accuracy {100 * result['float_accuracy']:.2f}%")
     for kind, path in result["files"].items():
         print(f"{kind}: {path}")

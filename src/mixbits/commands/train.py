@@ -7,23 +7,36 @@ weight decay on weights (not on biases and norms) and optional label smoothing
 - ``settings.json``  the resolved settings;
 - ``float.pt``       the checkpoint, in the format of a search run's ``float.pt``
   (model, model_kwargs, data, state_dict, test_accuracy);
-- ``train.json``     per-epoch loss, accuracy and learning rate, the test accuracy and the timings.
+- ``train.json``     per-epoch loss, accuracy and learning rate, the test accuracy and the timings;
+- ``resume.pt``      while training: the state after the last finished epoch (``mixbits train --resume``),
+  removed once ``float.pt`` is written.
+
+A resumed run ends with exactly the weights of an uninterrupted one (same device).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import logging
 import re
 import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 NAME = "train"
 HELP = "train the float model (SGD + Nesterov, cosine schedule) and save a checkpoint for search"
 
-__all__ = ["FloatTrainConfig", "train_float", "NAME", "HELP", "add_arguments", "run"]
+__all__ = ["FloatTrainConfig", "train_float", "resume_train", "load_train_settings", "NAME", "HELP", "add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+
+RESUME_FILE = "resume.pt"
+TRAIN_FILES = ("settings.json", "float.pt", "train.json", RESUME_FILE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,15 +73,56 @@ class FloatTrainConfig:
             raise ValueError(f"train_subset must be >= 1, got {self.train_subset}")
 
 
+def resume_train(folder: str | Path, *, device: str | None = None, progress: bool = True,
+                 command: str | None = None, on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Continue the ``mixbits train`` run in ``folder`` from its last finished epoch, with its saved settings.
+
+    Raises:
+        FileNotFoundError: ``folder`` has no settings.json.
+        ValueError: settings.json is not a ``mixbits train`` run's.
+    """
+    return train_float(load_train_settings(folder, device=device), progress=progress, command=command,
+                       on_epoch=on_epoch, resume=True)
+
+
+def load_train_settings(folder: str | Path, *, device: str | None = None) -> FloatTrainConfig:
+    """The settings saved in a ``mixbits train`` run folder (``out`` set to ``folder``), checked."""
+    from ..settings import validate_settings
+
+    path = Path(folder) / "settings.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a mixbits train run folder: it has no settings.json")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{str(path)!r} is not readable JSON: {exc}") from None
+    names = {f.name for f in dataclasses.fields(FloatTrainConfig)}
+    values = {k: v for k, v in raw.items() if k in names}
+    values["out"] = str(folder)
+    if device is not None:
+        values["device"] = device
+    return validate_settings(FloatTrainConfig, values, {k: repr(str(path)) for k in values})
+
+
 def train_float(config: FloatTrainConfig, *, progress: bool = True, command: str | None = None,
-                on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+                on_epoch: Callable[[int, dict], None] | None = None, resume: bool = False,
+                force: bool = False) -> dict[str, Any]:
     """Train the float model, evaluate it on the test split and write the run folder.
+
+    Every epoch ends with an atomic checkpoint (``resume.pt``); with ``resume=True`` the run
+    in ``config.out`` continues from it and ends with the weights an uninterrupted run has.
+
+    Args:
+        resume: continue the run in ``config.out`` (see :func:`resume_train`).
+        force: overwrite a run already in ``config.out``.
 
     Returns:
         summary: run folder, checkpoint path, test accuracy, per-epoch history, timings.
 
     Raises:
-        ValueError: unknown data set or model, a bad subset size, an unwritable folder (before any training).
+        ValueError: unknown data set or model, a bad subset size, an unwritable folder, a folder
+            holding a run without ``force`` (before any training).
+        RunFolderBusyError: another process writes the folder.
         NonFiniteLossError: training diverged.
     """
     import torch
@@ -76,8 +130,8 @@ def train_float(config: FloatTrainConfig, *, progress: bool = True, command: str
     from ..data import TensorLoader, load_dataset, take_train_subset
     from ..models import create_model
     from ..run import resolve_device
-    from ..runfiles import prepare_run_dir, save_checkpoint, write_json
-    from ..train import TrainConfig, evaluate, fit
+    from ..runfiles import claim_run_dir, load_checkpoint, write_json
+    from ..train import NonFiniteLossError, TrainConfig
 
     t_start = time.time()
     device = resolve_device(config.device)
@@ -91,16 +145,42 @@ def train_float(config: FloatTrainConfig, *, progress: bool = True, command: str
                          weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
                          label_smoothing=config.label_smoothing)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{config.data}").strip("_")
-    out = prepare_run_dir(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-train-{slug}")
-    write_json(out / "settings.json", {**asdict(config), "out": str(out), "device_resolved": str(device),
-                                       **({"command": command} if command else {})})
+    out = Path(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-train-{slug}")
+    lock = claim_run_dir(out, markers=("settings.json",), outputs=TRAIN_FILES, force=force, resume=resume)
+    try:
+        if resume and (out / "train.json").is_file() and not (out / RESUME_FILE).is_file():
+            log.info("run %s is already complete", out)
+            return json.loads((out / "train.json").read_text(encoding="utf-8"))
+        state = load_checkpoint(out / RESUME_FILE)["fit"] if resume and (out / RESUME_FILE).is_file() else None
+        if not resume:
+            write_json(out / "settings.json", {**asdict(config), "out": str(out), "device_resolved": str(device),
+                                               **({"command": command} if command else {})})
+        try:
+            return _train(config, ds, model, model_kwargs, recipe, device, out, state, progress=progress,
+                          command=command, on_epoch=on_epoch, t_start=t_start)
+        except NonFiniteLossError as exc:
+            kept = (f"{out / RESUME_FILE} keeps the last good epoch, but --resume repeats the same settings."
+                    if (out / RESUME_FILE).is_file() else "No epoch finished, so there is nothing to resume.")
+            raise NonFiniteLossError(f"{exc} {kept} Start again with a lower --lr and --force to reuse {out}.") from None
+    finally:
+        lock.release()
+
+
+def _train(config: FloatTrainConfig, ds, model, model_kwargs: dict, recipe, device, out: Path, state: dict | None, *,
+           progress: bool, command: str | None, on_epoch: Callable[[int, dict], None] | None,
+           t_start: float) -> dict[str, Any]:
+    from ..data import TensorLoader
+    from ..runfiles import save_checkpoint, write_json
+    from ..train import evaluate, fit
+
     train_loader = TensorLoader(ds.train_x, ds.train_y, batch_size=config.batch_size, shuffle=True,
                                 augment=ds.augment, mean=ds.mean, std=ds.std, drop_last=True, seed=config.seed,
                                 device=device)
     test_loader = TensorLoader(ds.test_x, ds.test_y, batch_size=1000, mean=ds.mean, std=ds.std, device=device)
 
     t0 = time.time()
-    history = fit(model, train_loader, recipe, device=device, on_epoch=on_epoch, progress=progress, desc="float")
+    history = fit(model, train_loader, recipe, device=device, on_epoch=on_epoch, progress=progress, desc="float",
+                  resume=state, on_checkpoint=lambda s: save_checkpoint(out / RESUME_FILE, {"version": 1, "fit": s}))
     train_s = time.time() - t0
     test_acc = evaluate(model, test_loader, device=device)
     ckpt = save_checkpoint(out / "float.pt", {
@@ -114,6 +194,7 @@ def train_float(config: FloatTrainConfig, *, progress: bool = True, command: str
                "seconds": {"train": round(train_s, 2), "total": round(time.time() - t_start, 2)},
                "train_images_per_s": round(images / max(train_s, 1e-9), 1)}
     write_json(out / "train.json", summary)
+    (out / RESUME_FILE).unlink(missing_ok=True)  # the run is complete: float.pt and train.json hold it
     return summary
 
 
@@ -137,20 +218,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--out", help="run folder (default runs/<time>-train-<model>-<data>)")
+    p.add_argument("--force", action="store_true", help="overwrite the run already in --out (its files are removed)")
+    p.add_argument("--resume", metavar="RUN_FOLDER",
+                   help="continue an interrupted run from its last finished epoch, with its saved settings "
+                        "(only --device may change)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
 def run(args: argparse.Namespace) -> int:
     from .options import resolve_config
 
-    config = resolve_config(FloatTrainConfig, args, skip=set())
+    from .search import _check_resume_args
+
     cmd = "mixbits " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     def show(epoch: int, stats: dict) -> None:
         print(f"epoch {stats['epoch']}/{config.epochs}  loss {stats['loss']:.4f}  "
               f"train acc {100 * stats['train_accuracy']:.2f}%  lr {stats['lr']:.4g}", flush=True)
 
-    s = train_float(config, progress=not args.quiet, command=cmd, on_epoch=None if args.quiet else show)
+    if args.resume:
+        _check_resume_args(args, FloatTrainConfig)
+        config = load_train_settings(args.resume, device=args.device)
+    else:
+        config = resolve_config(FloatTrainConfig, args, skip=set())
+    s = train_float(config, progress=not args.quiet, command=cmd, on_epoch=None if args.quiet else show,
+                    resume=bool(args.resume), force=args.force)
     print(f"float test accuracy {100 * s['test_accuracy']:.2f}% ({s['test_samples']} test samples, "
           f"{s['train_samples']} training samples, {s['parameters']:,} parameters, "
           f"{s['seconds']['train']:.1f} s on {s['device']})")

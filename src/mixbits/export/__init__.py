@@ -5,21 +5,21 @@ Module map:
 - ``pack``         bit packing of integer codes at exactly 1..8 bits (pure array math).
 - ``fileformat``   the ``.mbits`` layout (safetensors + JSON manifest): write, read, validate, decode.
 - ``exporter``     ``export_model(model, space, path)``: a prepared model at fixed bits -> file; size check.
-- ``loader``       ``load(path, model=None)``: file -> plain nn.Module with dequantized weights.
+- ``loader``       ``load(path, model=None, trust_code=False)``: file -> plain nn.Module; runs no code the file names.
 - ``run_export``   rebuild a run folder's fine-tuned model and export it (``mixbits export``).
 - ``onnx_export``  ONNX graph of the dequantized model, bits in its metadata; onnxruntime check.
 - ``summary``      ``describe(path)``: per-layer bits and sizes (``mixbits inspect``).
 """
 
 from .exporter import ExportResult, export_model, model_source, size_bound_bytes
-from .fileformat import FORMAT_VERSION, MbitsFile, read_mbits
-from .loader import build_model, load
+from .fileformat import FORMAT_VERSION, MbitsFile, MbitsFormatError, read_mbits
+from .loader import CodeNotTrustedError, build_model, load
 from .onnx_export import compare_onnx, export_onnx, onnx_bits, onnx_max_abs_diff
 from .run_export import RunModel, export_run, load_run_model, run_test_loader
 from .summary import describe
 
 __all__ = [
-    "FORMAT_VERSION", "ExportResult", "MbitsFile", "RunModel", "build_model", "compare_onnx", "describe",
+    "FORMAT_VERSION", "CodeNotTrustedError", "ExportResult", "MbitsFile", "MbitsFormatError", "RunModel", "build_model", "compare_onnx", "describe",
     "export_model", "export_onnx", "export_run", "load", "load_run_model", "model_source", "onnx_bits",
     "onnx_max_abs_diff", "read_mbits", "run_test_loader", "size_bound_bytes",
 ]

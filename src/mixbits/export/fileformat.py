@@ -1,9 +1,10 @@
 """The ``.mbits`` file: a safetensors file whose metadata holds a JSON manifest.
 
-Format version 1. The safetensors metadata has one key, ``"mixbits"``, whose
-value is the manifest (compact JSON)::
+Format version 2. The safetensors metadata has two keys: ``"mixbits"``, the
+manifest (compact JSON), and ``"mixbits_sha256"``, one SHA-256 over the manifest
+text and every tensor (name, dtype, shape and bytes, in the order below)::
 
-    {"format_version": 1, "mixbits_version": "0.1.0", "scale_dtype": "float16", "bit_order": "little",
+    {"format_version": 2, "mixbits_version": "0.1.0", "scale_dtype": "float16", "bit_order": "little",
      "model": {"zoo": "digits_cnn", "kwargs": {...}},      # or {"import": "pkg.mod:fn", "kwargs": ...}, or null
      "input_shape": [1, 8, 8],                             # or null
      "layer_fields": ["name", "kind", "shape", "bits", "aliases"],
@@ -11,8 +12,7 @@ value is the manifest (compact JSON)::
      "float_fields": ["module", "names", "shape"],
      "floats": [["features.1", ["weight", "bias", "running_mean", "running_var"], [32]], ...],
      "float_aliases": {"head.bias": ["tied.bias"]},       # only when a float tensor is shared
-     "promised_model_bits": 97760, "float_model_bits": 1881408,
-     "crc32": {"codes": 745946478, "scales": ..., "float": ...}}
+     "promised_model_bits": 97760, "float_model_bits": 1881408}
 
 and at most four tensors, each the concatenation of its parts in manifest order:
 
@@ -27,14 +27,19 @@ One tensor per kind keeps the safetensors tensor table constant in size, and the
 tabular manifest keeps the header at about 1.5 KB for the default CNN and 3 KB for
 a ResNet-20. Integer buffers (``num_batches_tracked``) are not
 stored, as the cost model does not count them. Reading never unpickles: the
-data are raw little-endian arrays and the manifest is JSON.
+data are raw little-endian arrays and the manifest is JSON. The checksum is
+checked before the manifest is parsed, and every field is checked for type and
+bounds before anything is built: any damage is one :class:`MbitsFormatError`
+with a short message that names the file. (The checksum catches damage, not a
+forger who recomputes it: such a file is a valid file of another model.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import zlib
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,15 +50,38 @@ from ..quant import HALF_BITS, INT_BITS, VALID_BITS, dequantize, weight_codes
 from ..runfiles import atomic_write
 from .pack import pack_codes, packed_nbytes, unpack_codes
 
-__all__ = ["FORMAT_VERSION", "LayerRecord", "FloatRecord", "MbitsFile", "write_mbits", "read_mbits",
-           "decode_state_dict", "records_to_json", "weight_key"]
+__all__ = ["FORMAT_VERSION", "MbitsFormatError", "LayerRecord", "FloatRecord", "MbitsFile", "write_mbits",
+           "read_mbits", "decode_state_dict", "records_to_json", "weight_key", "checksum"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_KEY = "mixbits"
+CHECKSUM_KEY = "mixbits_sha256"
+MAX_HEADER_BYTES = 16 << 20  # a ResNet-20's header is 3 KB; this bounds what is parsed before the checksum
+MAX_NAME_CHARS = 1024  # a module or state-dict key
+MAX_DIMS = 8
+MAX_DIM = 1 << 40
 SCALE_DTYPE = "float16"
 LAYER_FIELDS = ("name", "kind", "shape", "bits", "aliases")  # aliases only when the weight is shared
 FLOAT_FIELDS = ("module", "names", "shape")  # one row per run of same-shaped tensors of one module
 BLOBS = {"codes": torch.uint8, "scales": torch.float16, "half": torch.float16, "float": torch.float32}
+
+
+class MbitsFormatError(ValueError):
+    """A file that is not a valid ``.mbits`` file: truncated, corrupted, inconsistent or of another version."""
+
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlevel = 60, 60, 6, 6, 3
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` cut to a few dozen characters and three levels (error messages about untrusted data)."""
+    return _short.repr(value)
+
+
+def path_repr(path: str) -> str:
+    """A file name for messages: quoted, its last 200 characters at most."""
+    return repr(path if len(path) <= 200 else "..." + path[-200:])
 
 
 def weight_key(module_name: str) -> str:
@@ -141,8 +169,15 @@ def _expected_blob_sizes(layers: tuple[LayerRecord, ...], floats: tuple[FloatRec
     return sizes
 
 
-def _crc(t: torch.Tensor) -> int:
-    return zlib.crc32(t.contiguous().view(torch.uint8).numpy().tobytes())
+def checksum(manifest_text: str, tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of the manifest text, then of each tensor's name, dtype, shape and bytes in blob order."""
+    h = hashlib.sha256(manifest_text.encode("utf-8"))
+    for name in BLOBS:
+        if name in tensors:
+            t = tensors[name].contiguous()
+            h.update(f"\0{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def encode_tensors(layers: list[tuple[LayerRecord, torch.Tensor]],
@@ -187,9 +222,8 @@ def write_mbits(path: str | Path, tensors: Mapping[str, torch.Tensor],
     """
     from safetensors.torch import save
 
-    manifest = dict(manifest)
-    manifest["crc32"] = {name: _crc(t) for name, t in tensors.items()}
-    data = save(dict(tensors), metadata={METADATA_KEY: json.dumps(manifest, separators=(",", ":"))})
+    text = json.dumps(dict(manifest), separators=(",", ":"))
+    data = save(dict(tensors), metadata={METADATA_KEY: text, CHECKSUM_KEY: checksum(text, tensors)})
 
     def writer(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -201,8 +235,8 @@ def write_mbits(path: str | Path, tensors: Mapping[str, torch.Tensor],
     return len(data), 8 + int.from_bytes(data[:8], "little")
 
 
-def _corrupt(path: str, why: str) -> ValueError:
-    return ValueError(f"{path!r} is not a valid .mbits file: {why}")
+def _corrupt(path: str, why: str) -> MbitsFormatError:
+    return MbitsFormatError(f"{path_repr(path)} is not a valid .mbits file: {why}")
 
 
 def records_to_json(layers: tuple[LayerRecord, ...] | list[LayerRecord],
@@ -232,16 +266,22 @@ def records_to_json(layers: tuple[LayerRecord, ...] | list[LayerRecord],
 
 
 def _shape(value: Any, path: str, what: str, *, allow_empty: bool = False) -> tuple[int, ...]:
-    ok = isinstance(value, list) and (bool(value) or allow_empty) and all(
-        isinstance(s, int) and not isinstance(s, bool) and (s >= 0 if allow_empty else s > 0) for s in value)
+    ok = isinstance(value, list) and (bool(value) or allow_empty) and len(value) <= MAX_DIMS and all(
+        isinstance(s, int) and not isinstance(s, bool) and (0 if allow_empty else 1) <= s <= MAX_DIM for s in value)
     if not ok:
-        raise _corrupt(path, f"{what} has a bad shape {value!r} in the manifest")
+        raise _corrupt(path, f"{short_repr(what)} has a bad shape {short_repr(value)} in the manifest")
     return tuple(value)
 
 
+def _name(value: Any, path: str, what: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_NAME_CHARS:
+        raise _corrupt(path, f"bad {what} {short_repr(value)} in the manifest")
+    return value
+
+
 def _names(value: Any, path: str, what: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        raise _corrupt(path, f"{what} has bad names {value!r} in the manifest")
+    if not isinstance(value, list) or not all(isinstance(s, str) and 0 < len(s) <= MAX_NAME_CHARS for s in value):
+        raise _corrupt(path, f"{short_repr(what)} has bad names {short_repr(value)} in the manifest")
     return tuple(value)
 
 
@@ -253,86 +293,153 @@ def _parse_records(manifest: dict[str, Any], path: str) -> tuple[tuple[LayerReco
         raise _corrupt(path, f"the manifest's table columns are not {LAYER_FIELDS} and {FLOAT_FIELDS}")
     layers = []
     for row in raw_layers:
-        if not isinstance(row, list) or len(row) not in (4, 5) or not isinstance(row[0], str):
-            raise _corrupt(path, f"bad layer row {row!r} in the manifest")
-        name, kind, shape, bits = row[:4]
-        if isinstance(bits, bool) or bits not in VALID_BITS:
-            raise _corrupt(path, f"layer {name!r} has unsupported bits {bits!r}")
+        if not isinstance(row, list) or len(row) not in (4, 5):
+            raise _corrupt(path, f"bad layer row {short_repr(row)} in the manifest")
+        name, kind, shape, bits = _name(row[0], path, "layer name"), _name(row[1], path, "layer kind"), row[2], row[3]
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits not in VALID_BITS:
+            raise _corrupt(path, f"layer {short_repr(name)} has unsupported bits {short_repr(bits)}")
         layers.append(LayerRecord(name=name, aliases=_names(row[4], path, name) if len(row) == 5 else (),
-                                  kind=str(kind), shape=_shape(shape, path, name), bits=int(bits)))
+                                  kind=kind, shape=_shape(shape, path, name), bits=bits))
     aliases = manifest.get("float_aliases", {})
     if not isinstance(aliases, dict):
         raise _corrupt(path, "bad float_aliases in the manifest")
     floats = []
     for row in raw_floats:
-        if not isinstance(row, list) or len(row) != 3 or not isinstance(row[0], str):
-            raise _corrupt(path, f"bad float row {row!r} in the manifest")
-        module, names, shape = row[0], _names(row[1], path, row[0]), _shape(row[2], path, row[0], allow_empty=True)
+        if not isinstance(row, list) or len(row) != 3:
+            raise _corrupt(path, f"bad float row {short_repr(row)} in the manifest")
+        module = _name(row[0], path, "module name")
+        names, shape = _names(row[1], path, module), _shape(row[2], path, module, allow_empty=True)
         for name in names:
             key = f"{module}.{name}" if module else name
             floats.append(FloatRecord(key=key, shape=shape, aliases=_names(aliases.get(key, []), path, key)))
+    keys = [weight_key(n) for rec in layers for n in (rec.name,) + rec.aliases]
+    keys += [k for rec in floats for k in (rec.key,) + rec.aliases]
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1}) if len(keys) < 5000 else ["..."]
+        raise _corrupt(path, f"the manifest names {short_repr(twice)} twice")
     return tuple(layers), tuple(floats)
+
+
+def _check_fields(manifest: dict[str, Any], path: str) -> None:
+    """Types and bounds of the manifest's scalar fields, the model recipe and the input shape."""
+    version = manifest.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:  # True and 1.0 are not versions
+        newer = type(version) is int and version > FORMAT_VERSION
+        older = type(version) is int and 0 < version < FORMAT_VERSION
+        raise MbitsFormatError(
+            f"{path_repr(path)} has format version {short_repr(version)}, but this mixbits reads version "
+            f"{FORMAT_VERSION}" + ("; upgrade mixbits to read it" if newer else "")
+            + ("; export it again with this mixbits (mixbits export RUN_FOLDER)" if older else ""))
+    if manifest.get("scale_dtype") != SCALE_DTYPE or manifest.get("bit_order") != "little":
+        raise _corrupt(path, f"unsupported scale dtype {short_repr(manifest.get('scale_dtype'))} or bit order "
+                             f"{short_repr(manifest.get('bit_order'))} (version {FORMAT_VERSION} stores float16 "
+                             f"scales, little bit order)")
+    for key in ("promised_model_bits", "float_model_bits"):
+        v = manifest.get(key)
+        if v is not None and (type(v) is not int or not 0 <= v <= 1 << 62):
+            raise _corrupt(path, f"bad {key} {short_repr(v)} in the manifest")
+    if not isinstance(manifest.get("mixbits_version", ""), str):
+        raise _corrupt(path, "bad mixbits_version in the manifest")
+    shape = manifest.get("input_shape")
+    if shape is not None and (len(_shape(shape, path, "input_shape")) > 4 or _numel(tuple(shape)) > 1 << 24):
+        raise _corrupt(path, f"input_shape {short_repr(shape)} is larger than one sample can be")
+    recipe = manifest.get("model")
+    if recipe is None:
+        return
+    kwargs = recipe.get("kwargs", {}) if isinstance(recipe, dict) else None
+    ok = (isinstance(recipe, dict) and set(recipe) in ({"zoo", "kwargs"}, {"import", "kwargs"}, {"zoo"}, {"import"})
+          and isinstance(recipe.get("zoo", recipe.get("import")), str)
+          and 0 < len(recipe.get("zoo", recipe.get("import"))) <= 200
+          and isinstance(kwargs, dict) and len(kwargs) <= 64 and all(
+              isinstance(k, str) and len(k) <= 64 and _plain_scalar(v) for k, v in kwargs.items()))
+    if not ok:
+        raise _corrupt(path, f"malformed model recipe {short_repr(recipe)} (want {{'zoo' or 'import': NAME, "
+                             f"'kwargs': {{name: number, string or bool}}}})")
+
+
+def _plain_scalar(v: Any) -> bool:
+    if isinstance(v, bool) or v is None:
+        return True
+    if isinstance(v, int):
+        return abs(v) <= 1 << 31
+    if isinstance(v, float):
+        return abs(v) <= 1e6 or v == 0.0
+    return isinstance(v, str) and len(v) <= 200
+
+
+def _json(raw: bytes | str, path: str, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit integer
+        raise _corrupt(path, f"{what} is not valid JSON ({str(exc)[:100]})") from None
 
 
 def read_mbits(path: str | Path) -> MbitsFile:
     """Read and validate a ``.mbits`` file without building any model and without unpickling.
 
+    The checksum is verified before the manifest is parsed; the manifest is then checked
+    field by field (types, bounds, consistency with the tensors).
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a truncated or corrupted file, a safetensors file that is not a mixbits
-            export, or a format version this mixbits does not read.
+        MbitsFormatError: (a ValueError) a truncated, corrupted or inconsistent file, a safetensors
+            file that is not a mixbits export, or a format version this mixbits does not read.
     """
     from safetensors.torch import load
 
     p = Path(path)
     path = str(path)
     if not p.is_file():
-        raise FileNotFoundError(f"model file {path!r} does not exist")
+        raise FileNotFoundError(f"model file {path_repr(path)} does not exist")
     data = p.read_bytes()
+    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 0 < header_len <= min(len(data) - 8, MAX_HEADER_BYTES):
+        raise _corrupt(path, f"truncated or corrupted (a header of {header_len} bytes in a file of {len(data)})")
+    header = _json(data[8:8 + header_len], path, "the safetensors header")
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or METADATA_KEY not in meta:
+        raise _corrupt(path, "a safetensors file without a mixbits manifest (was it written by mixbits export?)")
+    text, digest = meta[METADATA_KEY], meta.get(CHECKSUM_KEY)
+    if not isinstance(text, str):
+        raise _corrupt(path, "the manifest is not a string")
     try:
         tensors = load(data)
     except Exception as exc:  # SafetensorError: bad length prefix, broken header, truncated data
-        raise _corrupt(path, f"truncated or corrupted ({exc})") from None
-    header_len = int.from_bytes(data[:8], "little")
-    try:
-        header = json.loads(data[8:8 + header_len])
-        meta = header.get("__metadata__") or {}
-        if METADATA_KEY not in meta:
-            raise _corrupt(path, "a safetensors file without a mixbits manifest (was it written by mixbits export?)")
-        manifest = json.loads(meta[METADATA_KEY])
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise _corrupt(path, f"the manifest is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise _corrupt(path, "the manifest is not a JSON object")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
-        raise ValueError(
-            f"{path!r} has format version {version!r}, but this mixbits reads version {FORMAT_VERSION}"
-            + ("; upgrade mixbits to read it" if newer else "")
-        )
-    if manifest.get("scale_dtype") != SCALE_DTYPE or manifest.get("bit_order") != "little":
-        raise _corrupt(path, f"unsupported scale dtype {manifest.get('scale_dtype')!r} or bit order "
-                             f"{manifest.get('bit_order')!r} (version 1 stores float16 scales, little bit order)")
-    layers, floats = _parse_records(manifest, path)
-    expected = _expected_blob_sizes(layers, floats)
+        raise _corrupt(path, f"truncated or corrupted ({str(exc)[:100]})") from None
     unknown = sorted(set(tensors) - set(BLOBS))
     if unknown:
-        raise _corrupt(path, f"unexpected tensors {unknown}")
-    crcs = manifest.get("crc32")
-    if not isinstance(crcs, dict):
-        raise _corrupt(path, "the manifest lacks its crc32 checksums")
+        raise _corrupt(path, f"unexpected tensors {short_repr(unknown)}")
+    if digest is None:
+        version = _unchecked_version(text)
+        if version is not None and version < FORMAT_VERSION:
+            _check_fields({"format_version": version}, path)
+        raise _corrupt(path, f"it lacks its checksum ({CHECKSUM_KEY})")
+    if digest != checksum(text, tensors):
+        raise _corrupt(path, "checksum mismatch: the manifest or the data are corrupted")
+    manifest = _json(text, path, "the manifest")
+    if not isinstance(manifest, dict):
+        raise _corrupt(path, "the manifest is not a JSON object")
+    _check_fields(manifest, path)
+    layers, floats = _parse_records(manifest, path)
+    expected = _expected_blob_sizes(layers, floats)
     blobs = {}
     for name, dtype in BLOBS.items():
         t = tensors.get(name, torch.zeros(0, dtype=dtype))
         if t.dtype != dtype or t.dim() != 1 or t.numel() != expected[name]:
             raise _corrupt(path, f"tensor {name!r} holds {t.numel()} {t.dtype} values, the manifest needs "
                                  f"{expected[name]} {dtype}")
-        if t.numel() and crcs.get(name) != _crc(t):
-            raise _corrupt(path, f"checksum mismatch in {name!r}: the data are corrupted")
         blobs[name] = t
     return MbitsFile(path=path, manifest=manifest, layers=layers, floats=floats, blobs=blobs,
                      file_bytes=len(data), header_bytes=8 + header_len)
+
+
+def _unchecked_version(text: str) -> int | None:
+    """The format version of an unchecked manifest text, if it plainly has one (for the upgrade message)."""
+    try:
+        v = json.loads(text[:100_000]).get("format_version")
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    return v if type(v) is int else None
 
 
 def decode_state_dict(f: MbitsFile) -> dict[str, torch.Tensor]:
@@ -342,7 +449,7 @@ def decode_state_dict(f: MbitsFile) -> dict[str, torch.Tensor]:
     16-bit weights come back as float32 values of their float16 numbers.
 
     Raises:
-        ValueError: a stored code that no quantizer produces (a corrupted file).
+        MbitsFormatError: a stored code that no quantizer produces (a corrupted file).
     """
     cursor = {name: 0 for name in BLOBS}
 
@@ -357,7 +464,7 @@ def decode_state_dict(f: MbitsFile) -> dict[str, torch.Tensor]:
             try:
                 codes = unpack_codes(take("codes", packed_nbytes(rec.num_weights, rec.bits)), rec.bits, rec.shape)
             except ValueError as exc:
-                raise _corrupt(f.path, f"layer {rec.name!r}: {exc}") from None
+                raise _corrupt(f.path, f"layer {short_repr(rec.name)}: {str(exc)[:100]}") from None
             w = dequantize(codes, take("scales", rec.shape[0]), rec.bits)  # (C_out, ...)
         elif rec.bits == HALF_BITS:
             w = take("half", rec.num_weights).float().reshape(rec.shape)

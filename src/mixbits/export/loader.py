@@ -3,8 +3,14 @@
 The module computes exactly what the fake-quantized model computed: 1..8-bit
 weights are ``dequantize(codes, scales)`` as in :mod:`mixbits.quant`, 16-bit
 weights the float16 values, everything else the stored float32 values.
-Nothing is unpickled; only a manifest's ``import`` recipe imports code, and only
-when no model is given.
+
+Loading cannot run code the file names: nothing is unpickled, and a manifest's
+model recipe is only looked up by name in the built-in model registry, built first
+on the ``meta`` device (no memory) and checked against the file's shapes before
+the real model is allocated. A recipe that names code (``import`` of
+``package.module:function``, or a ``torchvision:``/``timm:``/user zoo name) is
+refused unless the caller opts in with ``trust_code=True``, as with other model
+libraries' remote code.
 """
 
 from __future__ import annotations
@@ -16,34 +22,72 @@ from typing import Any
 import torch
 from torch import nn
 
-from .fileformat import MbitsFile, decode_state_dict, read_mbits
+from .fileformat import MbitsFile, MbitsFormatError, decode_state_dict, path_repr, read_mbits, short_repr
 
-__all__ = ["load", "build_model"]
+__all__ = ["load", "build_model", "CodeNotTrustedError"]
 
 
-def build_model(source: Any, *, path: str = "the file") -> nn.Module:
+class CodeNotTrustedError(ValueError):
+    """The file's model recipe names code to import; loading it needs ``trust_code=True``."""
+
+
+def _build_registered(name: str, kwargs: dict[str, Any], path: str, device: str | None) -> nn.Module:
+    """A built-in registry model from untrusted kwargs; any failure is the file's fault."""
+    from ..models import MODELS, create_model
+
+    if name not in MODELS:
+        hint = ("; it names code: pass trust_code=True (CLI: --trust-model-code) if you trust the file, "
+                "or pass model=") if ":" in name else f"; known: {', '.join(MODELS.names())}, or pass model="
+        err = CodeNotTrustedError if ":" in name else MbitsFormatError
+        raise err(f"{path} asks for model {short_repr(name)}, which is not a built-in model{hint}")
+    try:
+        if device is None:
+            return create_model(name, **kwargs)
+        with torch.device(device):
+            return create_model(name, **kwargs)
+    except Exception as exc:  # a built-in builder failing on the file's arguments
+        raise MbitsFormatError(f"{path}: model {name!r} cannot be built with {short_repr(kwargs)}: "
+                               f"{short_repr(str(exc))}") from None
+
+
+def build_model(source: Any, *, path: str = "the file", trust_code: bool = False,
+                device: str | None = None) -> nn.Module:
     """Build the float model a manifest's ``model`` entry describes.
 
+    Args:
+        source: the recipe, ``{"zoo" | "import": name, "kwargs": {...}}``.
+        path: the file, for messages.
+        trust_code: allow a recipe that imports code (``import``, or a zoo name with ``:``).
+        device: build under this default device (``"meta"``: shapes only, no memory).
+
     Raises:
-        ValueError: no recipe (pass ``model=`` to :func:`load`), an unknown zoo name,
-            an import path that cannot be imported, or a builder that fails on its kwargs.
+        CodeNotTrustedError: the recipe names code and ``trust_code`` is False.
+        MbitsFormatError: no usable recipe (pass ``model=`` to :func:`load`), an unknown zoo name,
+            or a built-in builder that fails on the file's kwargs.
+        ValueError: trusted code that cannot be imported or fails on its kwargs.
     """
     if source is None:
-        raise ValueError(f"{path} does not say how to build its model (it was exported without zoo= or "
-                         f"import_path=): pass the model, e.g. mixbits.load(path, model=MyNet())")
+        raise MbitsFormatError(f"{path} does not say how to build its model (it was exported without zoo= or "
+                               f"import_path=): pass the model, e.g. mixbits.load(path, model=MyNet())")
     if not isinstance(source, dict) or not isinstance(source.get("kwargs", {}), dict):
-        raise ValueError(f"{path} has a malformed model recipe {source!r}")
-    kwargs = source.get("kwargs", {})
-    if "zoo" in source:
+        raise MbitsFormatError(f"{path} has a malformed model recipe {short_repr(source)}")
+    kwargs = dict(source.get("kwargs", {}))
+    if "zoo" in source and not trust_code:
+        model = _build_registered(str(source["zoo"]), kwargs, path, device)
+    elif "zoo" in source:
         from ..models import create_model
 
-        name = source["zoo"]
+        name = str(source["zoo"])
         try:
             model = create_model(name, **kwargs)
         except TypeError as exc:
             raise ValueError(f"model {name!r} cannot be built with {kwargs}: {exc}") from None
     elif "import" in source:
         target = str(source["import"])
+        if not trust_code:
+            raise CodeNotTrustedError(
+                f"{path} builds its model by importing {short_repr(target)}: loading it would run that code. "
+                f"If you trust the file, pass trust_code=True (CLI: --trust-model-code); or pass model=")
         module_name, _, attr = target.partition(":")
         try:
             obj: Any = importlib.import_module(module_name)
@@ -57,37 +101,37 @@ def build_model(source: Any, *, path: str = "the file") -> nn.Module:
         except TypeError as exc:
             raise ValueError(f"model builder {target!r} fails on {kwargs}: {exc}") from None
     else:
-        raise ValueError(f"{path} has a model recipe with neither 'zoo' nor 'import': {source!r}")
+        raise MbitsFormatError(f"{path} has a model recipe with neither 'zoo' nor 'import': {short_repr(source)}")
     if not isinstance(model, nn.Module):
         raise ValueError(f"the model recipe of {path} returned a {type(model).__name__}, not an nn.Module")
     return model
 
 
 def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
-    """Raise a ValueError naming the keys or shapes where the file and the model disagree."""
+    """Raise an MbitsFormatError naming the keys or shapes where the file and the model disagree."""
     target = model.state_dict()
     unknown = [k for k in state if k not in target]
     missing = [k for k, v in target.items() if v.is_floating_point() and k not in state]
     wrong = [f"{k} (file {tuple(state[k].shape)}, model {tuple(target[k].shape)})"
              for k in state if k in target and tuple(state[k].shape) != tuple(target[k].shape)]
     problems = []
-    if unknown:
-        problems.append(f"the model has no {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""))
-    if missing:
-        problems.append(f"the file has no {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
-    if wrong:
-        problems.append(f"shapes differ for {', '.join(wrong[:5])}" + (" ..." if len(wrong) > 5 else ""))
+    for what, keys in (("the model has no", unknown), ("the file has no", missing), ("shapes differ for", wrong)):
+        if keys:
+            problems.append(f"{what} {', '.join(k[:120] for k in keys[:3])}" + (" ..." if len(keys) > 3 else ""))
     if problems:
-        raise ValueError(f"{path} does not match the model: " + "; ".join(problems))
+        raise MbitsFormatError(f"{path} does not match the model: " + "; ".join(problems))
 
 
-def load(path: str | Path | MbitsFile, model: nn.Module | None = None) -> nn.Module:
+def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_code: bool = False) -> nn.Module:
     """Rebuild a runnable float model from a ``.mbits`` file, in eval mode.
 
     Args:
         path: the file (or an already read :class:`MbitsFile`).
         model: a plain (not prepared) instance of the architecture to fill in place;
-            default: built (on the CPU) from the manifest's zoo name or import path.
+            default: built (on the CPU) from the manifest's recipe.
+        trust_code: let the manifest's recipe import and call code (``import`` recipes,
+            ``torchvision:``/``timm:``/``package.module:function`` zoo names). Off by default:
+            only built-in models are built, after a shape check on the ``meta`` device.
 
     Returns:
         the model with dequantized weights; integer buffers (``num_batches_tracked``) keep
@@ -95,21 +139,26 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None) -> nn.Mod
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a truncated or corrupted file, an unknown format version, a prepared
-            model, or a model that does not match the manifest.
+        MbitsFormatError: (a ValueError) a truncated, corrupted or inconsistent file, an unknown
+            format version, or a file that does not match the model.
+        CodeNotTrustedError: (a ValueError) the recipe names code and ``trust_code`` is False.
+        ValueError: a prepared model.
     """
     from ..space import _DECISION_ATTR
 
     f = path if isinstance(path, MbitsFile) else read_mbits(path)
-    where = repr(f.path)
-    if model is None:
-        model = build_model(f.manifest.get("model"), path=where)
-    elif not isinstance(model, nn.Module):
+    where = path_repr(f.path)
+    if model is not None and not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    elif any(hasattr(m, _DECISION_ATTR) for m in model.modules()):
+    if model is not None and any(hasattr(m, _DECISION_ATTR) for m in model.modules()):
         raise ValueError("model is prepared (mixbits.prepare_): pass a plain instance of the architecture, "
                          "or call mixbits.unprepare_(model) first")
     state = decode_state_dict(f)
+    if model is None:
+        recipe = f.manifest.get("model")
+        if not trust_code:  # shapes first, on the meta device: a crafted width allocates nothing
+            _check_fits(build_model(recipe, path=where, device="meta"), state, where)
+        model = build_model(recipe, path=where, trust_code=trust_code)
     _check_fits(model, state, where)
     model.load_state_dict(state, strict=False)  # strict=False only for the integer buffers not stored
     return model.eval()

@@ -35,7 +35,7 @@ def _import(name: str):
 
 
 def export_onnx(mbits: str | Path | MbitsFile, onnx_path: str | Path, *, model: nn.Module | None = None,
-                input_shape: Sequence[int] | None = None) -> Path:
+                input_shape: Sequence[int] | None = None, trust_code: bool = False) -> Path:
     """Write the model of a ``.mbits`` file as ONNX (atomically), with a dynamic batch dimension.
 
     Args:
@@ -43,6 +43,7 @@ def export_onnx(mbits: str | Path | MbitsFile, onnx_path: str | Path, *, model: 
         onnx_path: the ONNX file to write.
         model: a plain instance of the architecture, when the file has no model recipe.
         input_shape: one sample's shape, e.g. (3, 32, 32); default the manifest's ``input_shape``.
+        trust_code: let the file's model recipe import code (see :func:`mixbits.load`).
 
     Returns:
         ``onnx_path``.
@@ -56,7 +57,7 @@ def export_onnx(mbits: str | Path | MbitsFile, onnx_path: str | Path, *, model: 
     shape = input_shape if input_shape is not None else f.manifest.get("input_shape")
     if not shape:
         raise ValueError(f"{f.path!r} records no input shape: pass input_shape, e.g. (3, 32, 32)")
-    net = load(f, model=model)
+    net = load(f, model=model, trust_code=trust_code)
     example = torch.zeros(2, *[int(s) for s in shape])  # (B, *input_shape); B=2 so no size-1 dim is baked in
 
     def writer(tmp: str) -> None:
