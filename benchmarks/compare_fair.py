@@ -15,7 +15,10 @@ Methods (labels): ``uniform`` (the most bits every layer can have), ``hessian`` 
 sensitivity), ``random`` (an exact uniform draw of the assignments in the budget), ``search``
 (the differentiable search as ``mixbits search`` runs it), ``search_uniform`` (the search from
 all-zero logits: the relaxation alone), ``search_frozen`` (the search's weight training with
-the logits frozen at the Hessian start: what the weights alone bring).
+the logits frozen at the Hessian start: what the weights alone bring), and any label given
+bits from a file with ``--fixed LABEL:TARGET=PATH`` (Sony MCT's post-training allocation from
+``benchmarks/mct_baseline.py``, which runs in its own venv): those bits are fine-tuned and
+evaluated like every other row.
 
 Rows are appended to ``OUT/rows-<model>-<shard>.jsonl`` as they finish; ``--shard i/n`` runs
 every n-th job so that several processes can share one GPU; ``--report`` merges every row file
@@ -42,6 +45,7 @@ from typing import Any
 
 import torch
 
+from mixbits.methods import Allocation
 from mixbits.sweep import SweepConfig, prepare_sweep, run_row
 
 METHODS = {
@@ -80,9 +84,17 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    fixed: dict[tuple[str, str], dict[str, int]] = {}
+    for spec in args.fixed:
+        head, sep, path = spec.partition("=")
+        label, sep2, target = head.partition(":")
+        if not (sep and sep2):
+            raise SystemExit(f"--fixed {spec!r}: write LABEL:TARGET=PATH")
+        obj = json.loads(Path(path).read_text())
+        fixed[(label, target)] = {k: int(v) for k, v in obj.get("bits", obj).items()}
     for m in methods:
-        if m not in METHODS:
-            raise SystemExit(f"unknown method {m!r}; known: {', '.join(METHODS)}")
+        if m not in METHODS and not any(label == m for label, _ in fixed):
+            raise SystemExit(f"unknown method {m!r}; known: {', '.join(METHODS)}, or a --fixed label")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     config = SweepConfig(model=args.model, data=args.data, data_root=args.data_root, checkpoint=args.checkpoint,
@@ -91,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
                          batch_size=args.batch_size, finetune_lr=args.finetune_lr, distill=args.distill,
                          train_subset=args.train_subset, test_subset=args.test_subset, device=args.device, compute_matched=True, plot=False,
                          binary_point=False, out=str(out))
-    jobs = [(m, t, s) for s in seeds for t in targets for m in methods]
+    jobs = [(m, t, s) for s in seeds for t in targets for m in methods if m in METHODS or (m, t) in fixed]
     index, count = args.shard
     jobs = jobs[index::count]
     path = out / f"rows-{args.model}-{index}of{count}.jsonl"
@@ -107,11 +119,15 @@ def run(args: argparse.Namespace) -> None:
     setup = prepare_sweep(config)
     search_options = _options(args.search_option)
     for label, target, seed in jobs:
-        name, opts = METHODS[label]
-        if name == "search":
-            opts = {**search_options, **opts}
         t0 = time.time()
-        row = run_row(setup, name, target, seed, options=opts)
+        if (label, target) in fixed:
+            given = fixed[(label, target)]
+            row = run_row(setup, label, target, seed, allocator=lambda ctx, b=given: Allocation(bits=dict(b)))
+        else:
+            name, opts = METHODS[label]
+            if name == "search":
+                opts = {**search_options, **opts}
+            row = run_row(setup, name, target, seed, options=opts)
         row.update(method=label, search_epochs=args.search_epochs, device=str(setup.device),
                    float_accuracy=setup.float_accuracy, commit=_git_head(),
                    changed_fraction=(row.get("info") or {}).get("changed_fraction"),
@@ -141,6 +157,7 @@ def report(out: Path, header: list[str]) -> str:
         mr = [r for r in rows if r["model"] == model]
         targets = sorted({r["target"] for r in mr}, key=lambda t: float(t.rstrip("x")))
         methods = [m for m in METHODS if any(r["method"] == m for r in mr)]
+        methods += sorted({r["method"] for r in mr} - set(methods))
         first = mr[0]
         lines += [f"## {model}", "",
                   f"Float test accuracy {100 * first['float_accuracy']:.2f}%; {first['weight_epochs']:g} weight epochs "
@@ -210,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--search-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a SearchConfig field for the search rows (repeatable)")
+    p.add_argument("--fixed", action="append", default=[], metavar="LABEL:TARGET=PATH",
+                   help="rows whose bits come from a JSON file ({layer: bits}, or {'bits': {...}}), e.g. "
+                        "mct:8x=mct_resnet20_8x.json (repeatable)")
     p.add_argument("--train-subset", type=int, help="quick checks only: this many training samples")
     p.add_argument("--test-subset", type=int, help="quick checks only: this many test samples (default: all)")
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
