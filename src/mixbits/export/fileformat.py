@@ -11,6 +11,7 @@ value is the manifest (compact JSON)::
      "float_fields": ["module", "names", "shape"],
      "floats": [["features.1", ["weight", "bias", "running_mean", "running_var"], [32]], ...],
      "float_aliases": {"head.bias": ["tied.bias"]},       # only when a float tensor is shared
+     "layer_keys": {"lstm.weight_ih_l0": ["lstm.weight_ih_l0"]},  # only when not "<name>.weight" per name
      "promised_model_bits": 97760, "float_model_bits": 1881408,
      "crc32": {"codes": 745946478, "scales": ..., "float": ...}}
 
@@ -70,13 +71,22 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 @dataclass(frozen=True)
 class LayerRecord:
-    """One quantized weight as stored: its module name(s), shape and bits."""
+    """One quantized weight as stored: its name(s), shape, bits and state-dict keys."""
 
     name: str
     aliases: tuple[str, ...]
     kind: str
     shape: tuple[int, ...]
     bits: int
+    keys: tuple[str, ...] = ()  # state-dict keys; default weight_key of the name and each alias
+
+    @property
+    def state_keys(self) -> tuple[str, ...]:
+        return self.keys or tuple(weight_key(n) for n in (self.name,) + self.aliases)
+
+    @property
+    def default_keys(self) -> bool:
+        return self.state_keys == tuple(weight_key(n) for n in (self.name,) + self.aliases)
 
     @property
     def num_weights(self) -> int:
@@ -228,6 +238,9 @@ def records_to_json(layers: tuple[LayerRecord, ...] | list[LayerRecord],
     aliases = {rec.key: list(rec.aliases) for rec in floats if rec.aliases}
     if aliases:
         out["float_aliases"] = aliases
+    keys = {r.name: list(r.state_keys) for r in layers if not r.default_keys}
+    if keys:
+        out["layer_keys"] = keys
     return out
 
 
@@ -251,6 +264,9 @@ def _parse_records(manifest: dict[str, Any], path: str) -> tuple[tuple[LayerReco
         raise _corrupt(path, "the manifest lacks its 'layers' or 'floats' table")
     if manifest.get("layer_fields") != list(LAYER_FIELDS) or manifest.get("float_fields") != list(FLOAT_FIELDS):
         raise _corrupt(path, f"the manifest's table columns are not {LAYER_FIELDS} and {FLOAT_FIELDS}")
+    layer_keys = manifest.get("layer_keys", {})
+    if not isinstance(layer_keys, dict):
+        raise _corrupt(path, "bad layer_keys in the manifest")
     layers = []
     for row in raw_layers:
         if not isinstance(row, list) or len(row) not in (4, 5) or not isinstance(row[0], str):
@@ -259,7 +275,8 @@ def _parse_records(manifest: dict[str, Any], path: str) -> tuple[tuple[LayerReco
         if isinstance(bits, bool) or bits not in VALID_BITS:
             raise _corrupt(path, f"layer {name!r} has unsupported bits {bits!r}")
         layers.append(LayerRecord(name=name, aliases=_names(row[4], path, name) if len(row) == 5 else (),
-                                  kind=str(kind), shape=_shape(shape, path, name), bits=int(bits)))
+                                  kind=str(kind), shape=_shape(shape, path, name), bits=int(bits),
+                                  keys=_names(layer_keys.get(name, []), path, name)))
     aliases = manifest.get("float_aliases", {})
     if not isinstance(aliases, dict):
         raise _corrupt(path, "bad float_aliases in the manifest")
@@ -363,8 +380,8 @@ def decode_state_dict(f: MbitsFile) -> dict[str, torch.Tensor]:
             w = take("half", rec.num_weights).float().reshape(rec.shape)
         else:  # FLOAT_BITS, the only bitwidth left after _parse_records
             w = take("float", rec.num_weights).clone().reshape(rec.shape)
-        for name in (rec.name,) + rec.aliases:
-            out[weight_key(name)] = w
+        for key in rec.state_keys:
+            out[key] = w
     for frec in f.floats:
         t = take("float", frec.numel).clone().reshape(frec.shape)
         for key in (frec.key,) + frec.aliases:
