@@ -184,3 +184,28 @@ def test_float_share_warning(caplog):
         space = prepare_(model)
     assert "stay float" in caplog.text
     assert space.cost.summary({n: 4 for n in space.names})["quantized_param_share"] == pytest.approx(24 / 438)
+
+
+class _OnceReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        if torch.is_grad_enabled():  # a backward taken with create_graph=True
+            raise RuntimeError("derivative for _OnceReLU_backward is not implemented")
+        (x,) = ctx.saved_tensors
+        return g * (x > 0)
+
+
+def test_hessian_falls_back_to_first_order_without_double_backward(caplog):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
+    model.forward = lambda x: model[1](_OnceReLU.apply(model[0](x)))
+    space = prepare_(model)
+    data = [(torch.randn(5, 4), torch.randint(0, 3, (5,)))]
+    with caplog.at_level("WARNING", logger="mixbits.methods.hessian"):
+        _, traces = sensitivity(model, space, data, batches=1, samples=2)
+    assert "first-order" in caplog.text and all(t > 0 for t in traces.values())

@@ -155,7 +155,7 @@ def sensitivity(model: nn.Module, space: BitSpace, loader: Iterable, *, seed: in
             try:
                 traces = hutchinson_traces(model, weights, loader, batches=batches, samples=samples, generator=g)
             except RuntimeError as exc:
-                if "derivative" not in str(exc) and "double backward" not in str(exc):
+                if not any(k in str(exc) for k in ("derivative", "double backward", "differentiate twice")):
                     raise
                 log.warning("hessian: the model has no second derivative (%s); using the first-order "
                             "(empirical Fisher) estimate of the Hessian traces", str(exc).splitlines()[0][:120])
