@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .budget import budget_bits
+from .budget import budget_bits, reachable_range
 from .cost import CostModel, LayerInfo
 from .quant import FLOAT_BITS, HALF_BITS, best_clip, check_bits, quantize_hard, quantize_int_stack, weight_scale
 from .targets import DECISIONS_ATTR, QUANTIZABLE_TYPES, is_swapped, quantized_attrs, restore_class_, swap_class_
@@ -511,6 +511,10 @@ def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
     cost = CostModel(layers, _float_rest_bits(model, quantized_ids), num_params=num_params)
     space = BitSpace(layers, decisions, cost, float_layers, owners)
     share = cost.num_quantized_weights / max(num_params, 1)
+    reach = reachable_range(cost)
+    log.info("prepared %d weights (%.1f%% of the parameters); reachable: weight compression %.3gx..%.4gx, "
+             "whole-model compression %.3gx..%.4gx", len(layers), 100 * share, *reach["compression"],
+             *reach["model_compression"])
     if share < 0.75:
         log.warning("only %.1f%% of the parameters are quantized; %d stay float (largest: %s): whole-model "
                     "compression stays below %.2fx whatever the target", 100 * share, num_params - cost.num_quantized_weights,
