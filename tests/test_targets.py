@@ -209,3 +209,31 @@ def test_hessian_falls_back_to_first_order_without_double_backward(caplog):
     with caplog.at_level("WARNING", logger="mixbits.methods.hessian"):
         _, traces = sensitivity(model, space, data, batches=1, samples=2)
     assert "first-order" in caplog.text and all(t > 0 for t in traces.values())
+
+
+def test_hugging_face_gpt2_from_a_config(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="the optional extra mixbits[hf] is not installed")
+    config = transformers.GPT2Config(vocab_size=13, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.m = transformers.GPT2LMHeadModel(config)
+
+        def forward(self, x):
+            return self.m(input_ids=x).logits
+
+    model = LM().eval()
+    x = torch.randint(0, 13, (2, 8))
+    space = prepare_(model)
+    assert space.names == ["m.transformer.wte", "m.transformer.wpe", "m.transformer.h.0.attn.c_attn",
+                           "m.transformer.h.0.attn.c_proj", "m.transformer.h.0.mlp.c_fc", "m.transformer.h.0.mlp.c_proj"]
+    assert space.layers[0].aliases == ("m.lm_head",)
+    assert space.layers[2].kind == "Conv1D" and space.layers[2].shape == (8, 24)  # (in, out): rows are inputs
+    bits = {n: (2, 4, 8)[i % 3] for i, n in enumerate(space.names)}
+    space.fix_(bits)
+    y = model(x)
+    torch.testing.assert_close(y, _reference(model, space, bits)(x), rtol=0, atol=1e-5)
+    export_model(model, space, tmp_path / "m.mbits")
+    torch.testing.assert_close(mixbits.load(tmp_path / "m.mbits", model=LM())(x), y, rtol=0, atol=1e-5)
