@@ -109,7 +109,7 @@ def compress(model, batches_w, batches_h, batches_ft, target, lm, epochs=2, ft_e
     """prepare -> search -> finetune -> export -> load; returns the figures."""
     teacher = copy.deepcopy(model).eval()
     m = copy.deepcopy(model)
-    space = prepare_(m, PrepareConfig(params=("pos",), target=target))
+    space = prepare_(m, PrepareConfig(params=("pos",) if hasattr(m, "pos") else (), target=target))
     t0 = time.time()
     res = search(m, space, batches_w, batches_h, SearchConfig(target=target, epochs=epochs, distill_weight=0.5),
                  teacher=teacher)
@@ -257,7 +257,8 @@ def run_step(args):
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"mode": args.mode, "params": params, "batch": b, "seq": t, "threads": torch.get_num_threads(),
-            "step_s_median": sorted(times[1:])[len(times[1:]) // 2], "rss_before_steps_mib": round(rss0, 1),
+            "step_s_mean": round(sum(times[1:]) / len(times[1:]), 3), "step_s_median": round(sorted(times[1:])[len(times[1:]) // 2], 3),
+            "rss_before_steps_mib": round(rss0, 1),
             "peak_rss_mib": round(peak, 1)}
 
 
@@ -265,7 +266,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("task", choices=["classifier", "charlm", "hf", "step"])
     p.add_argument("--targets", nargs="+", default=["16x", "24x"])
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=600, help="training steps; for 'step', timed steps (16 = one clip refresh)")
     p.add_argument("--mode", choices=["float", "search"], default="float")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
