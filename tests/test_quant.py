@@ -73,3 +73,37 @@ def test_stacked_uniform_quantization_equals_the_reference():
     stack = quantize_int_stack(w, bits, best_clip(w, bits))
     for i, b in enumerate(bits):
         assert torch.equal(stack[i], quantize_hard(w, b)), b
+
+
+def test_chunked_clip_search_equals_the_one_shot_grid(monkeypatch):
+    import mixbits.quant as q
+
+    torch.manual_seed(0)
+    w = torch.randn(37, 5, 3)
+    flat = w.reshape(37, -1)
+    qmax = torch.tensor([1.0, 7.0, 127.0])
+    wmax = flat.abs().amax(1)
+    scales = q._to_half_exact(wmax[None, :, None] * q._CLIP_GRID[None, None, :] / qmax[:, None, None])  # (B, C, G)
+    qq = torch.minimum(torch.maximum((flat[None, :, None] / scales[..., None]).round(), -qmax.view(-1, 1, 1, 1)),
+                       qmax.view(-1, 1, 1, 1))
+    ref = q._CLIP_GRID[((qq * scales[..., None] - flat[None, :, None]) ** 2).sum(3).argmin(2)]  # (B, C)
+    monkeypatch.setattr(q, "_CHUNK_ELEMENTS", 3 * 15 * 4)  # four channels per chunk
+    assert torch.equal(q.best_clip(w, (2, 4, 8)), ref)
+
+
+def test_fixed_bits_quantize_once_per_weight_version(monkeypatch):
+    from mixbits import space as sp
+
+    calls = []
+    real = sp.quantize_hard
+    monkeypatch.setattr(sp, "quantize_hard", lambda w, b: calls.append(b) or real(w, b))
+    m = torch.nn.Linear(8, 4)
+    space = sp.prepare_(m)
+    space.fix_({"": 4})
+    x = torch.randn(2, 8)
+    y = m(x)
+    m(x)
+    assert len(calls) == 1
+    with torch.no_grad():
+        m._parameters["weight"].mul_(2)  # an optimiser step bumps the version
+    assert not torch.equal(m(x), y) and len(calls) == 2

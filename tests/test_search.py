@@ -42,7 +42,12 @@ def test_zoo_model_goes_through_search_finetune_evaluate():
     assert set(result.bits) == set(space.names)
     assert space.cost.quantized_bits(result.bits) <= result.budget_bits
     assert space.cost.quantized_bits(result.bits) >= 0.9 * result.budget_bits
-    hist = finetune_(model, space, result.bits, train, TrainConfig(epochs=2, lr=0.01), teacher=teacher)
+    hist = finetune_(model, space, result.bits, train, TrainConfig(epochs=2, lr=0.01, distill_weight=0.5),
+                     teacher=teacher)
+    with pytest.raises(ValueError, match="teacher was given but distill_weight is 0"):
+        finetune_(model, space, result.bits, train, TrainConfig(epochs=1, lr=0.01), teacher=teacher)
+    with pytest.raises(ValueError, match="teacher was given but distill_weight is 0"):
+        search(model, space, train, held, SearchConfig(target="8x", epochs=3), teacher=teacher)
     assert len(hist) == 2
     assert space.fixed_bits() == result.bits
     acc = evaluate(model, test)

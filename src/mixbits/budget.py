@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .cost import CostModel
 
-__all__ = ["Target", "parse_target", "budget_bits"]
+__all__ = ["Target", "parse_target", "budget_bits", "reachable_range"]
 
 _UNITS = {
     "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
@@ -103,3 +103,21 @@ def budget_bits(target: str | Target, cost: CostModel) -> int:
             f"This model can reach targets {reach}."
         )
     return budget
+
+
+def reachable_range(cost: CostModel) -> dict[str, tuple[float, float]]:
+    """What each kind of target can reach on this model, known right after ``prepare_``.
+
+    Returns:
+        {"compression": (x, x) weight compression, "model_compression": (x, x) whole-model
+        compression, "size_bytes": (B, B) whole-model size, "average_bits": (bits, bits)};
+        each (least, most) compressed.
+    """
+    n, fq, rest = cost.num_quantized_weights, cost.float_quantized_bits(), cost.float_rest_bits
+    lo, hi = cost.min_quantized_bits(), cost.max_quantized_bits()
+    return {
+        "compression": (fq / hi, fq / lo),
+        "model_compression": (cost.float_model_bits() / (hi + rest), cost.float_model_bits() / (lo + rest)),
+        "size_bytes": ((hi + rest) / 8, (lo + rest) / 8),
+        "average_bits": (hi / n, lo / n),
+    }

@@ -47,6 +47,10 @@ class LayerInfo:
         shape: weight shape, (C_out, ...).
         candidates: bitwidths the search may choose (one element when pinned).
         pinned: True when the user fixed the bitwidth.
+        keys: the state-dict keys of the weight under every name (default ``<name>.weight``).
+
+    Scales are per row of the stored tensor (dim 0): output channels of Conv/Linear,
+    tokens of an Embedding, input features of a Hugging Face Conv1D.
     """
 
     name: str
@@ -55,6 +59,12 @@ class LayerInfo:
     shape: tuple[int, ...]
     candidates: tuple[int, ...]
     pinned: bool = False
+    keys: tuple[str, ...] = ()
+
+    @property
+    def state_keys(self) -> tuple[str, ...]:
+        """State-dict keys of the weight under every name."""
+        return self.keys or tuple(f"{n}.weight" if n else "weight" for n in (self.name,) + self.aliases)
 
     @property
     def num_weights(self) -> int:
@@ -78,11 +88,13 @@ class CostModel:
     Args:
         layers: the decision units (quantized layers), in model order.
         float_rest_bits: bits of everything else the model stores in float32.
+        num_params: distinct parameters of the whole model, when known (for the quantized share).
     """
 
-    def __init__(self, layers: Sequence[LayerInfo], float_rest_bits: int) -> None:
+    def __init__(self, layers: Sequence[LayerInfo], float_rest_bits: int, num_params: int | None = None) -> None:
         self.layers = tuple(layers)
         self.float_rest_bits = int(float_rest_bits)
+        self.num_params = num_params
         self._by_name = {layer.name: layer for layer in self.layers}
         self.num_quantized_weights = sum(layer.num_weights for layer in self.layers)
 
@@ -165,4 +177,6 @@ class CostModel:
             "model_compression": self.model_compression(bits),
             "average_bits": self.average_bits(bits),
             "num_quantized_weights": self.num_quantized_weights,
+            **({"quantized_param_share": self.num_quantized_weights / max(self.num_params, 1)}
+               if self.num_params is not None else {}),
         }

@@ -42,6 +42,7 @@ VALID_BITS = INT_BITS + (HALF_BITS, FLOAT_BITS)
 # Clipping ratios (fraction of the channel's max |w|) tried for uniform quantizers.
 _CLIP_GRID = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
 _MIN_SCALE = 2.0**-14  # smallest normal float16: keeps stored scales exact
+_CHUNK_ELEMENTS = 1 << 22  # bound on the clip search's temporaries (16 MiB of float32 per tensor)
 
 
 def check_bits(bits: int) -> int:
@@ -83,14 +84,9 @@ def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
     flat = w.detach().reshape(w.shape[0], -1)  # (C, n)
     if bits == 1:
         return _to_half_exact(flat.abs().mean(dim=1))
-    qmax = _qmax(bits)
+    clip = best_clip(w, (bits,))[0]  # (C,)
     wmax = flat.abs().amax(dim=1).clamp(min=_MIN_SCALE)  # (C,)
-    grid = _CLIP_GRID.to(device=w.device, dtype=w.dtype)
-    scales = _to_half_exact(wmax[:, None] * grid[None, :] / qmax)  # (C, G)
-    q = (flat[:, None, :] / scales[:, :, None]).round().clamp(-qmax, qmax)  # (C, G, n)
-    err = (q * scales[:, :, None] - flat[:, None, :]).pow(2).sum(dim=2)  # (C, G)
-    best = err.argmin(dim=1)  # (C,)
-    return scales.gather(1, best[:, None]).squeeze(1)
+    return _to_half_exact(wmax * clip / _qmax(bits))
 
 
 @torch.no_grad()
@@ -154,11 +150,20 @@ def best_clip(w: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
     qmax = torch.tensor([_qmax(b) for b in bits], dtype=w.dtype, device=w.device)  # (B,)
     wmax = flat.abs().amax(dim=1).clamp(min=_MIN_SCALE)  # (C,)
     grid = _CLIP_GRID.to(device=w.device, dtype=w.dtype)  # (G,)
-    scales = _to_half_exact(wmax[None, :, None] * grid[None, None, :] / qmax[:, None, None])  # (B, C, G)
-    q = (flat[None, :, None, :] / scales[..., None]).round()  # (B, C, G, n)
-    q = torch.minimum(torch.maximum(q, -qmax.view(-1, 1, 1, 1)), qmax.view(-1, 1, 1, 1))
-    err = (q * scales[..., None] - flat[None, :, None, :]).pow(2).sum(dim=3)  # (B, C, G)
-    return grid[err.argmin(dim=2)]  # (B, C)
+    # Channels in chunks, one clipping ratio at a time: temporaries of (B, c, n) <= _CHUNK_ELEMENTS elements
+    # instead of one (B, C, G, n) tensor.
+    step = max(1, _CHUNK_ELEMENTS // (len(bits) * max(flat.shape[1], 1)))
+    out = []
+    for lo in range(0, flat.shape[0], step):
+        f, m = flat[lo:lo + step], wmax[lo:lo + step]  # (c, n), (c,)
+        scales = _to_half_exact(m[None, :, None] * grid[None, None, :] / qmax[:, None, None])  # (B, c, G)
+        err = torch.zeros(scales.shape, dtype=w.dtype, device=w.device)  # (B, c, G)
+        for g in range(len(grid)):
+            s = scales[:, :, g, None]  # (B, c, 1)
+            q = torch.minimum(torch.maximum((f[None] / s).round(), -qmax.view(-1, 1, 1)), qmax.view(-1, 1, 1))
+            err[:, :, g] = (q * s - f[None]).pow(2).sum(dim=2)
+        out.append(grid[err.argmin(dim=2)])  # (B, c)
+    return torch.cat(out, dim=1)  # (B, C)
 
 
 def quantize_int_stack(w: torch.Tensor, bits: tuple[int, ...], clip: torch.Tensor) -> torch.Tensor:

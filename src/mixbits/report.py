@@ -59,6 +59,10 @@ def _total_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("whole-model compression", f"{t['model_compression']:.2f}x"),
         ("average weight bits", f"{t['average_bits']:.3f}"),
     ]
+    if "quantized_param_share" in t:
+        share = t["quantized_param_share"]
+        lines.append(("parameters quantized", f"{100 * share:.1f}%" + (
+            " (warning: more than a quarter of the parameters stay float)" if share < 0.75 else "")))
     if "target" in report:
         lines.append(("target", f"{report['target']} (budget {_kib(report['budget_bits'])} for quantized weights, "
                                 f"{100 * t['quantized_bits'] / report['budget_bits']:.1f}% used)"))

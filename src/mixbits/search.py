@@ -202,6 +202,9 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
     budget = budget_bits(config.target, space.cost)
     if config.distill_weight > 0 and teacher is None:
         raise ValueError("distill_weight > 0 needs a teacher model")
+    if teacher is not None and config.distill_weight == 0:
+        raise ValueError("a teacher was given but distill_weight is 0, so it would be ignored: set distill_weight "
+                         "(e.g. 0.5) or drop teacher=")
     device = torch.device(device)
     model.to(device)
     space.to(device)

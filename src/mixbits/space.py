@@ -1,13 +1,14 @@
 """Model surgery: turn any nn.Module into a searchable one, in place.
 
-``prepare_(model, config)`` finds every Conv1d/Conv2d/Conv3d and Linear (grouped
-and depthwise convolutions included) by fully qualified name and gives each
-weight tensor one :class:`Decision`: logits over the candidate bitwidths. The
-layer's class is swapped for a subclass whose ``weight`` attribute returns the
-mixed weight ``sum_b p_b Q_b(W)``, so the layer still runs ONE convolution or
-matmul and any forward that reads ``self.weight`` is covered. Parameters stay in
-``_parameters`` under their float names: float checkpoints load unchanged and
-``model.state_dict()`` has exactly the float keys.
+``prepare_(model, config)`` finds every weight tensor that :mod:`mixbits.targets`
+declares (Conv, Linear, Embedding, MultiheadAttention, LSTM/GRU/RNN, Hugging Face
+Conv1D) or that the user names, and gives each distinct tensor one
+:class:`Decision`: logits over the candidate bitwidths. Every module holding the
+tensor, under any name, has its class swapped for a subclass whose attribute
+returns the mixed weight ``sum_b p_b Q_b(W)``, so the layer still runs ONE
+convolution or matmul. Parameters stay in ``_parameters`` under their float
+names: float checkpoints load unchanged and ``model.state_dict()`` has exactly
+the float keys.
 
 The decisions live in the returned :class:`BitSpace`, not in the model, so the
 weights (``model.parameters()``) and the logits (``space.parameters()``) are two
@@ -22,6 +23,7 @@ group of output channels can become a unit without changing the callers.
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -30,8 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .budget import budget_bits, reachable_range
 from .cost import CostModel, LayerInfo
-from .quant import FLOAT_BITS, HALF_BITS, best_clip, check_bits, fake_quantize, quantize_int_stack, weight_scale
+from .quant import FLOAT_BITS, HALF_BITS, best_clip, check_bits, quantize_hard, quantize_int_stack, weight_scale
+from .targets import DECISIONS_ATTR, QUANTIZABLE_TYPES, is_swapped, quantized_attrs, restore_class_, swap_class_
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -45,7 +51,6 @@ __all__ = [
 ]
 
 DEFAULT_CANDIDATES = (1, 2, 4, 8, 16, 32)
-QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,25 +59,41 @@ class PrepareConfig:
 
     Attributes:
         candidates: bitwidths the search chooses from, any subset of 1..8, 16, 32.
-        include: glob patterns of layer names to quantize (default: all).
-        exclude: glob patterns of layer names to keep in float.
-        pins: {glob pattern: bits}; matching layers are fixed at those bits.
+        include: glob patterns of weight names to quantize (default: all). A weight is named
+            by its module (``features.0``) when it is the module's ``weight``, else by its
+            parameter's key (``attn.in_proj_weight``, ``lstm.weight_hh_l0``).
+        exclude: glob patterns of weight names to keep in float.
+        pins: {glob pattern: bits}; matching weights are fixed at those bits.
+        params: fully qualified names of other parameters (two or more dimensions) to quantize,
+            e.g. ``("pos_embedding",)``.
+        target: an optional size target (``"16x"``, ``"300KB"``, ``"1.5bits"``) checked against
+            what the candidates can reach right in ``prepare_``.
+
+    Every include, exclude and pin pattern must match at least one weight.
     """
 
     candidates: tuple[int, ...] = DEFAULT_CANDIDATES
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     pins: Mapping[str, int] = field(default_factory=dict)
+    params: tuple[str, ...] = ()
+    target: str | None = None
 
     def __post_init__(self) -> None:
+        for what in ("candidates", "include", "exclude", "params"):
+            value = getattr(self, what)
+            if isinstance(value, (str, bytes)):
+                raise ValueError(f"{what} must be a list, got the string {value!r}: write {what}=({value!r},)")
+        if not isinstance(self.pins, Mapping):
+            raise ValueError(f"pins must be a mapping {{pattern: bits}}, got {type(self.pins).__name__}")
         cands = tuple(sorted(set(int(b) for b in self.candidates)))
         if not cands:
             raise ValueError("candidates is empty: give at least one bitwidth, e.g. 1,2,4,8,16,32")
         for b in cands:
             check_bits(b)
         object.__setattr__(self, "candidates", cands)
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        for what in ("include", "exclude", "params"):
+            object.__setattr__(self, what, tuple(str(p) for p in getattr(self, what)))
         for pattern, b in self.pins.items():
             if isinstance(b, float) and b.is_integer():
                 b = int(b)
@@ -104,11 +125,27 @@ class Decision(nn.Module):
         self.clip_refresh = 16
         self._clip: torch.Tensor | None = None
         self._clip_age = 0
+        self._hard: tuple | None = None  # (key, quantized weight) at the fixed bits
 
     def reset_cache_(self) -> None:
         """Forget the cached clipping ratios (recomputed at the next mixed forward)."""
         self._clip = None
         self._clip_age = 0
+        self._hard = None
+
+    def _fixed_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """``fake_quantize(w, fixed_bits)``, its grid search done once per weight version.
+
+        The cache is keyed on the tensor's in-place version counter, so an optimiser step
+        or a ``load_state_dict`` invalidates it and the result is always exact.
+        """
+        bits = self.fixed_bits
+        if bits == FLOAT_BITS:
+            return w
+        key = (id(w), w._version, bits, w.device, w.dtype)
+        if self._hard is None or self._hard[0] != key:
+            self._hard = (key, quantize_hard(w, bits))
+        return w + (self._hard[1] - w).detach()
 
     def probs(self) -> torch.Tensor:
         """Probabilities over the candidates, shape (K,); Gumbel-perturbed when enabled in training."""
@@ -128,7 +165,7 @@ class Decision(nn.Module):
     def mixed_weight(self, w: torch.Tensor) -> torch.Tensor:
         """The weight a layer computes with: fixed bits, or the probability-weighted mixture."""
         if self.fixed_bits is not None:
-            return fake_quantize(w, self.fixed_bits)
+            return self._fixed_weight(w)
         p = self.probs().to(w.dtype)  # (K,)
         # sum_k p_k Q_k(w) written as w + sum_k p_k (Q_k(w) - w): the straight-through
         # gradient to w is the identity and the gradient to p_k is Q_k(w) - w, which
@@ -157,26 +194,12 @@ class Decision(nn.Module):
         return f"candidates={self.candidates}, fixed_bits={self.fixed_bits}"
 
 
-_DECISION_ATTR = "_mixbits_decision"
-_ORIG_CLASS_ATTR = "_mixbits_float_class"
-_MIXED_CLASSES: dict[type, type] = {}
+_DECISION_ATTR = DECISIONS_ATTR  # set on every module that computes with a quantized weight
 
 
-def _weight_property(self: nn.Module) -> torch.Tensor:
-    w = self._parameters["weight"]
-    return getattr(self, _DECISION_ATTR).mixed_weight(w)
-
-
-def _mixed_class(cls: type) -> type:
-    """A subclass of ``cls`` whose ``weight`` attribute is the quantized/mixed weight."""
-    if cls not in _MIXED_CLASSES:
-        _MIXED_CLASSES[cls] = type(f"Mixed{cls.__name__}", (cls,), {"weight": property(_weight_property)})
-    return _MIXED_CLASSES[cls]
-
-
-def float_weight(module: nn.Module) -> torch.Tensor:
-    """The float weight Parameter of a layer, prepared or not."""
-    return module._parameters["weight"]
+def float_weight(module: nn.Module, attr: str = "weight") -> torch.Tensor:
+    """The float Parameter ``attr`` of a layer, prepared or not."""
+    return module._parameters[attr]
 
 
 class BitSpace(nn.Module):
@@ -189,13 +212,21 @@ class BitSpace(nn.Module):
     """
 
     def __init__(self, layers: list[LayerInfo], decisions: list[Decision], cost: CostModel,
-                 float_layers: list[tuple[str, str, int, str]]) -> None:
+                 float_layers: list[tuple[str, str, int, str]],
+                 owners: Mapping[str, tuple[nn.Module, str]] | None = None) -> None:
         super().__init__()
         self.layers = layers
         self.decision_list = nn.ModuleList(decisions)
         self.cost = cost
         self.float_layers = float_layers
         self._index = {layer.name: i for i, layer in enumerate(layers)}
+        # (module, attribute) holding each decision's float Parameter; a plain dict, not submodules.
+        self.__dict__["_owners"] = dict(owners or {})
+
+    def float_weight(self, name: str) -> torch.Tensor:
+        """The float Parameter that the decision ``name`` quantizes."""
+        module, attr = self.__dict__["_owners"][name]
+        return module._parameters[attr]
 
     @property
     def names(self) -> list[str]:
@@ -337,6 +368,16 @@ def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _key(module_name: str, attr: str) -> str:
+    """State-dict key of a module's parameter."""
+    return f"{module_name}.{attr}" if module_name else attr
+
+
+def _use_name(module_name: str, attr: str) -> str:
+    """How a weight is addressed in bit assignments: the module's name for ``weight``, else the parameter's key."""
+    return module_name if attr == "weight" else _key(module_name, attr)
+
+
 def _float_rest_bits(model: nn.Module, quantized_ids: set[int]) -> int:
     """Bits of all float parameters and floating buffers that are not quantized weights."""
     seen: set[int] = set(quantized_ids)
@@ -349,94 +390,143 @@ def _float_rest_bits(model: nn.Module, quantized_ids: set[int]) -> int:
     return total
 
 
+def _check_patterns(config: PrepareConfig, names: list[str]) -> None:
+    if not names:
+        return  # prepare_ reports that there is nothing to quantize
+    listing = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
+    for what, patterns in (("include", config.include), ("exclude", config.exclude), ("pin", list(config.pins))):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise ValueError(f"{what} pattern {pattern!r} matches no quantizable layer; the quantizable "
+                                 f"weights are: {listing}")
+
+
+_Use = tuple[str, nn.Module, str]  # (module name, module, attribute)
+
+
+def _find_targets(model: nn.Module, config: PrepareConfig) -> dict[int, list[_Use]]:
+    """{id(Parameter): every (module name, module, attribute) that holds it}, targets in model order."""
+    named = list(model.named_modules(remove_duplicate=False))
+    wanted = set(config.params)
+    targets: dict[int, list[_Use]] = {}
+    for mname, module in named:
+        attrs = list(quantized_attrs(module))
+        attrs += [a for a, p in module._parameters.items() if _key(mname, a) in wanted and a not in attrs]
+        for attr in attrs:
+            p = module._parameters[attr]
+            if isinstance(p, nn.parameter.UninitializedParameter):
+                raise ValueError(f"layer {mname!r} is lazy and not initialised yet: run one forward pass before prepare_")
+            if _key(mname, attr) in wanted and p.dim() < 2:
+                raise ValueError(f"parameter {_key(mname, attr)!r} has {p.dim()} dimension(s): only tensors of two or "
+                                 f"more dimensions are quantized (one scale per row along dim 0)")
+            targets.setdefault(id(p), [])
+    named_params = {_key(n, a) for n, m in named for a, p in m._parameters.items() if p is not None}
+    missing = sorted(wanted - named_params)
+    if missing:
+        raise ValueError(f"params {missing} are not parameters of the model; its parameters are: "
+                         + ", ".join(sorted(named_params)[:40]))
+    # Every holder of a target tensor computes with the quantized tensor, whatever its type.
+    for mname, module in named:
+        for attr, p in module._parameters.items():
+            if p is not None and id(p) in targets:
+                use = (mname, module, attr)
+                if not any(u[0] == mname and u[2] == attr for u in targets[id(p)]):
+                    targets[id(p)].append(use)
+    return targets
+
+
 def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
     """Make ``model`` searchable in place and return its :class:`BitSpace`.
 
     Args:
-        model: any nn.Module; its Conv1d/2d/3d and Linear layers (and subclasses) are prepared.
-        config: candidates, include/exclude patterns and pins.
+        model: any nn.Module; the weights of its Conv1d/2d/3d, Linear, Embedding(Bag),
+            MultiheadAttention, LSTM/GRU/RNN and Hugging Face Conv1D layers (and subclasses),
+            plus ``config.params``, are prepared.
+        config: candidates, include/exclude patterns, pins, extra parameters and an optional target.
 
     Returns:
         the BitSpace holding one Decision per distinct weight tensor.
 
     Raises:
-        ValueError: a pin or exclude pattern that matches no layer, a model already
-            prepared, or a model with nothing to quantize.
+        ValueError: an include, exclude or pin pattern that matches no weight, two pins or a
+            pin and an exclude on one weight, a model already prepared, a model with nothing
+            to quantize, or a ``config.target`` this model cannot reach.
     """
     config = config or PrepareConfig()
-    if any(hasattr(m, _DECISION_ATTR) for m in model.modules()):
+    if any(is_swapped(m) for m in model.modules()):
         raise ValueError("model is already prepared: call unprepare_(model) first or use a fresh model")
-    named = list(model.named_modules(remove_duplicate=False))
-    all_candidates = [n for n, m in named if isinstance(m, QUANTIZABLE_TYPES) and n]
-    if not all_candidates and isinstance(model, QUANTIZABLE_TYPES):
-        all_candidates = [""]
-    for pattern in list(config.pins) + list(config.exclude):
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in all_candidates):
-            raise ValueError(
-                f"pattern {pattern!r} matches no quantizable layer; the quantizable layers are: "
-                + ", ".join(all_candidates[:40])
-            )
-
-    # Group every quantizable occurrence by weight Parameter: a shared module or a tied
-    # weight is one decision.
-    by_weight: dict[int, list[tuple[str, nn.Module]]] = {}
-    float_layers: list[tuple[str, str, int, str]] = []
-    seen_modules: set[int] = set()
-    for name, module in named:
-        if isinstance(module, QUANTIZABLE_TYPES):
-            w = module._parameters.get("weight")
-            if w is None:
-                continue
-            if isinstance(w, nn.parameter.UninitializedParameter):
-                raise ValueError(f"layer {name!r} is lazy and not initialised yet: run one forward pass before prepare_")
-            if not _matches(name, config.include) or _matches(name, config.exclude):
-                if id(module) not in seen_modules:
-                    float_layers.append((name, type(module).__name__, sum(p.numel() for p in module.parameters(recurse=False)), "excluded"))
-                    seen_modules.add(id(module))
-                continue
-            by_weight.setdefault(id(w), []).append((name, module))
-        elif id(module) not in seen_modules and any(True for _ in module.parameters(recurse=False)):
-            seen_modules.add(id(module))
-            float_layers.append((name, type(module).__name__, sum(p.numel() for p in module.parameters(recurse=False)), "type not quantized"))
-
-    if not by_weight:
-        raise ValueError(
-            "the model has nothing to quantize: no Conv1d/Conv2d/Conv3d/Linear layer was found "
-            "(or all were excluded); mixbits quantizes the weights of these layer types"
-        )
+    targets = _find_targets(model, config)
+    _check_patterns(config, [_use_name(n, a) for uses in targets.values() for n, _, a in uses])
 
     layers: list[LayerInfo] = []
     decisions: list[Decision] = []
-    for uses in by_weight.values():
-        name, module = uses[0]
-        aliases = tuple(dict.fromkeys(n for n, _ in uses[1:] if n != name))
-        pin = None
-        for n, _ in uses:
-            for pattern, bits in config.pins.items():
-                if fnmatch.fnmatchcase(n, pattern):
-                    pin = bits
+    owners: dict[str, tuple[nn.Module, str]] = {}
+    per_module: dict[int, tuple[nn.Module, dict[str, Decision]]] = {}
+    float_units: dict[int, str] = {}  # id(Parameter) -> why it stays float
+    for pid, uses in targets.items():
+        names = list(dict.fromkeys(_use_name(n, a) for n, _, a in uses))
+        pins = {bits for pattern, bits in config.pins.items() if any(fnmatch.fnmatchcase(n, pattern) for n in names)}
+        excluded = any(_matches(n, config.exclude) for n in names)
+        included = any(_matches(n, config.include) for n in names)
+        if len(pins) > 1:
+            raise ValueError(f"weight {names[0]!r} (also used as {names[1:]}) matches pins with different bits "
+                             f"{sorted(pins)}: pin it once")
+        if pins and (excluded or not included):
+            raise ValueError(f"weight {names[0]!r} is pinned and also {'excluded' if excluded else 'not included'}: "
+                             f"drop the pin or the pattern")
+        if excluded or not included:
+            float_units[pid] = "excluded" if excluded else "not included"
+            continue
+        pin = next(iter(pins)) if pins else None
+        name, module, attr = uses[0]
+        owner = next(((n, m) for n, m, a in uses if attr in quantized_attrs(m)), (name, module))[1]
+        w = module._parameters[attr]
         cands = (pin,) if pin is not None else config.candidates
-        w = module._parameters["weight"]
-        info = LayerInfo(name=name, aliases=aliases, kind=type(module).__name__, shape=tuple(w.shape),
-                         candidates=cands, pinned=pin is not None)
+        info = LayerInfo(name=names[0], aliases=tuple(names[1:]), kind=type(owner).__name__, shape=tuple(w.shape),
+                         candidates=cands, pinned=pin is not None,
+                         keys=tuple(dict.fromkeys(_key(n, a) for n, _, a in uses)))
         decision = Decision(cands).to(w.device)
         layers.append(info)
         decisions.append(decision)
-        for _, m in uses:
-            if not hasattr(m, _DECISION_ATTR):
-                object.__setattr__(m, _DECISION_ATTR, decision)
-                object.__setattr__(m, _ORIG_CLASS_ATTR, type(m))
-                m.__class__ = _mixed_class(type(m))
+        owners[info.name] = (module, attr)
+        for _, m, a in uses:
+            per_module.setdefault(id(m), (m, {}))[1][a] = decision
+    if not layers:
+        raise ValueError(
+            "the model has nothing to quantize: no Conv, Linear, Embedding, MultiheadAttention, LSTM/GRU/RNN or "
+            "Hugging Face Conv1D weight was found (or all were excluded); name other weights with params="
+        )
+    for m, decs in per_module.values():
+        swap_class_(m, decs)
 
-    quantized_ids = {id(m._parameters["weight"]) for uses in by_weight.values() for _, m in uses}
-    cost = CostModel(layers, _float_rest_bits(model, quantized_ids))
-    return BitSpace(layers, decisions, cost, float_layers)
+    quantized_ids = {id(m._parameters[a]) for m, a in owners.values()}
+    float_layers: list[tuple[str, str, int, str]] = []
+    for name, module in model.named_modules():
+        own = [p for p in module._parameters.values() if p is not None]
+        if not own or any(id(p) in quantized_ids for p in own):
+            continue
+        why = next((float_units[id(p)] for p in own if id(p) in float_units), "type not quantized")
+        float_layers.append((name, type(module).__name__, sum(p.numel() for p in own), why))
+    num_params = sum(p.numel() for p in model.parameters())
+    cost = CostModel(layers, _float_rest_bits(model, quantized_ids), num_params=num_params)
+    space = BitSpace(layers, decisions, cost, float_layers, owners)
+    share = cost.num_quantized_weights / max(num_params, 1)
+    reach = reachable_range(cost)
+    log.info("prepared %d weights (%.1f%% of the parameters); reachable: weight compression %.3gx..%.4gx, "
+             "whole-model compression %.3gx..%.4gx", len(layers), 100 * share, *reach["compression"],
+             *reach["model_compression"])
+    if share < 0.75:
+        log.warning("only %.1f%% of the parameters are quantized; %d stay float (largest: %s): whole-model "
+                    "compression stays below %.2fx whatever the target", 100 * share, num_params - cost.num_quantized_weights,
+                    ", ".join(f"{n} ({k}, {p})" for n, k, p, _ in sorted(float_layers, key=lambda f: -f[2])[:3]),
+                    1 / max(1 - share, 1e-12))
+    if config.target is not None:
+        budget_bits(config.target, cost)  # raises with the reachable range
+    return space
 
 
 def unprepare_(model: nn.Module) -> None:
-    """Undo :func:`prepare_`: every layer computes with its float weight again."""
+    """Undo :func:`prepare_`: every layer computes with its float weights again."""
     for m in model.modules():
-        if hasattr(m, _DECISION_ATTR):
-            m.__class__ = getattr(m, _ORIG_CLASS_ATTR)
-            del m.__dict__[_DECISION_ATTR]
-            del m.__dict__[_ORIG_CLASS_ATTR]
+        if is_swapped(m):
+            restore_class_(m)

@@ -114,6 +114,9 @@ def fit(model: nn.Module, loader: Iterable, config: TrainConfig, *, device: str 
     """
     if config.distill_weight > 0 and teacher is None:
         raise ValueError("distill_weight > 0 needs a teacher model")
+    if teacher is not None and config.distill_weight == 0:
+        raise ValueError("a teacher was given but distill_weight is 0, so it would be ignored: set distill_weight "
+                         "(e.g. 0.5) or drop teacher=")
     device = torch.device(device)
     channels_last_(model, device, config.amp)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..space import BitSpace, float_weight
+from ..space import BitSpace
 from .fileformat import (FORMAT_VERSION, SCALE_DTYPE, FloatRecord, LayerRecord, encode_tensors, records_to_json,
                          write_mbits)
 
@@ -150,16 +150,16 @@ def export_model(model: nn.Module, space: BitSpace, path: str | Path, *, bits: M
     bits = {str(k): int(v) for k, v in bits.items()}
     promised_bits = space.cost.model_bits(bits)  # also checks bits against the layers
 
-    modules = dict(model.named_modules(remove_duplicate=False))
+    model_params = {id(p) for p in model.parameters()}
     layers: list[tuple[LayerRecord, torch.Tensor]] = []
     quantized_ids: set[int] = set()
     for info in space.layers:
-        if info.name not in modules:
+        w = space.float_weight(info.name)
+        if id(w) not in model_params:
             raise ValueError(f"layer {info.name!r} of the BitSpace is not in the model: pass the space that "
                              f"prepare_ returned for this model")
-        w = float_weight(modules[info.name])
         layers.append((LayerRecord(name=info.name, aliases=info.aliases, kind=info.kind, shape=tuple(w.shape),
-                                   bits=bits[info.name]), w))
+                                   bits=bits[info.name], keys=info.state_keys), w))
         quantized_ids.add(id(w))
 
     # Everything else that is floating, once per tensor, under all its state-dict keys.

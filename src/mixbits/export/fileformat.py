@@ -12,6 +12,7 @@ text and every tensor (name, dtype, shape and bytes, in the order below)::
      "float_fields": ["module", "names", "shape"],
      "floats": [["features.1", ["weight", "bias", "running_mean", "running_var"], [32]], ...],
      "float_aliases": {"head.bias": ["tied.bias"]},       # only when a float tensor is shared
+     "layer_keys": {"lstm.weight_ih_l0": ["lstm.weight_ih_l0"]},  # only when not "<name>.weight" per name
      "promised_model_bits": 97760, "float_model_bits": 1881408}
 
 and at most four tensors, each the concatenation of its parts in manifest order:
@@ -98,13 +99,22 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 @dataclass(frozen=True)
 class LayerRecord:
-    """One quantized weight as stored: its module name(s), shape and bits."""
+    """One quantized weight as stored: its name(s), shape, bits and state-dict keys."""
 
     name: str
     aliases: tuple[str, ...]
     kind: str
     shape: tuple[int, ...]
     bits: int
+    keys: tuple[str, ...] = ()  # state-dict keys; default weight_key of the name and each alias
+
+    @property
+    def state_keys(self) -> tuple[str, ...]:
+        return self.keys or tuple(weight_key(n) for n in (self.name,) + self.aliases)
+
+    @property
+    def default_keys(self) -> bool:
+        return self.state_keys == tuple(weight_key(n) for n in (self.name,) + self.aliases)
 
     @property
     def num_weights(self) -> int:
@@ -262,6 +272,9 @@ def records_to_json(layers: tuple[LayerRecord, ...] | list[LayerRecord],
     aliases = {rec.key: list(rec.aliases) for rec in floats if rec.aliases}
     if aliases:
         out["float_aliases"] = aliases
+    keys = {r.name: list(r.state_keys) for r in layers if not r.default_keys}
+    if keys:
+        out["layer_keys"] = keys
     return out
 
 
@@ -291,6 +304,9 @@ def _parse_records(manifest: dict[str, Any], path: str) -> tuple[tuple[LayerReco
         raise _corrupt(path, "the manifest lacks its 'layers' or 'floats' table")
     if manifest.get("layer_fields") != list(LAYER_FIELDS) or manifest.get("float_fields") != list(FLOAT_FIELDS):
         raise _corrupt(path, f"the manifest's table columns are not {LAYER_FIELDS} and {FLOAT_FIELDS}")
+    layer_keys = manifest.get("layer_keys", {})
+    if not isinstance(layer_keys, dict):
+        raise _corrupt(path, "bad layer_keys in the manifest")
     layers = []
     for row in raw_layers:
         if not isinstance(row, list) or len(row) not in (4, 5):
@@ -299,7 +315,8 @@ def _parse_records(manifest: dict[str, Any], path: str) -> tuple[tuple[LayerReco
         if isinstance(bits, bool) or not isinstance(bits, int) or bits not in VALID_BITS:
             raise _corrupt(path, f"layer {short_repr(name)} has unsupported bits {short_repr(bits)}")
         layers.append(LayerRecord(name=name, aliases=_names(row[4], path, name) if len(row) == 5 else (),
-                                  kind=kind, shape=_shape(shape, path, name), bits=bits))
+                                  kind=kind, shape=_shape(shape, path, name), bits=bits,
+                                  keys=_names(layer_keys.get(name, []), path, name)))
     aliases = manifest.get("float_aliases", {})
     if not isinstance(aliases, dict):
         raise _corrupt(path, "bad float_aliases in the manifest")
@@ -470,8 +487,8 @@ def decode_state_dict(f: MbitsFile) -> dict[str, torch.Tensor]:
             w = take("half", rec.num_weights).float().reshape(rec.shape)
         else:  # FLOAT_BITS, the only bitwidth left after _parse_records
             w = take("float", rec.num_weights).clone().reshape(rec.shape)
-        for name in (rec.name,) + rec.aliases:
-            out[weight_key(name)] = w
+        for key in rec.state_keys:
+            out[key] = w
     for frec in f.floats:
         t = take("float", frec.numel).clone().reshape(frec.shape)
         for key in (frec.key,) + frec.aliases:

@@ -24,13 +24,14 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..derive import solve_budget
 from ..quant import quantize_hard
-from ..space import BitSpace, float_weight
+from ..space import BitSpace
 from .base import Allocation, AllocationContext, register_method
 
-__all__ = ["hutchinson_traces", "hessian_sensitivity", "hessian_allocation"]
+__all__ = ["hutchinson_traces", "fisher_traces", "hessian_sensitivity", "hessian_allocation"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,34 @@ def hutchinson_traces(model: nn.Module, params: Mapping[str, torch.Tensor], load
     return {n: s / (done * samples) for n, s in zip(names, sums)}
 
 
+def fisher_traces(model: nn.Module, params: Mapping[str, torch.Tensor], loader: Iterable, *, batches: int = 4,
+                  loss_fn=F.cross_entropy) -> dict[str, float]:
+    """First-order stand-in for :func:`hutchinson_traces`: the trace of the empirical Fisher.
+
+    ``tr(F) = E_x ||g(x)||^2`` over single-example gradients; approximated here with batch
+    gradients scaled by the batch size (needs one backward per batch, no double backward).
+
+    Returns:
+        {name: estimate of tr(H_name)}.
+    """
+    names = list(params)
+    tensors = [params[n] for n in names]
+    sums = [0.0] * len(names)
+    done = 0
+    for x, y in loader:
+        if done >= batches:
+            break
+        grads = torch.autograd.grad(loss_fn(model(x), y), tensors, allow_unused=True)
+        n = len(y) if hasattr(y, "__len__") else 1
+        for i, g in enumerate(grads):
+            if g is not None:
+                sums[i] += float(g.pow(2).sum()) * n
+        done += 1
+    if done == 0:
+        raise ValueError("hessian: the loader yielded no batch")
+    return {n: s / done for n, s in zip(names, sums)}
+
+
 @torch.no_grad()
 def hessian_sensitivity(space: BitSpace, weights: Mapping[str, torch.Tensor],
                         traces: Mapping[str, float]) -> dict[str, dict[int, float]]:
@@ -115,13 +144,22 @@ def sensitivity(model: nn.Module, space: BitSpace, loader: Iterable, *, seed: in
         seed: seed of the Rademacher probes.
         batches, samples: batches used, probes per batch.
     """
-    weights = {layer.name: float_weight(model.get_submodule(layer.name)) for layer in space.layers}
+    weights = {layer.name: space.float_weight(layer.name) for layer in space.layers}
     was_training = model.training
     space.fix_({layer.name: 32 for layer in space.layers})  # the float forward: Q_32 is the identity
     model.eval()
     try:
         g = torch.Generator().manual_seed(seed)
-        traces = hutchinson_traces(model, weights, loader, batches=batches, samples=samples, generator=g)
+        # The fused attention kernels have no double backward; the math kernel has.
+        with sdpa_kernel(SDPBackend.MATH):
+            try:
+                traces = hutchinson_traces(model, weights, loader, batches=batches, samples=samples, generator=g)
+            except RuntimeError as exc:
+                if not any(k in str(exc) for k in ("derivative", "double backward", "differentiate twice")):
+                    raise
+                log.warning("hessian: the model has no second derivative (%s); using the first-order "
+                            "(empirical Fisher) estimate of the Hessian traces", str(exc).splitlines()[0][:120])
+                traces = fisher_traces(model, weights, loader, batches=batches)
     finally:
         space.unfix_()
         model.train(was_training)
