@@ -15,7 +15,9 @@ Methods (labels): ``uniform`` (the most bits every layer can have), ``hessian`` 
 sensitivity), ``random`` (an exact uniform draw of the assignments in the budget), ``search``
 (the differentiable search as ``mixbits search`` runs it), ``search_uniform`` (the search from
 all-zero logits: the relaxation alone), ``search_frozen`` (the search's weight training with
-the logits frozen at the Hessian start: what the weights alone bring), and any label given
+the logits frozen at the Hessian start: what the weights alone bring), ``search_logits``
+(only the logits learn, on the float weights: the search spends no weight epochs and the
+fine-tuning gets them all), and any label given
 bits from a file with ``--fixed LABEL:TARGET=PATH`` (Sony MCT's post-training allocation from
 ``benchmarks/mct_baseline.py``, which runs in its own venv): those bits are fine-tuned and
 evaluated like every other row.
@@ -40,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,7 @@ METHODS = {
     "search": ("search", {}),
     "search_uniform": ("search", {"init": "uniform"}),
     "search_frozen": ("search", {"logit_lr": 1e-12}),
+    "search_logits": ("search", {"train_weights": False, "warmup_epochs": 0}),
 }
 CSV_FIELDS = ("model", "method", "target", "seed", "weight_compression", "test_accuracy", "weight_epochs",
               "float_accuracy", "derived_accuracy", "model_compression", "average_bits", "size_bits", "budget_bits",
@@ -120,14 +124,20 @@ def run(args: argparse.Namespace) -> None:
     search_options = _options(args.search_option)
     for label, target, seed in jobs:
         t0 = time.time()
-        if (label, target) in fixed:
-            given = fixed[(label, target)]
-            row = run_row(setup, label, target, seed, allocator=lambda ctx, b=given: Allocation(bits=dict(b)))
-        else:
-            name, opts = METHODS[label]
-            if name == "search":
-                opts = {**search_options, **opts}
-            row = run_row(setup, name, target, seed, options=opts)
+        try:
+            if (label, target) in fixed:
+                given = fixed[(label, target)]
+                row = run_row(setup, label, target, seed, allocator=lambda ctx, b=given: Allocation(bits=dict(b)))
+            else:
+                name, opts = METHODS[label]
+                if name == "search":
+                    opts = {**search_options, **opts}
+                row = run_row(setup, name, target, seed, options=opts)
+        except Exception as exc:  # noqa: BLE001 - one failed row must not stop the others; it is recorded
+            with open(out / f"errors-{args.model}-{index}of{count}.txt", "a") as f:
+                f.write(f"{label} {target} seed {seed}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}\n")
+            print(f"{label:>15} {target:>4} seed {seed}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            continue
         row.update(method=label, search_epochs=args.search_epochs, device=str(setup.device),
                    float_accuracy=setup.float_accuracy, commit=_git_head(),
                    changed_fraction=(row.get("info") or {}).get("changed_fraction"),

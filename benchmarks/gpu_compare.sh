@@ -19,11 +19,11 @@ OUT=${OUT:-/tmp/gpu_compare}
 DEV=${DEV:-cuda}
 NSH=${NSH:-12}
 PY=${PY:-python3}
-FLOAT_EPOCHS=${FLOAT_EPOCHS:-16}
+FLOAT_EPOCHS=${FLOAT_EPOCHS:-0}
 EXTRA=${EXTRA:-}
 DEADLINE=$((SECONDS + ${BUDGET_S:-520}))
 W=$OUT/work
-mkdir -p "$W/fair" "$W/nodistill"
+mkdir -p "$W/fair" "$W/nodistill" "$W/fair8x"
 { date -u; nvidia-smi -L 2>/dev/null; $PY -c "import torch; print('torch', torch.__version__)"; } > "$W/machine.txt"
 
 CKPT=benchmarks/checkpoints/resnet20_cifar10_e37.pt
@@ -41,20 +41,25 @@ COMMON=(--model resnet20 --data cifar10 --data-root "$DATA" --checkpoint "$CKPT"
         --search-epochs 2 --finetune-epochs 2 --batch-size 256 --finetune-lr 0.02
         --search-option warmup_epochs=0 --device "$DEV")
 left=$((DEADLINE - SECONDS - 30))
+FIX=benchmarks/results/mct_bits/resnet20_8x.json
+# group A: every method at 16x, 24x, 28x with distillation; B: without distillation; C: 8x, with Sony MCT's bits
 for i in $(seq 0 $((NSH - 1))); do
   timeout "$left" $PY benchmarks/compare_fair.py "${COMMON[@]}" $EXTRA --distill \
-    --methods "${METHODS:-hessian,search,uniform,random,search_uniform}" --targets "${TARGETS:-16x,24x,28x}" \
+    --methods "${METHODS:-hessian,search,search_logits,search_uniform,uniform,random}" --targets "${TARGETS:-16x,24x,28x}" \
     --shard "$i/$NSH" --out "$W/fair" > "$W/fair/log$i.txt" 2>&1 &
 done
 for i in 0 1; do
   timeout "$left" $PY benchmarks/compare_fair.py "${COMMON[@]}" $EXTRA --no-distill \
     --methods hessian,search --targets 24x --shard "$i/2" --out "$W/nodistill" > "$W/nodistill/log$i.txt" 2>&1 &
+  timeout "$left" $PY benchmarks/compare_fair.py "${COMMON[@]}" $EXTRA --distill --fixed "mct:8x=$FIX" \
+    --methods hessian,search,mct,uniform --targets 8x --shard "$i/2" --out "$W/fair8x" > "$W/fair8x/log$i.txt" 2>&1 &
 done
 wait
-for d in fair nodistill; do
+for d in fair nodistill fair8x; do
   $PY benchmarks/compare_fair.py --report --out "$W/$d" > /dev/null 2>&1
 done
 tar czf "$OUT/gpu_compare.tgz" -C "$W" .
-cat "$W/fair/compare_fair.md" "$W/nodistill/compare_fair.md" 2>/dev/null
+cat "$W/fair/compare_fair.md" "$W/nodistill/compare_fair.md" "$W/fair8x/compare_fair.md" 2>/dev/null
+cat "$W"/*/errors-* 2>/dev/null | head -40
 tail -n 3 "$W/float.log" 2>/dev/null
 echo "elapsed ${SECONDS}s"

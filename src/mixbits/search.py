@@ -50,6 +50,9 @@ class SearchConfig:
         weight_lr: peak SGD learning rate of the weights (cosine decay).
         weight_decay: SGD weight decay of the weights.
         logit_lr: Adam learning rate of the logits.
+        train_weights: train the weights during the search (on the weight split, through the
+            mixed weights). False: only the logits learn, on the float weights; the search then
+            spends no weight epochs, and the fine-tuning at the derived bits gets them all.
         logit_ratio: logit steps per weight step in the epochs where the logits learn; the
             held-out split is cycled as often as that takes. Logit steps change no weight, so
             this costs time, never weight training.
@@ -71,6 +74,7 @@ class SearchConfig:
     weight_decay: float = 5e-4
     logit_lr: float = 0.05
     logit_ratio: float = 1.0
+    train_weights: bool = True
     temperature_start: float = 1.0
     temperature_end: float = 0.05
     gumbel: bool = False
@@ -251,12 +255,13 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
         done_tr = done_ho = 0
         sums = {"loss": 0.0, "held_loss": 0.0, "correct": 0, "seen": 0}
         n_arch = n_logit if arch_on else 0
-        steps = n_tr + n_arch
+        w_steps = n_tr if config.train_weights else 0
+        steps = w_steps + n_arch
         trace: list[dict] = []
         trace_every = max(1, n_arch // _TRACE_PER_EPOCH)
         bar.start_epoch(epoch, steps)
         for _ in range(steps):
-            arch_step = done_ho < n_arch and (done_tr >= n_tr or done_ho * n_tr <= done_tr * n_arch)
+            arch_step = done_ho < n_arch and (done_tr >= w_steps or done_ho * n_tr <= done_tr * n_arch)
             if arch_step:
                 batch = next(ho_it, None)
                 if batch is None:  # the held-out split is cycled when the logits take more steps than it has
