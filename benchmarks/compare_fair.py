@@ -17,7 +17,8 @@ sensitivity), ``random`` (an exact uniform draw of the assignments in the budget
 all-zero logits: the relaxation alone), ``search_frozen`` (the search's weight training with
 the logits frozen at the Hessian start: what the weights alone bring), ``search_logits``
 (only the logits learn, on the float weights: the search spends no weight epochs and the
-fine-tuning gets them all), and any label given
+fine-tuning gets them all), ``search_nofill`` (the search's own choice, without spending the
+budget it leaves unused on upgrades), and any label given
 bits from a file with ``--fixed LABEL:TARGET=PATH`` (Sony MCT's post-training allocation from
 ``benchmarks/mct_baseline.py``, which runs in its own venv): those bits are fine-tuned and
 evaluated like every other row.
@@ -59,6 +60,7 @@ METHODS = {
     "search_uniform": ("search", {"init": "uniform"}),
     "search_frozen": ("search", {"logit_lr": 1e-12}),
     "search_logits": ("search", {"train_weights": False, "warmup_epochs": 0}),
+    "search_nofill": ("search", {"fill": False}),
 }
 CSV_FIELDS = ("model", "method", "target", "seed", "weight_compression", "test_accuracy", "weight_epochs",
               "float_accuracy", "derived_accuracy", "model_compression", "average_bits", "size_bits", "budget_bits",

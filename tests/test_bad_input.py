@@ -18,7 +18,7 @@ from mixbits.run import RESUME_FILE, RunConfig, resume_run, run_search
 from mixbits.runfiles import load_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = dict(float_epochs=2, search_epochs=3, finetune_epochs=1, train_subset=300, batch_size=30, target="16x",
+TINY = dict(method="search", float_epochs=2, search_epochs=3, finetune_epochs=1, train_subset=300, batch_size=30, target="16x",
             device="cpu")
 
 

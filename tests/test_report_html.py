@@ -24,7 +24,7 @@ def run_folder(tmp_path_factory) -> Path:
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_search(RunConfig(float_epochs=2, search_epochs=3, finetune_epochs=1, train_subset=400, batch_size=40,
+        run_search(RunConfig(method="search", float_epochs=2, search_epochs=3, finetune_epochs=1, train_subset=400, batch_size=40,
                              target="16x", device="cpu", out=str(out)), progress=False)
     finally:
         torch.set_num_threads(n)

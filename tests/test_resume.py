@@ -22,7 +22,7 @@ from mixbits import SearchConfig, TrainConfig, fit, prepare_, search
 from mixbits.data import TensorLoader
 
 # Tiny but complete: every stage has at least two epochs of a few steps.
-ARGS = ["--float-epochs", "2", "--search-epochs", "3", "--finetune-epochs", "2", "--train-subset", "600",
+ARGS = ["--method", "search", "--float-epochs", "2", "--search-epochs", "3", "--finetune-epochs", "2", "--train-subset", "600",
         "--batch-size", "20", "--target", "16x", "--seed", "3", "--device", "cpu", "-q"]
 
 

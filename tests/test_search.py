@@ -169,3 +169,27 @@ def test_logit_ratio_sets_the_logit_steps_per_epoch():
     assert result.history[-1]["trace"][-1]["epoch"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="logit_ratio"):
         SearchConfig(logit_ratio=0)
+
+
+def test_fill_upgrades_are_reported_and_can_be_turned_off():
+    from mixbits.report import build_report, format_table
+
+    runs = {}
+    for fill in (True, False):
+        torch.manual_seed(0)
+        model = Zoo()
+        train, held, _ = _loaders()
+        space = prepare_(model)
+        result = search(model, space, train, held, SearchConfig(target="8x", epochs=2, init="uniform", fill=fill))
+        runs[fill] = (space, result)
+    space, filled = runs[True]
+    _, chosen = runs[False]
+    assert chosen.fill_upgrades == {}
+    assert filled.fill_upgrades == {"c1": [2, 4]}
+    # the fill only upgrades: every layer keeps at least the search's bits, and says so
+    for name, (before, after) in filled.fill_upgrades.items():
+        assert after > before and chosen.bits[name] == before and filled.bits[name] == after
+    assert space.cost.quantized_bits(filled.bits) >= space.cost.quantized_bits(chosen.bits)
+    assert space.cost.quantized_bits(filled.bits) <= filled.budget_bits
+    text = format_table(build_report(space, filled.bits, fill_upgrades=filled.fill_upgrades))
+    assert ("budget fill:" in text) == bool(filled.fill_upgrades)

@@ -78,6 +78,17 @@ def _total_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     return lines
 
 
+def _fill_note(report: Mapping[str, Any]) -> str | None:
+    """Why a layer's bits differ from the search's choice, when the budget fill upgraded it."""
+    ups = report.get("fill_upgrades") or {}
+    if not ups:
+        return None
+    moves = ", ".join(f"{n} {a} -> {b}" for n, (a, b) in ups.items())
+    return (f"budget fill: {moves} bits. The search chose the smaller bits; the budget that choice left unused "
+            f"was spent on upgrades (no layer gets fewer bits); fill = false under [method_options] keeps "
+            f"the search's choice.")
+
+
 def format_table(report: Mapping[str, Any]) -> str:
     """Plain-text per-layer table and totals, for a terminal."""
     rows = report["layers"]
@@ -92,6 +103,9 @@ def format_table(report: Mapping[str, Any]) -> str:
     if report["float_layers"]:
         out.append("kept in float: " + ", ".join(f"{f['name']} ({f['kind']}, {f['reason']})" for f in report["float_layers"][:12])
                    + (" ..." if len(report["float_layers"]) > 12 else ""))
+    note = _fill_note(report)
+    if note:
+        out.append(note)
     out.append("")
     lw = max(len(k) for k, _ in _total_lines(report))
     out.extend(f"{k:<{lw}}  {v}" for k, v in _total_lines(report))
@@ -112,6 +126,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     if report["float_layers"]:
         out += ["", "Kept in float:", ""]
         out += [f"- `{f['name']}` ({f['kind']}, {f['params']} parameters): {f['reason']}" for f in report["float_layers"]]
+    note = _fill_note(report)
+    if note:
+        out += ["", note]
     out += ["", "| total | value |", "|---|---|"]
     out += [f"| {k.strip()} | {v} |" for k, v in _total_lines(report)]
     return "\n".join(out) + "\n"

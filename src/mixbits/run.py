@@ -55,7 +55,7 @@ class RunConfig:
     data: str = "digits"
     data_root: str | None = None
     model: str = "digits_cnn"
-    method: str = "search"
+    method: str = "hessian"
     method_options: Mapping[str, Any] = field(default_factory=dict)
     target: str = "24x"
     candidates: tuple[int, ...] = DEFAULT_CANDIDATES
@@ -348,6 +348,7 @@ def _stages(config: RunConfig, model: torch.nn.Module, model_kwargs: dict, prep:
         recalibrate_bn_(model, loaders["full"], device=device)
         seconds["search"] += time.time() - t0
         carry.update(bits=dict(result.bits), method_weight_epochs=float(result.weight_epochs),
+                     fill_upgrades=dict(result.info.get("fill_upgrades") or {}),
                      derived_test_accuracy=evaluate(model, loaders["test"], device=device))
         stage, stage_state = "finetune", None
         checkpoint(stage, None, model=model.state_dict())
@@ -369,6 +370,7 @@ def _stages(config: RunConfig, model: torch.nn.Module, model_kwargs: dict, prep:
     final_acc = evaluate(model, loaders["test"], device=device)
     report = build_report(
         space, bits, method=config.method, target=config.target, budget_bits=budget,
+        fill_upgrades=carry.get("fill_upgrades", {}),
         float_test_accuracy=carry["float_test_accuracy"], derived_test_accuracy=carry["derived_test_accuracy"],
         final_test_accuracy=final_acc, model=config.model, data=config.data,
         seconds={**{k: round(v, 2) for k, v in seconds.items()}, "total": round(time.time() - t_start, 2)},

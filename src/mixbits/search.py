@@ -53,6 +53,8 @@ class SearchConfig:
         train_weights: train the weights during the search (on the weight split, through the
             mixed weights). False: only the logits learn, on the float weights; the search then
             spends no weight epochs, and the fine-tuning at the derived bits gets them all.
+        fill: spend the budget the derivation leaves unused on upgrades (no layer gets fewer
+            bits than the search's choice); the upgrades are reported (``SearchResult.fill_upgrades``).
         logit_ratio: logit steps per weight step in the epochs where the logits learn; the
             held-out split is cycled as often as that takes. Logit steps change no weight, so
             this costs time, never weight training.
@@ -75,6 +77,7 @@ class SearchConfig:
     logit_lr: float = 0.05
     logit_ratio: float = 1.0
     train_weights: bool = True
+    fill: bool = True
     temperature_start: float = 1.0
     temperature_end: float = 0.05
     gumbel: bool = False
@@ -110,6 +113,8 @@ class SearchResult:
         multiplier: final Lagrange multiplier.
         history: per-epoch records (losses, expected size, multiplier, temperature, probabilities).
         start_bits: the bits derived from the logits as they started (before any logit step).
+        fill_upgrades: {layer: [the search's bits, the bits after the budget fill]} for every
+            layer that the fill upgraded (see :func:`derive_bits`).
         movement: how far the search moved from its start: ``changed_layers`` (layers whose
             derived bits differ from ``start_bits``), ``changed_fraction``, and
             ``mean_tv``/``max_tv``, the total-variation distance between each layer's start and
@@ -122,6 +127,7 @@ class SearchResult:
     history: list[dict] = field(default_factory=list)
     start_bits: dict[str, int] = field(default_factory=dict)
     movement: dict[str, Any] = field(default_factory=dict)
+    fill_upgrades: dict[str, list[int]] = field(default_factory=dict)
 
 
 def derive_bits(space: BitSpace, budget: int, *, fill: bool = True, min_use: float = 0.95) -> dict[str, int]:
@@ -351,9 +357,14 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
         if on_epoch is not None:
             on_epoch(epoch, record)
     space.set_gumbel_(False)
-    bits = derive_bits(space, budget)
+    chosen = derive_bits(space, budget, fill=False)
+    bits = derive_bits(space, budget) if config.fill else chosen
+    upgrades = {n: [int(chosen[n]), int(bits[n])] for n in bits if bits[n] != chosen[n]}
+    if upgrades:
+        log.info("budget fill: %s", ", ".join(f"{n} {a} -> {b} bits" for n, (a, b) in upgrades.items()))
     return SearchResult(bits=bits, budget_bits=budget, multiplier=lam, history=history, start_bits=start["bits"],
-                        movement=_movement(space, start, bits))
+                        movement={**_movement(space, start, bits), "fill_upgrades": upgrades},
+                        fill_upgrades=upgrades)
 
 
 def _preference_probs(space: BitSpace) -> dict[str, list[float]]:
