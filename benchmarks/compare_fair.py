@@ -155,23 +155,25 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def report(out: Path, header: list[str]) -> str:
-    rows = [json.loads(line) for p in sorted(out.glob("rows-*.jsonl")) for line in p.read_text().splitlines() if line]
+def report(out: Path, header: list[str], rows_dirs: list[Path] | None = None) -> str:
+    files = [p for d in (rows_dirs or [out]) for p in sorted(Path(d).glob("rows-*.jsonl"))]
+    rows = [json.loads(line) for p in files for line in p.read_text().splitlines() if line]
     if not rows:
-        raise SystemExit(f"no rows-*.jsonl in {out}")
+        raise SystemExit(f"no rows-*.jsonl in {', '.join(str(d) for d in (rows_dirs or [out]))}")
     with open(out / "compare_fair.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
         w.writeheader()
-        for r in sorted(rows, key=lambda r: (r["model"], r["method"], float(r["target"].rstrip("x")), r["seed"])):
+        for r in sorted(rows, key=lambda r: (r["model"], not r["distill"], r["method"], float(r["target"].rstrip("x")),
+                                             r["seed"])):
             w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k)) for k in CSV_FIELDS})
     lines = list(header)
-    for model in sorted({r["model"] for r in rows}):
-        mr = [r for r in rows if r["model"] == model]
+    for model, distill in sorted({(r["model"], bool(r["distill"])) for r in rows}, key=lambda k: (k[0], not k[1])):
+        mr = [r for r in rows if r["model"] == model and bool(r["distill"]) == distill]
         targets = sorted({r["target"] for r in mr}, key=lambda t: float(t.rstrip("x")))
         methods = [m for m in METHODS if any(r["method"] == m for r in mr)]
         methods += sorted({r["method"] for r in mr} - set(methods))
         first = mr[0]
-        lines += [f"## {model}", "",
+        lines += [f"## {model}, distillation {'on' if distill else 'off'}", "",
                   f"Float test accuracy {100 * first['float_accuracy']:.2f}%; {first['weight_epochs']:g} weight epochs "
                   f"for every row ({first['search_epochs']} search + the rest fine-tuning for the search; all "
                   f"fine-tuning for the others); distillation {'on' if first['distill'] else 'off'}; device "
@@ -250,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--report", action="store_true", help="merge the row files in --out into compare_fair.csv/.md")
     p.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
+    p.add_argument("--rows", nargs="+", type=Path, help="with --report: folders whose rows-*.jsonl are merged "
+                                                         "(default: --out)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     i, _, n = args.shard.partition("/")
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         header = ["# Every method at equal compute", "",
                   f"Merged by `python benchmarks/compare_fair.py --report --out {args.out}` at commit `{_git_head()}`.",
                   *args.note, ""]
-        print(report(Path(args.out), header))
+        print(report(Path(args.out), header, args.rows))
         return 0
     cmd = "python benchmarks/compare_fair.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     with open(Path(args.out).joinpath("commands.txt") if Path(args.out).is_dir() else _mk(args.out), "a") as f:
