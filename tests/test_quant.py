@@ -96,7 +96,7 @@ def test_fixed_bits_quantize_once_per_weight_version(monkeypatch):
 
     calls = []
     real = sp.quantize_hard
-    monkeypatch.setattr(sp, "quantize_hard", lambda w, b: calls.append(b) or real(w, b))
+    monkeypatch.setattr(sp, "quantize_hard", lambda w, b, d=0: calls.append(b) or real(w, b, d))
     m = torch.nn.Linear(8, 4)
     space = sp.prepare_(m)
     space.fix_({"": 4})

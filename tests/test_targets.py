@@ -2,15 +2,19 @@
 named parameters and tied weights; each computes with its quantized weight, exports and loads identically."""
 
 import copy
+import dataclasses
+import json
 
 import pytest
 import torch
 from torch import nn
 
 import mixbits
-from mixbits.export import export_model, read_mbits
+from mixbits.commands.inspect import format_summary
+from mixbits.export import MbitsFormatError, describe, export_model, read_mbits
+from mixbits.export import fileformat
 from mixbits.methods.hessian import sensitivity
-from mixbits.quant import quantize_hard
+from mixbits.quant import quantize_hard, weight_codes
 from mixbits.space import PrepareConfig, prepare_, unprepare_
 
 
@@ -77,7 +81,7 @@ def _reference(model, space, bits):
     for layer in space.layers:
         w = space.float_weight(layer.name)
         for key in layer.state_keys:
-            sd[key] = quantize_hard(w, bits[layer.name])
+            sd[key] = quantize_hard(w, bits[layer.name], layer.channel_dim)
     ref.load_state_dict(sd)
     return ref
 
@@ -230,10 +234,159 @@ def test_hugging_face_gpt2_from_a_config(tmp_path):
     assert space.names == ["m.transformer.wte", "m.transformer.wpe", "m.transformer.h.0.attn.c_attn",
                            "m.transformer.h.0.attn.c_proj", "m.transformer.h.0.mlp.c_fc", "m.transformer.h.0.mlp.c_proj"]
     assert space.layers[0].aliases == ("m.lm_head",)
-    assert space.layers[2].kind == "Conv1D" and space.layers[2].shape == (8, 24)  # (in, out): rows are inputs
+    conv1d = [layer for layer in space.layers if layer.kind == "Conv1D"]
+    assert [layer.shape for layer in conv1d] == [(8, 24), (8, 8), (8, 32), (32, 8)]  # (in, out)
+    assert all(layer.channel_dim == 1 for layer in conv1d) and space.layers[0].channel_dim == 0
+    # one scale per output feature (column): 24 + 8 + 32 + 8 scales, not 8 + 8 + 8 + 32
+    assert [layer.size_bits(4) - 4 * layer.num_weights for layer in conv1d] == [24 * 16, 8 * 16, 32 * 16, 8 * 16]
     bits = {n: (2, 4, 8)[i % 3] for i, n in enumerate(space.names)}
     space.fix_(bits)
+    name = "m.transformer.h.0.mlp.c_fc"  # (8, 32) at 4 bits
+    w, b = space.float_weight(name), bits[name]
+    assert b == 4
+    per_column = quantize_hard(w.t().contiguous(), b).t()
+    assert torch.equal(quantize_hard(w, b, channel_dim=1), per_column)
+    torch.testing.assert_close(model.m.transformer.h[0].mlp.c_fc.weight, per_column, rtol=0, atol=1e-7)
+    assert float((per_column - quantize_hard(w, b)).abs().max()) > 1e-3  # per row differs
     y = model(x)
-    torch.testing.assert_close(y, _reference(model, space, bits)(x), rtol=0, atol=1e-5)
+    ref = _reference(model, space, bits)
+    torch.testing.assert_close(y, ref(x), rtol=0, atol=1e-5)
+    res = export_model(model, space, tmp_path / "m.mbits")
+    assert res.promised_bytes == space.cost.model_bits(bits) / 8 and res.within_bound
+    assert read_mbits(tmp_path / "m.mbits").manifest["layer_channel_dims"] == {layer.name: 1 for layer in conv1d}
+    loaded = mixbits.load(tmp_path / "m.mbits", model=LM())
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in ref.state_dict().items())
+    assert torch.equal(loaded(x), ref(x))
+    torch.testing.assert_close(loaded(x), y, rtol=0, atol=1e-5)
+
+
+def _skewed_cross_attention():
+    """CrossAttention whose Conv1D columns (output features) differ in magnitude by up to 1000x."""
+    torch.manual_seed(0)
+    model = CrossAttention().eval()
+    with torch.no_grad():
+        model.proj.weight.mul_(torch.tensor([0.01, 1.0, 10.0, 0.1]))  # weight (in 8, out 4)
+    return model
+
+
+def test_hf_conv1d_has_one_scale_per_output_column(tmp_path):
+    model = _skewed_cross_attention()
+    inputs = _cases()["cross"][1]
+    space = prepare_(model)
+    info = space.layers[space.names.index("proj")]
+    assert (info.kind, info.shape, info.channel_dim, info.num_channels) == ("Conv1D", (8, 4), 1, 4)
+    assert space.decision("proj").channel_dim == 1
+    assert all(layer.channel_dim == 0 for layer in space.layers if layer.name != "proj")
+    # the cost counts out_features = 4 float16 scales, not in_features = 8
+    assert [info.size_bits(b) for b in (1, 4, 8, 16, 32)] == [32 + 64, 128 + 64, 256 + 64, 512, 1024]
+    bits = {n: 8 for n in space.names} | {"proj": 4}
+    space.fix_(bits)
+    w = space.float_weight("proj").detach()
+    q = model.proj.weight.detach()  # what the layer computes with: w + (Q(w) - w), Q(w) up to rounding
+    per_column = quantize_hard(w.t().contiguous(), 4).t()
+    per_row = quantize_hard(w, 4)
+    assert torch.equal(quantize_hard(w, 4, channel_dim=1), per_column)
+    torch.testing.assert_close(q, per_column, rtol=0, atol=1e-6)
+    assert float((q - per_row).abs().max()) > 0.01
+    # per row, the 10x column sets every row's scale and the 0.01x column rounds to zero
+    assert per_row[:, 0].abs().max() == 0
+    assert int((per_column[:, 0] != 0).sum()) == 7 and per_column[:, 0].unique().numel() == 6
+    err = (per_column - w).norm(dim=0) / w.norm(dim=0)  # relative error per output column, (4,)
+    assert float(err.max()) < 0.1, err  # per row: 1.0 (all zero) for the 0.01x and 0.1x columns
+    assert ((per_row - w).norm(dim=0) / w.norm(dim=0))[[0, 3]].tolist() == [1.0, 1.0]
+    scales = weight_codes(w.t().contiguous(), 4)[1]  # (out,)
+    assert scales.shape == (4,) and float(scales.max() / scales.min()) > 100
+    # the mixed (search) forward uses the same per-column quantizer
+    space.unfix_()
+    d = space.decision("proj")
+    with torch.no_grad():
+        d.logits.copy_(torch.tensor([-1e4, -1e4, 1e4, -1e4, -1e4, -1e4]))  # all weight on 4 of (1, 2, 4, 8, 16, 32)
+    torch.testing.assert_close(model.proj.weight, per_column, rtol=0, atol=1e-6)
+    space.fix_(bits)
+
+    y = model(*inputs)
+    ref = _reference(model, space, bits)
+    assert torch.equal(ref.proj.weight, per_column)
+    torch.testing.assert_close(y, ref(*inputs), rtol=0, atol=1e-5)
+    res = export_model(model, space, tmp_path / "m.mbits")
+    assert res.promised_bytes == space.cost.model_bits(bits) / 8 and res.within_bound
+    f = read_mbits(tmp_path / "m.mbits")
+    assert f.manifest["layer_channel_dims"] == {"proj": 1}
+    rec = f.layers[-1]
+    assert (rec.name, rec.shape, rec.channel_dim, rec.codes_shape, rec.stored_bytes) == ("proj", (8, 4), 1, (4, 8), 16 + 8)
+    assert torch.equal(f.blobs["scales"][-4:], scales.half())  # proj's scales come last
+    row = describe(f)["layers"][-1]
+    assert (row["channel_dim"], row["stored_bytes"]) == (1, 24)
+    line = next(x for x in format_summary(describe(f)).splitlines() if x.startswith("proj "))
+    assert line.split() == ["proj", "Conv1D", "8x4", "(scales", "along", "dim", "1)", "4", "24"]
+    assert sum(r["stored_bytes"] for r in describe(f)["layers"]) * 8 == (
+        space.cost.quantized_bits(bits) + 8 * sum(-(layer.num_weights * bits[layer.name]) % 8 for layer in space.layers))
+    loaded = mixbits.load(tmp_path / "m.mbits", model=CrossAttention())
+    assert torch.equal(loaded.proj.weight, per_column) and loaded.proj.weight.shape == (8, 4)
+    assert list(loaded.state_dict()) == list(CrossAttention().state_dict())
+    assert torch.equal(loaded(*inputs), ref(*inputs))
+    torch.testing.assert_close(loaded(*inputs), y, rtol=0, atol=1e-5)
+
+
+def test_conv1d_file_written_with_per_row_scales_still_loads(tmp_path):
+    """Files from before channel dims (no layer_channel_dims) are read with scales along dim 0."""
+    model = _skewed_cross_attention()
+    space = prepare_(model)
+    bits = {n: 4 for n in space.names}
+    space.fix_(bits)
+    export_model(model, space, tmp_path / "new.mbits")
+    f = read_mbits(tmp_path / "new.mbits")
+    state = fileformat.decode_state_dict(f)
+    old_layers = [(dataclasses.replace(rec, channel_dim=0), space.float_weight(rec.name)) for rec in f.layers]
+    manifest = dict(f.manifest)
+    manifest.pop("layer_channel_dims")
+    manifest.update(fileformat.records_to_json([rec for rec, _ in old_layers], f.floats))
+    floats = [(frec, state[frec.key]) for frec in f.floats]
+    fileformat.write_mbits(tmp_path / "old.mbits", fileformat.encode_tensors(old_layers, floats), manifest)
+    old = read_mbits(tmp_path / "old.mbits")
+    assert "layer_channel_dims" not in old.manifest and old.layers[-1].channel_dim == 0
+    assert old.layers[-1].stored_bytes == 16 + 16  # 8 scales, one per row
+    loaded = mixbits.load(tmp_path / "old.mbits", model=CrossAttention())
+    assert torch.equal(loaded.proj.weight, quantize_hard(space.float_weight("proj"), 4))
+
+
+def _rewrite(src, dst, change):
+    from safetensors.torch import load as st_load, save
+
+    data = src.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    manifest = json.loads(json.loads(data[8:8 + n])["__metadata__"]["mixbits"])
+    change(manifest)
+    text, tensors = json.dumps(manifest), st_load(data)
+    dst.write_bytes(save(tensors, metadata={"mixbits": text, "mixbits_sha256": fileformat.checksum(text, tensors)}))
+    return dst
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("layer_channel_dims"), "tensor 'scales' holds"),  # 8 scales expected, 4 stored
+    (lambda m: m.update(layer_channel_dims={"proj": 2}), "'proj' has a bad channel dimension 2"),
+    (lambda m: m.update(layer_channel_dims={"proj": True}), "bad channel dimension True"),
+    (lambda m: m.update(layer_channel_dims={"proj": -1}), "bad channel dimension -1"),
+    (lambda m: m.update(layer_channel_dims={"proj": 1, "nope": 1}), "names \\['nope'\\], which are not layers"),
+    (lambda m: m.update(layer_channel_dims=[1]), "bad layer_channel_dims"),
+])
+def test_channel_dims_in_the_manifest_are_checked(tmp_path, change, message):
+    model = _skewed_cross_attention()
+    space = prepare_(model)
+    space.fix_({n: 4 for n in space.names})
     export_model(model, space, tmp_path / "m.mbits")
-    torch.testing.assert_close(mixbits.load(tmp_path / "m.mbits", model=LM())(x), y, rtol=0, atol=1e-5)
+    with pytest.raises(MbitsFormatError, match=message):
+        read_mbits(_rewrite(tmp_path / "m.mbits", tmp_path / "bad.mbits", change))
+
+
+def test_a_weight_read_as_out_in_and_as_in_out_cannot_share_scales():
+    model = nn.Module()
+    model.lin = nn.Linear(4, 4, bias=False)
+    model.c1d = Conv1D(4, 4)
+    model.c1d.weight = model.lin.weight
+    model.other = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="'lin' is shared by layers that read its output channels along different "
+                                         "dimensions \\(lin: dim 0, c1d: dim 1\\)"):
+        prepare_(model)
+    space = prepare_(model, PrepareConfig(exclude=("c1d",)))  # kept in float, the model still prepares
+    assert space.names == ["other"]

@@ -7,7 +7,7 @@ exporter's check. Units are in the names: ``*_bits`` are bits, ``*_kib`` kibibyt
 Sizes count what a deployed file must hold:
 
 * a quantized layer at 1..8 bits: ``n * b`` code bits plus one float16 scale per
-  output channel; at 16 bits ``n * 16``; at 32 bits ``n * 32``;
+  output channel (``LayerInfo.num_channels``); at 16 bits ``n * 16``; at 32 bits ``n * 32``;
 * everything else (biases, norms and their running statistics, layers kept in
   float): 32 bits per element.
 
@@ -48,9 +48,9 @@ class LayerInfo:
         candidates: bitwidths the search may choose (one element when pinned).
         pinned: True when the user fixed the bitwidth.
         keys: the state-dict keys of the weight under every name (default ``<name>.weight``).
-
-    Scales are per row of the stored tensor (dim 0): output channels of Conv/Linear,
-    tokens of an Embedding, input features of a Hugging Face Conv1D.
+        channel_dim: the dimension of ``shape`` with one scale per index: 0 (output channels of
+            Conv/Linear, tokens of an Embedding) but for a Hugging Face Conv1D, whose (in, out)
+            weight has its output features on dim 1.
     """
 
     name: str
@@ -60,6 +60,12 @@ class LayerInfo:
     candidates: tuple[int, ...]
     pinned: bool = False
     keys: tuple[str, ...] = ()
+    channel_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.channel_dim < len(self.shape):
+            raise ValueError(f"layer {self.name!r}: channel_dim {self.channel_dim} is not a dimension of shape "
+                             f"{self.shape}")
 
     @property
     def state_keys(self) -> tuple[str, ...]:
@@ -75,7 +81,8 @@ class LayerInfo:
 
     @property
     def num_channels(self) -> int:
-        return self.shape[0]
+        """Output channels: one float16 scale each at 1..8 bits."""
+        return self.shape[self.channel_dim]
 
     def size_bits(self, bits: int) -> int:
         """Exact size in bits of this layer's weight at ``bits``."""

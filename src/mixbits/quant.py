@@ -12,6 +12,11 @@ Bitwidths: 1 is binary (sign times the channel's mean |w|, as in BWN); 2..8 are
 symmetric uniform with levels ``-qmax..qmax`` (``qmax = 2**(b-1) - 1``) and a
 clipping scale chosen per channel to minimise the squared error; 16 is IEEE half
 precision; 32 leaves the weight unchanged.
+
+A weight whose output channels lie on another dimension (a Hugging Face ``Conv1D``
+stores (in, out): ``channel_dim=1``) is quantized as :func:`channels_first` of it,
+and the result moved back with :func:`channels_back`: ``quantize_hard(w, b,
+channel_dim=1)`` is ``quantize_hard(w.t().contiguous(), b).t()``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ __all__ = [
     "HALF_BITS",
     "INT_BITS",
     "SCALE_BITS",
+    "channels_back",
+    "channels_first",
     "check_bits",
     "dequantize",
     "fake_quantize",
@@ -56,6 +63,16 @@ def check_bits(bits: int) -> int:
             f"unsupported bitwidth {bits!r}: choose from 1..8 (integer codes), 16 (half) or 32 (float)"
         )
     return bits
+
+
+def channels_first(w: torch.Tensor, channel_dim: int = 0) -> torch.Tensor:
+    """``w`` with its output-channel dimension moved to dim 0 (contiguous; ``w`` itself when it is 0)."""
+    return w if channel_dim == 0 else w.movedim(channel_dim, 0).contiguous()
+
+
+def channels_back(w: torch.Tensor, channel_dim: int = 0) -> torch.Tensor:
+    """Inverse of :func:`channels_first`: dim 0 moved back to ``channel_dim`` (a view)."""
+    return w if channel_dim == 0 else w.movedim(0, channel_dim)
 
 
 def _qmax(bits: int) -> int:
@@ -124,15 +141,21 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Ten
     return codes.float() * scale
 
 
-def quantize_hard(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """The quantized weight, without gradient (what an exported file reproduces)."""
+def quantize_hard(w: torch.Tensor, bits: int, channel_dim: int = 0) -> torch.Tensor:
+    """The quantized weight, without gradient (what an exported file reproduces).
+
+    Args:
+        w: weight whose output channels lie along ``channel_dim``.
+        bits: any supported bitwidth.
+        channel_dim: the dimension with one scale per index (0 but for Hugging Face Conv1D).
+    """
     check_bits(bits)
     if bits == FLOAT_BITS:
         return w.detach()
     if bits == HALF_BITS:
         return w.detach().half().to(w.dtype)
-    codes, scale = weight_codes(w, bits)
-    return dequantize(codes, scale, bits).to(w.dtype)
+    codes, scale = weight_codes(channels_first(w, channel_dim), bits)
+    return channels_back(dequantize(codes, scale, bits).to(w.dtype), channel_dim)
 
 
 @torch.no_grad()
@@ -190,8 +213,8 @@ def quantize_int_stack(w: torch.Tensor, bits: tuple[int, ...], clip: torch.Tenso
     return q.reshape((len(bits),) + tuple(w.shape))
 
 
-def fake_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
+def fake_quantize(w: torch.Tensor, bits: int, channel_dim: int = 0) -> torch.Tensor:
     """Quantize ``w`` to ``bits`` with a straight-through gradient (identity backward)."""
     if bits == FLOAT_BITS:
         return w
-    return w + (quantize_hard(w, bits) - w).detach()
+    return w + (quantize_hard(w, bits, channel_dim) - w).detach()

@@ -30,6 +30,7 @@ def build_report(space: BitSpace, bits: Mapping[str, int], **extra: Any) -> dict
             "aliases": list(layer.aliases),
             "kind": layer.kind,
             "shape": list(layer.shape),
+            "channel_dim": layer.channel_dim,
             "weights": layer.num_weights,
             "bits": b,
             "pinned": layer.pinned,

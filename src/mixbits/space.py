@@ -34,8 +34,10 @@ from torch import nn
 
 from .budget import budget_bits, reachable_range
 from .cost import CostModel, LayerInfo
-from .quant import FLOAT_BITS, HALF_BITS, best_clip, check_bits, quantize_hard, quantize_int_stack, weight_scale
-from .targets import DECISIONS_ATTR, QUANTIZABLE_TYPES, is_swapped, quantized_attrs, restore_class_, swap_class_
+from .quant import (FLOAT_BITS, HALF_BITS, best_clip, channels_back, channels_first, check_bits, quantize_hard,
+                    quantize_int_stack, weight_scale)
+from .targets import (DECISIONS_ATTR, QUANTIZABLE_TYPES, channel_dim, is_swapped, quantized_attrs, restore_class_,
+                      swap_class_)
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +111,14 @@ class Decision(nn.Module):
 
     Args:
         candidates: candidate bitwidths, ascending.
+        channel_dim: the weight's output-channel dimension, one scale per index (1 for a
+            Hugging Face Conv1D's (in, out) weight, else 0).
     """
 
-    def __init__(self, candidates: tuple[int, ...]) -> None:
+    def __init__(self, candidates: tuple[int, ...], channel_dim: int = 0) -> None:
         super().__init__()
         self.candidates = tuple(candidates)
+        self.channel_dim = int(channel_dim)
         self.logits = nn.Parameter(torch.zeros(len(self.candidates)))  # (K,)
         # Budget price of each candidate, set by BitSpace.project_: probs = softmax((logits - shift) / T).
         self.register_buffer("shift", torch.zeros(len(self.candidates)))  # (K,)
@@ -144,7 +149,7 @@ class Decision(nn.Module):
             return w
         key = (id(w), w._version, bits, w.device, w.dtype)
         if self._hard is None or self._hard[0] != key:
-            self._hard = (key, quantize_hard(w, bits))
+            self._hard = (key, quantize_hard(w, bits, self.channel_dim))
         return w + (self._hard[1] - w).detach()
 
     def probs(self) -> torch.Tensor:
@@ -171,7 +176,7 @@ class Decision(nn.Module):
         # gradient to w is the identity and the gradient to p_k is Q_k(w) - w, which
         # equals Q_k(w) up to a constant that the softmax Jacobian cancels. The 32-bit
         # candidate adds nothing (Q_32(w) = w) and is skipped.
-        wd = w.detach()
+        wd = channels_first(w.detach(), self.channel_dim)  # output channels on dim 0
         parts = []  # quantized weights in ascending candidate order, 32 excluded
         if self.candidates[0] == 1:
             view = (-1,) + (1,) * (w.dim() - 1)
@@ -187,11 +192,12 @@ class Decision(nn.Module):
             parts.append(wd.half().to(w.dtype)[None])
         if not parts:
             return w
-        deltas = (parts[0] if len(parts) == 1 else torch.cat(parts)) - wd  # (K', *w.shape)
-        return w + torch.tensordot(p[: deltas.shape[0]], deltas, dims=1)
+        deltas = (parts[0] if len(parts) == 1 else torch.cat(parts)) - wd  # (K', *wd.shape)
+        return w + channels_back(torch.tensordot(p[: deltas.shape[0]], deltas, dims=1), self.channel_dim)
 
     def extra_repr(self) -> str:
-        return f"candidates={self.candidates}, fixed_bits={self.fixed_bits}"
+        dim = f", channel_dim={self.channel_dim}" if self.channel_dim else ""
+        return f"candidates={self.candidates}, fixed_bits={self.fixed_bits}{dim}"
 
 
 _DECISION_ATTR = DECISIONS_ATTR  # set on every module that computes with a quantized weight
@@ -481,11 +487,18 @@ def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
         name, module, attr = uses[0]
         owner = next(((n, m) for n, m, a in uses if attr in quantized_attrs(m)), (name, module))[1]
         w = module._parameters[attr]
+        # The holders that declare the tensor a target say where its output channels are.
+        dims = {n: channel_dim(m, a) for n, m, a in uses if a in quantized_attrs(m)}
+        if len(set(dims.values())) > 1:
+            raise ValueError(f"weight {names[0]!r} is shared by layers that read its output channels along "
+                             f"different dimensions ({', '.join(f'{n}: dim {d}' for n, d in dims.items())}): "
+                             f"one scale per channel cannot serve both; exclude it")
+        cdim = next(iter(dims.values()), 0)
         cands = (pin,) if pin is not None else config.candidates
         info = LayerInfo(name=names[0], aliases=tuple(names[1:]), kind=type(owner).__name__, shape=tuple(w.shape),
                          candidates=cands, pinned=pin is not None,
-                         keys=tuple(dict.fromkeys(_key(n, a) for n, _, a in uses)))
-        decision = Decision(cands).to(w.device)
+                         keys=tuple(dict.fromkeys(_key(n, a) for n, _, a in uses)), channel_dim=cdim)
+        decision = Decision(cands, channel_dim=cdim).to(w.device)
         layers.append(info)
         decisions.append(decision)
         owners[info.name] = (module, attr)

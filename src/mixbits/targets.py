@@ -6,6 +6,9 @@ targets (``weight`` of Conv/Linear/Embedding/EmbeddingBag and Hugging Face
 ``Conv1D``; ``in_proj_weight`` or ``q/k/v_proj_weight`` of MultiheadAttention,
 whose ``out_proj`` is a Linear; every ``weight_ih_l*``/``weight_hh_l*``/``weight_hr_l*``
 of LSTM/GRU/RNN). Any other parameter can be named by the user.
+:func:`channel_dim` says which dimension of a target holds its output channels (one
+scale each): dim 0 for every kind but Hugging Face ``Conv1D``, which stores its
+weight as (in, out) and so has its outputs on dim 1.
 
 :func:`swap_class_` gives a module a subclass of its own class whose target
 attributes are properties returning the quantized (or mixed) weight, so every
@@ -21,33 +24,57 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["register_target", "quantized_attrs", "swap_class_", "restore_class_", "is_swapped", "DECISIONS_ATTR",
+__all__ = ["register_target", "quantized_attrs", "channel_dim", "swap_class_", "restore_class_", "is_swapped", "DECISIONS_ATTR",
            "QUANTIZABLE_TYPES"]
 
 DECISIONS_ATTR = "_mixbits_decisions"  # {attribute: Decision} on every module that computes with a quantized weight
 _ORIG_CLASS_ATTR = "_mixbits_float_class"
 
-_REGISTRY: list[tuple[Callable[[nn.Module], bool], Callable[[nn.Module], tuple[str, ...]]]] = []
+_Entry = tuple[Callable[[nn.Module], bool], Callable[[nn.Module], tuple[str, ...]], int]
+_REGISTRY: list[_Entry] = []
 _MIXED_CLASSES: dict[tuple[type, tuple[str, ...]], type] = {}
 
 
-def register_target(match: type | Callable[[nn.Module], bool], attrs: Callable[[nn.Module], tuple[str, ...]]) -> None:
-    """Declare which attributes of matching modules are quantized (later registrations win)."""
+def register_target(match: type | Callable[[nn.Module], bool], attrs: Callable[[nn.Module], tuple[str, ...]],
+                    channel_dim: int = 0) -> None:
+    """Declare which attributes of matching modules are quantized (later registrations win).
+
+    Args:
+        match: a module class (subclasses match too) or a predicate on the module.
+        attrs: the module's target attribute names.
+        channel_dim: the dimension of those weights that indexes output channels; each output
+            channel gets one scale. 0 for (out, in, ...) weights; 1 for (in, out) ones.
+    """
+    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or channel_dim < 0:
+        raise ValueError(f"channel_dim must be a non-negative int, got {channel_dim!r}")
     pred = (lambda m, t=match: isinstance(m, t)) if isinstance(match, type) else match
-    _REGISTRY.insert(0, (pred, attrs))
+    _REGISTRY.insert(0, (pred, attrs, channel_dim))
+
+
+def _entry(module: nn.Module) -> _Entry | None:
+    return next((e for e in _REGISTRY if e[0](module)), None)
 
 
 def quantized_attrs(module: nn.Module) -> tuple[str, ...]:
     """The attributes of ``module`` that are quantization targets (present parameters only)."""
-    for pred, attrs in _REGISTRY:
-        if pred(module):
-            return tuple(a for a in attrs(module) if module._parameters.get(a) is not None)
-    return ()
+    entry = _entry(module)
+    if entry is None:
+        return ()
+    return tuple(a for a in entry[1](module) if module._parameters.get(a) is not None)
+
+
+def channel_dim(module: nn.Module, attr: str) -> int:
+    """The output-channel dimension of ``module.<attr>``: 0 unless its registration says otherwise.
+
+    Parameters that are not registered targets (named with ``params=``) have their channels on dim 0.
+    """
+    entry = _entry(module)
+    return entry[2] if entry is not None and attr in entry[1](module) else 0
 
 
 def _is_hf_conv1d(m: nn.Module) -> bool:
-    # transformers.pytorch_utils.Conv1D (GPT-2 style): weight (in, out), y = x @ W + b. Matched by
-    # name so that mixbits never imports transformers.
+    # transformers.pytorch_utils.Conv1D (GPT-2 style): weight (in, out), y = x @ W + b, so its output
+    # channels are the columns (channel_dim 1). Matched by name so that mixbits never imports transformers.
     cls = type(m)
     return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
 
@@ -59,7 +86,7 @@ register_target(nn.Conv3d, _WEIGHT)
 register_target(nn.Linear, _WEIGHT)
 register_target(nn.Embedding, _WEIGHT)
 register_target(nn.EmbeddingBag, _WEIGHT)
-register_target(_is_hf_conv1d, _WEIGHT)
+register_target(_is_hf_conv1d, _WEIGHT, channel_dim=1)
 register_target(nn.MultiheadAttention, lambda m: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"))
 register_target(nn.RNNBase, lambda m: tuple(n for n in m._flat_weights_names if n.startswith("weight_")))
 

@@ -21,7 +21,9 @@ def format_summary(info: dict) -> str:
     rows = [("layer", "kind", "shape", "bits", "bytes")]
     for r in info["layers"]:
         name = r["name"] + (f" (= {', '.join(r['aliases'])})" if r["aliases"] else "")
-        rows.append((name, r["kind"], "x".join(str(s) for s in r["shape"]), str(r["bits"]), f"{r['stored_bytes']:,}"))
+        shape = "x".join(str(s) for s in r["shape"]) + (f" (scales along dim {r['channel_dim']})"
+                                                         if r.get("channel_dim") else "")
+        rows.append((name, r["kind"], shape, str(r["bits"]), f"{r['stored_bytes']:,}"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]

@@ -159,7 +159,7 @@ def export_model(model: nn.Module, space: BitSpace, path: str | Path, *, bits: M
             raise ValueError(f"layer {info.name!r} of the BitSpace is not in the model: pass the space that "
                              f"prepare_ returned for this model")
         layers.append((LayerRecord(name=info.name, aliases=info.aliases, kind=info.kind, shape=tuple(w.shape),
-                                   bits=bits[info.name], keys=info.state_keys), w))
+                                   bits=bits[info.name], keys=info.state_keys, channel_dim=info.channel_dim), w))
         quantized_ids.add(id(w))
 
     # Everything else that is floating, once per tensor, under all its state-dict keys.

@@ -13,6 +13,7 @@ text and every tensor (name, dtype, shape and bytes, in the order below)::
      "floats": [["features.1", ["weight", "bias", "running_mean", "running_var"], [32]], ...],
      "float_aliases": {"head.bias": ["tied.bias"]},       # only when a float tensor is shared
      "layer_keys": {"lstm.weight_ih_l0": ["lstm.weight_ih_l0"]},  # only when not "<name>.weight" per name
+     "layer_channel_dims": {"h.0.attn.c_attn": 1},       # only for layers whose scales are not along dim 0
      "promised_model_bits": 97760, "float_model_bits": 1881408}
 
 and at most four tensors, each the concatenation of its parts in manifest order:
@@ -23,6 +24,11 @@ and at most four tensors, each the concatenation of its parts in manifest order:
 * ``half``   float16: every 16-bit layer's weight;
 * ``float``  float32: every 32-bit layer's weight, then every ``floats`` entry
   (biases, norms, running statistics, layers kept in float).
+
+A layer's codes and scales are those of its weight with the output-channel
+dimension (``layer_channel_dims``, default 0) moved first: a Hugging Face
+``Conv1D`` weight of shape (in, out) stores the codes of its (out, in) transpose
+and ``out`` scales. The manifest's shape stays the state-dict shape.
 
 One tensor per kind keeps the safetensors tensor table constant in size, and the
 tabular manifest keeps the header at about 1.5 KB for the default CNN and 3 KB for
@@ -47,7 +53,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..quant import HALF_BITS, INT_BITS, VALID_BITS, dequantize, weight_codes
+from ..quant import HALF_BITS, INT_BITS, VALID_BITS, channels_back, channels_first, dequantize, weight_codes
 from ..runfiles import atomic_write
 from .pack import pack_codes, packed_nbytes, unpack_codes
 
@@ -107,6 +113,18 @@ class LayerRecord:
     shape: tuple[int, ...]
     bits: int
     keys: tuple[str, ...] = ()  # state-dict keys; default weight_key of the name and each alias
+    channel_dim: int = 0  # the dimension of shape with one scale per index
+
+    @property
+    def num_channels(self) -> int:
+        """Scales a 1..8-bit weight stores: one per index of ``channel_dim``."""
+        return self.shape[self.channel_dim]
+
+    @property
+    def codes_shape(self) -> tuple[int, ...]:
+        """The shape the codes are stored in: ``shape`` with ``channel_dim`` moved first."""
+        d = self.channel_dim
+        return (self.shape[d],) + self.shape[:d] + self.shape[d + 1:]
 
     @property
     def state_keys(self) -> tuple[str, ...]:
@@ -124,7 +142,7 @@ class LayerRecord:
     def stored_bytes(self) -> int:
         """Bytes this weight takes in the file (codes and scales, or half/float values)."""
         if self.bits in INT_BITS:
-            return packed_nbytes(self.num_weights, self.bits) + 2 * self.shape[0]
+            return packed_nbytes(self.num_weights, self.bits) + 2 * self.num_channels
         return self.num_weights * self.bits // 8
 
 
@@ -170,7 +188,7 @@ def _expected_blob_sizes(layers: tuple[LayerRecord, ...], floats: tuple[FloatRec
     for layer in layers:
         if layer.bits in INT_BITS:
             sizes["codes"] += packed_nbytes(layer.num_weights, layer.bits)
-            sizes["scales"] += layer.shape[0]
+            sizes["scales"] += layer.num_channels
         elif layer.bits == HALF_BITS:
             sizes["half"] += layer.num_weights
         else:
@@ -211,7 +229,8 @@ def encode_tensors(layers: list[tuple[LayerRecord, torch.Tensor]],
         if not bool(torch.isfinite(w).all()):
             raise ValueError(f"layer {rec.name!r} has NaN or infinite weights: nothing sensible to export")
         if rec.bits in INT_BITS:
-            codes, scale = weight_codes(w, rec.bits)  # on w's device, as in the forward pass
+            # on w's device and in the layout of the forward pass (output channels first)
+            codes, scale = weight_codes(channels_first(w, rec.channel_dim), rec.bits)
             parts["codes"].append(pack_codes(codes, rec.bits))
             parts["scales"].append(scale.to("cpu", torch.float16).reshape(-1))  # exact: scales are float16 values
         elif rec.bits == HALF_BITS:
@@ -275,6 +294,9 @@ def records_to_json(layers: tuple[LayerRecord, ...] | list[LayerRecord],
     keys = {r.name: list(r.state_keys) for r in layers if not r.default_keys}
     if keys:
         out["layer_keys"] = keys
+    dims = {r.name: r.channel_dim for r in layers if r.channel_dim}
+    if dims:
+        out["layer_channel_dims"] = dims
     return out
 
 
@@ -307,6 +329,9 @@ def _parse_records(manifest: dict[str, Any], path: str) -> tuple[tuple[LayerReco
     layer_keys = manifest.get("layer_keys", {})
     if not isinstance(layer_keys, dict):
         raise _corrupt(path, "bad layer_keys in the manifest")
+    channel_dims = manifest.get("layer_channel_dims", {})  # absent in files written before it existed
+    if not isinstance(channel_dims, dict):
+        raise _corrupt(path, "bad layer_channel_dims in the manifest")
     layers = []
     for row in raw_layers:
         if not isinstance(row, list) or len(row) not in (4, 5):
@@ -314,9 +339,17 @@ def _parse_records(manifest: dict[str, Any], path: str) -> tuple[tuple[LayerReco
         name, kind, shape, bits = _name(row[0], path, "layer name"), _name(row[1], path, "layer kind"), row[2], row[3]
         if isinstance(bits, bool) or not isinstance(bits, int) or bits not in VALID_BITS:
             raise _corrupt(path, f"layer {short_repr(name)} has unsupported bits {short_repr(bits)}")
+        shape = _shape(shape, path, name)
+        cdim = channel_dims.get(name, 0)
+        if type(cdim) is not int or not 0 <= cdim < len(shape):
+            raise _corrupt(path, f"layer {short_repr(name)} has a bad channel dimension {short_repr(cdim)} for "
+                                 f"shape {short_repr(list(shape))}")
         layers.append(LayerRecord(name=name, aliases=_names(row[4], path, name) if len(row) == 5 else (),
-                                  kind=kind, shape=_shape(shape, path, name), bits=bits,
-                                  keys=_names(layer_keys.get(name, []), path, name)))
+                                  kind=kind, shape=shape, bits=bits,
+                                  keys=_names(layer_keys.get(name, []), path, name), channel_dim=cdim))
+    unknown = set(channel_dims) - {rec.name for rec in layers}
+    if unknown:
+        raise _corrupt(path, f"layer_channel_dims names {short_repr(sorted(unknown))}, which are not layers")
     aliases = manifest.get("float_aliases", {})
     if not isinstance(aliases, dict):
         raise _corrupt(path, "bad float_aliases in the manifest")
@@ -479,10 +512,12 @@ def decode_state_dict(f: MbitsFile) -> dict[str, torch.Tensor]:
     for rec in f.layers:
         if rec.bits in INT_BITS:
             try:
-                codes = unpack_codes(take("codes", packed_nbytes(rec.num_weights, rec.bits)), rec.bits, rec.shape)
+                codes = unpack_codes(take("codes", packed_nbytes(rec.num_weights, rec.bits)), rec.bits,
+                                     rec.codes_shape)
             except ValueError as exc:
                 raise _corrupt(f.path, f"layer {short_repr(rec.name)}: {str(exc)[:100]}") from None
-            w = dequantize(codes, take("scales", rec.shape[0]), rec.bits)  # (C_out, ...)
+            w = dequantize(codes, take("scales", rec.num_channels), rec.bits)  # (C_out, ...)
+            w = channels_back(w, rec.channel_dim).contiguous()  # the state-dict layout
         elif rec.bits == HALF_BITS:
             w = take("half", rec.num_weights).float().reshape(rec.shape)
         else:  # FLOAT_BITS, the only bitwidth left after _parse_records

@@ -15,8 +15,9 @@ def describe(path: str | Path | MbitsFile) -> dict[str, Any]:
     """Per-layer rows and totals of a ``.mbits`` file, read and checked without building the model.
 
     Returns:
-        {"path", "format_version", "model", "input_shape", "layers": [{name, kind, shape, weights,
-        bits, stored_bytes}], "totals": {...}}; sizes in bytes.
+        {"path", "format_version", "model", "input_shape", "layers": [{name, kind, shape, channel_dim,
+        weights, bits, stored_bytes}], "totals": {...}}; sizes in bytes (a 1..8-bit layer stores one
+        float16 scale per index of ``shape[channel_dim]``).
 
     Raises:
         FileNotFoundError, ValueError: as :func:`read_mbits`.
@@ -24,7 +25,8 @@ def describe(path: str | Path | MbitsFile) -> dict[str, Any]:
     f = path if isinstance(path, MbitsFile) else read_mbits(path)
     m = f.manifest
     rows = [{"name": rec.name, "aliases": list(rec.aliases), "kind": rec.kind, "shape": list(rec.shape),
-             "weights": rec.num_weights, "bits": rec.bits, "stored_bytes": rec.stored_bytes} for rec in f.layers]
+             "channel_dim": rec.channel_dim, "weights": rec.num_weights, "bits": rec.bits,
+             "stored_bytes": rec.stored_bytes} for rec in f.layers]
     quantized_bytes = sum(r["stored_bytes"] for r in rows)
     num_weights = sum(r["weights"] for r in rows)
     float_rest_bytes = 4 * sum(rec.numel for rec in f.floats)  # stored as float32

@@ -116,7 +116,8 @@ def hessian_sensitivity(space: BitSpace, weights: Mapping[str, torch.Tensor],
     for layer in space.layers:
         w = weights[layer.name].detach()
         mean_trace = max(float(traces[layer.name]), 0.0) / layer.num_weights
-        out[layer.name] = {b: mean_trace * float((quantize_hard(w, b) - w).pow(2).sum()) for b in layer.candidates}
+        out[layer.name] = {b: mean_trace * float((quantize_hard(w, b, layer.channel_dim) - w).pow(2).sum())
+                           for b in layer.candidates}
     return out
 
 
