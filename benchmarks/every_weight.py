@@ -150,13 +150,18 @@ def run_charlm(args):
     batches = lm_batches(train, t, 32, 400, g)
     TEST = lm_batches(test, t, 32, 12, g)
     model = GPT(d=128, layers=2, t=t)
+    return train_and_compress(model, batches, args, lm=True, task="charlm", train_chars=len(train),
+                              test_chars=len(test))
+
+
+def train_and_compress(model, batches, args, *, lm: bool, **fields):
+    """Train the float model, then compress it at every target: the record of one task."""
     t0 = time.time()
     adam_train(model, batches, args.steps)
-    out = {"task": "charlm", "train_chars": len(train), "test_chars": len(test),
-           "params": sum(p.numel() for p in model.parameters()), "float_train_s": round(time.time() - t0, 1),
-           "float_perplexity": metric(model, TEST, True), "runs": []}
+    out = {**fields, "params": sum(p.numel() for p in model.parameters()), "float_train_s": round(time.time() - t0, 1),
+           ("float_perplexity" if lm else "float_accuracy"): metric(model, TEST, lm), "runs": []}
     for target in args.targets:
-        r = compress(model, batches[:30], batches[30:50], batches[50:90], target, True)
+        r = compress(model, batches[:30], batches[30:50], batches[50:90], target, lm)
         out["runs"].append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "bits"}), file=sys.stderr)
     return out
@@ -180,16 +185,8 @@ def run_classifier(args):
                 for k in range(0, len(rows) - b + 1, b)]
     batches, TEST = batch(tr, 64), batch(te, 100)
     model = GPT(d=128, layers=2, t=t, classes=len(pkgs))
-    t0 = time.time()
-    adam_train(model, batches, args.steps)
-    out = {"task": "classifier", "classes": pkgs, "train": len(tr), "test": len(te),
-           "params": sum(p.numel() for p in model.parameters()), "float_train_s": round(time.time() - t0, 1),
-           "float_accuracy": metric(model, TEST, False), "runs": []}
-    for target in args.targets:
-        r = compress(model, batches[:30], batches[30:50], batches[50:90], target, False)
-        out["runs"].append(r)
-        print(json.dumps({k: v for k, v in r.items() if k != "bits"}), file=sys.stderr)
-    return out
+    return train_and_compress(model, batches, args, lm=False, task="classifier", classes=pkgs, train=len(tr),
+                              test=len(te))
 
 
 class HFLM(nn.Module):
@@ -218,16 +215,8 @@ def run_hf(args):
                         embd_pdrop=0.0, attn_pdrop=0.0)
     torch.manual_seed(0)
     model = HFLM(config)
-    t0 = time.time()
-    adam_train(model, batches, args.steps)
-    out = {"task": "hf_gpt2", "transformers": transformers.__version__, "config": config.to_diff_dict(),
-           "params": sum(p.numel() for p in model.parameters()), "float_train_s": round(time.time() - t0, 1),
-           "float_perplexity": metric(model, TEST, True), "runs": []}
-    for target in args.targets:
-        r = compress(model, batches[:30], batches[30:50], batches[50:90], target, True)
-        out["runs"].append(r)
-        print(json.dumps({k: v for k, v in r.items() if k != "bits"}), file=sys.stderr)
-    return out
+    return train_and_compress(model, batches, args, lm=True, task="hf_gpt2", transformers=transformers.__version__,
+                              config=config.to_diff_dict())
 
 
 def _rss_mib() -> float:

@@ -63,10 +63,8 @@ def hutchinson_traces(model: nn.Module, params: Mapping[str, torch.Tensor], load
     names = list(params)
     tensors = [params[n] for n in names]
     sums = [0.0] * len(names)
-    done = 0
-    for x, y in loader:
-        if done >= batches:
-            break
+    taken = _first_batches(loader, batches)
+    for x, y in taken:
         loss = loss_fn(model(x), y)
         grads = torch.autograd.grad(loss, tensors, create_graph=True)
         for s in range(samples):
@@ -74,10 +72,19 @@ def hutchinson_traces(model: nn.Module, params: Mapping[str, torch.Tensor], load
             hvs = torch.autograd.grad(grads, tensors, grad_outputs=vs, retain_graph=s < samples - 1)
             for i, (v, hv) in enumerate(zip(vs, hvs)):
                 sums[i] += float((v * hv).sum())
-        done += 1
-    if done == 0:
+    return {n: s / (len(taken) * samples) for n, s in zip(names, sums)}
+
+
+def _first_batches(loader: Iterable, batches: int) -> list:
+    """The first ``batches`` batches of ``loader`` (fewer if it has fewer; an empty loader is an error)."""
+    taken = []
+    for batch in loader:
+        if len(taken) >= batches:
+            break
+        taken.append(batch)
+    if not taken:
         raise ValueError("hessian: the loader yielded no batch")
-    return {n: s / (done * samples) for n, s in zip(names, sums)}
+    return taken
 
 
 def fisher_traces(model: nn.Module, params: Mapping[str, torch.Tensor], loader: Iterable, *, batches: int = 4,
@@ -93,19 +100,14 @@ def fisher_traces(model: nn.Module, params: Mapping[str, torch.Tensor], loader: 
     names = list(params)
     tensors = [params[n] for n in names]
     sums = [0.0] * len(names)
-    done = 0
-    for x, y in loader:
-        if done >= batches:
-            break
+    taken = _first_batches(loader, batches)
+    for x, y in taken:
         grads = torch.autograd.grad(loss_fn(model(x), y), tensors, allow_unused=True)
         n = len(y) if hasattr(y, "__len__") else 1
         for i, g in enumerate(grads):
             if g is not None:
                 sums[i] += float(g.pow(2).sum()) * n
-        done += 1
-    if done == 0:
-        raise ValueError("hessian: the loader yielded no batch")
-    return {n: s / done for n, s in zip(names, sums)}
+    return {n: s / len(taken) for n, s in zip(names, sums)}
 
 
 @torch.no_grad()
