@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..budget import budget_bits
+from ..data import TensorLoader
 from ..methods import Allocation, AllocationContext
 from ..runfiles import claim_run_dir, save_checkpoint, write_json
 from ..train import TrainConfig, fit
@@ -76,6 +77,11 @@ class SweepSetup:
     def new_model(self) -> nn.Module:
         """A fresh model holding the float weights, on the device."""
         return new_model(self.config.model, self.data, self.float_state)
+
+    def loaders(self, seed: int) -> dict[str, TensorLoader]:
+        """{"full", "weights", "held_out", "test"} of a row seeded by ``seed`` (see :class:`mixbits.pipeline.Data`)."""
+        c = self.config
+        return self.data.loaders(batch_size=c.batch_size, held_out_fraction=c.held_out_fraction, seed=seed)
 
 
 def prepare_sweep(config: SweepConfig, *, progress: bool = False) -> SweepSetup:
