@@ -50,7 +50,8 @@ from typing import Any
 import torch
 
 from mixbits.methods import Allocation
-from mixbits.sweep import SweepConfig, prepare_sweep, run_row
+from mixbits.pipeline import SweepConfig
+from mixbits.sweep import prepare_sweep, run_row
 
 METHODS = {
     "uniform": ("uniform", {}),

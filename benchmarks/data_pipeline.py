@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from mixbits.data import TensorLoader
 from mixbits.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from mixbits.models import create_model
-from mixbits.run import resolve_device
+from mixbits.pipeline import resolve_device
 
 
 class PerSampleCifar(torch.utils.data.Dataset):

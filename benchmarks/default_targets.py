@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from mixbits.run import RunConfig, run_search
+from mixbits.pipeline import RunConfig
+from mixbits.run import run_search
 
 
 def main() -> None:

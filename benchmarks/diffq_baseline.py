@@ -475,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import mixbits
     from mixbits.data import TensorLoader, load_dataset, split_held_out
     from mixbits.models import create_model
-    from mixbits.run import load_float_state
+    from mixbits.pipeline import load_float_state
 
     diffq = import_diffq()
     t_start = time.perf_counter()

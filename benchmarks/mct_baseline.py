@@ -453,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import mixbits
     from mixbits.data import TensorLoader, load_dataset, take_train_subset
     from mixbits.models import create_model
-    from mixbits.run import load_float_state
+    from mixbits.pipeline import load_float_state
 
     mct = import_mct()
     t_start = time.perf_counter()

@@ -32,7 +32,7 @@ import torch
 from mixbits.commands.train import FloatTrainConfig, train_float
 from mixbits.data import TensorLoader, load_dataset
 from mixbits.models import create_model
-from mixbits.run import resolve_device
+from mixbits.pipeline import resolve_device
 from mixbits.train import TrainConfig, fit
 
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def continue_training(args: argparse.Namespace, argv: list[str] | None) -> int:
     """A second cosine cycle from ``args.init_from``; writes the checkpoint and record like :func:`train_float`."""
-    from mixbits.run import load_float_state
+    from mixbits.pipeline import load_float_state
     from mixbits.runfiles import prepare_run_dir, save_checkpoint, write_json
     from mixbits.train import evaluate
 

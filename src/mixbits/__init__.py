@@ -10,7 +10,8 @@ Module map:
 - ``derive``    exact multiple-choice knapsack (HiGHS) from preferences to bits.
 - ``train`` / ``finetune``  float training, quantization-aware fine-tuning, evaluation.
 - ``data`` / ``models``     registries of data sets and models; device-resident batches.
-- ``report`` / ``run`` / ``cli``  reports, the whole job, and the command line.
+- ``pipeline``  the stages (data, float model, allocation, fine-tuning, export) and the search/sweep jobs.
+- ``report`` / ``cli``  reports and the command line (``run`` / ``sweep``: the jobs' public names).
 - ``export``    the packed ``.mbits`` file: ``export_model``, ``load``, ``export_onnx``.
 """
 

@@ -31,8 +31,8 @@ from .derive import InfeasibleError, solve_budget
 from .space import BitSpace
 from . import distributed
 from .progress import StageProgress
-from .train import (NonFiniteLossError, autocast, channels_last_, cosine_lr, distill_loss, global_mean,
-                    load_loader_state, loader_state, rng_state, set_rng_state, to_device_batch)
+from .train import (NonFiniteLossError, autocast, channels_last_, check_teacher, cosine_lr, distill_loss, global_mean,
+                    load_loader_state, loader_state, rng_state, set_rng_state, sgd, to_device_batch)
 
 __all__ = ["SearchConfig", "SearchResult", "search", "derive_bits", "init_logits_from_hessian_"]
 
@@ -210,12 +210,51 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
         NonFiniteLossError: NaN/inf loss; model and logits restored to the start of that epoch.
     """
     budget = budget_bits(config.target, space.cost)
-    if config.distill_weight > 0 and teacher is None:
-        raise ValueError("distill_weight > 0 needs a teacher model")
-    if teacher is not None and config.distill_weight == 0:
-        raise ValueError("a teacher was given but distill_weight is 0, so it would be ignored: set distill_weight "
-                         "(e.g. 0.5) or drop teacher=")
-    device = torch.device(device)
+    check_teacher(config.distill_weight, teacher)
+    run = _setup(model, space, train_loader, held_out_loader, config, torch.device(device), teacher, budget, resume)
+    bar = StageProgress("search", config.epochs, run.n_tr + run.n_logit, enabled=progress and distributed.is_main(),
+                        first_epoch=run.first_epoch)
+    for epoch in range(run.first_epoch, config.epochs):
+        record = _epoch(run, epoch, train_loader, held_out_loader, bar)
+        run.history.append(record)
+        log.info("search epoch %d/%d loss %.4f expected %.2fx (target budget %d bits) lam %.4f T %.4f",
+                 epoch + 1, config.epochs, record["loss"], record["expected_weight_compression"], budget, run.lam,
+                 record["temperature"])
+        if on_checkpoint is not None:
+            on_checkpoint(_checkpoint_state(run, epoch, train_loader, held_out_loader))
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+    return _finish(run)
+
+
+@dataclass
+class _Run:
+    """The state of one search: model and logits, their optimizers, counters and history."""
+
+    model: nn.Module
+    space: BitSpace
+    config: SearchConfig
+    device: torch.device
+    teacher: nn.Module | None
+    budget: int
+    weights: list[torch.Tensor]
+    logits: list[torch.Tensor]
+    w_opt: torch.optim.Optimizer
+    a_opt: torch.optim.Optimizer
+    n_tr: int  # weight batches per epoch
+    n_ho: int  # held-out batches per epoch
+    n_logit: int  # logit steps per epoch once the logits learn
+    start: dict
+    first_epoch: int = 0
+    w_step: int = 0
+    lam: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def _setup(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_loader: Iterable,
+           config: SearchConfig, device: torch.device, teacher: nn.Module | None, budget: int,
+           resume: Mapping[str, Any] | None) -> _Run:
+    """Optimizers, the logits' start (Hessian or zero) or the resumed state, the first price."""
     model.to(device)
     space.to(device)
     channels_last_(model, device, config.amp)
@@ -223,147 +262,167 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
     space.set_gumbel_(config.gumbel)
     weights = [p for p in model.parameters() if p.requires_grad]
     logits = list(space.parameters())
-    w_opt = torch.optim.SGD([{"params": [p for p in weights if p.dim() > 1], "weight_decay": config.weight_decay},
-                             {"params": [p for p in weights if p.dim() <= 1], "weight_decay": 0.0}],
-                            lr=config.weight_lr, momentum=0.9, nesterov=True)
+    w_opt = sgd(weights, lr=config.weight_lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
     a_opt = torch.optim.Adam(logits, lr=config.logit_lr, betas=(0.5, 0.999))
     n_tr, n_ho = len(train_loader), len(held_out_loader)  # type: ignore[arg-type]
     if n_tr == 0 or n_ho == 0:
         raise ValueError("search needs non-empty training and held-out data")
-    total_w_steps = config.epochs * n_tr
-    arch_epochs = config.epochs - config.warmup_epochs
     space.set_temperature_(config.temperature_start)
-    n_logit = max(1, round(n_tr * config.logit_ratio))  # logit steps per epoch once the logits learn
-    w_step, first_epoch = 0, 0
-    history: list[dict] = []
+    run = _Run(model, space, config, device, teacher, budget, weights, logits, w_opt, a_opt, n_tr, n_ho,
+               max(1, round(n_tr * config.logit_ratio)), start={})
     if resume is not None:
-        first_epoch, w_step, history = _restore(resume, model, space, w_opt, a_opt, train_loader, held_out_loader,
-                                                config, budget, (n_tr, n_ho))
-        start = resume["start"]
+        run.first_epoch, run.w_step, run.history = _restore(resume, run, train_loader, held_out_loader)
+        run.start = resume["start"]
     else:
         if config.init == "hessian":
             init_logits_from_hessian_(model, space, held_out_loader, config.init_scale)
         distributed.broadcast_(list(model.state_dict().values()) + list(space.state_dict().values()))
-        start = {"bits": derive_bits(space, budget), "probs": _preference_probs(space)}
-    lam = space.project_(budget)
+        run.start = {"bits": derive_bits(space, budget), "probs": _preference_probs(space)}
+    run.lam = space.project_(budget)
     if teacher is not None:
         teacher.eval()
-    bar = StageProgress("search", config.epochs, n_tr + n_logit, enabled=progress and distributed.is_main(),
-                        first_epoch=first_epoch)
+    return run
+
+
+def _epoch(run: _Run, epoch: int, train_loader: Iterable, held_out_loader: Iterable, bar: StageProgress) -> dict:
+    """One epoch of interleaved weight and logit steps; its record."""
+    config, space = run.config, run.space
+    good = (copy.deepcopy(run.model.state_dict()), copy.deepcopy(space.state_dict()), run.lam)
+    _reset_quantizer_caches(space)
+    run.model.train()
+    space.train()
+    tr_it, ho_it = iter(train_loader), iter(held_out_loader)
+    done_tr = done_ho = 0
+    sums = {"loss": 0.0, "held_loss": 0.0, "correct": 0, "seen": 0}
+    n_arch = run.n_logit if epoch >= config.warmup_epochs else 0
+    w_steps = run.n_tr if config.train_weights else 0
+    steps = w_steps + n_arch
+    trace: list[dict] = []
+    trace_every = max(1, n_arch // _TRACE_PER_EPOCH)
     full_bits = space.cost.float_quantized_bits()
-    for epoch in range(first_epoch, config.epochs):
-        good = (copy.deepcopy(model.state_dict()), copy.deepcopy(space.state_dict()), lam)
-        _reset_quantizer_caches(space)
-        model.train()
-        space.train()
-        arch_on = epoch >= config.warmup_epochs
-        tr_it, ho_it = iter(train_loader), iter(held_out_loader)
-        done_tr = done_ho = 0
-        sums = {"loss": 0.0, "held_loss": 0.0, "correct": 0, "seen": 0}
-        n_arch = n_logit if arch_on else 0
-        w_steps = n_tr if config.train_weights else 0
-        steps = w_steps + n_arch
-        trace: list[dict] = []
-        trace_every = max(1, n_arch // _TRACE_PER_EPOCH)
-        bar.start_epoch(epoch, steps)
-        for _ in range(steps):
-            arch_step = done_ho < n_arch and (done_tr >= w_steps or done_ho * n_tr <= done_tr * n_arch)
-            if arch_step:
-                batch = next(ho_it, None)
-                if batch is None:  # the held-out split is cycled when the logits take more steps than it has
-                    ho_it = iter(held_out_loader)
-                    batch = next(ho_it)
-                x, y = batch
-                x, y = to_device_batch(x, y, device, config.amp)
-                x, y, scale = distributed.shard_batch(x, y)
-                t = _temperature(config, (epoch - config.warmup_epochs + done_ho / n_arch) / arch_epochs)
-                space.set_temperature_(t)
-                lam = space.project_(budget)
-                with autocast(device, config.amp):
-                    task = F.cross_entropy(model(x), y)
-                task_value = global_mean(task, scale, device)
-                _check_finite(task_value, model, space, good, epoch, "held-out")
-                a_opt.zero_grad(set_to_none=True)
-                w_opt.zero_grad(set_to_none=True)
-                (task * scale).backward()
-                distributed.average_gradients_(logits)
-                a_opt.step()
-                # identical logits on every rank, whatever the reduction order of the backend
-                distributed.broadcast_(logits)
-                lam = space.project_(budget)
-                done_ho += 1
-                sums["held_loss"] += task_value
-                if done_ho % trace_every == 0 or done_ho == n_arch:
-                    trace.append({"epoch": round(epoch + done_ho / n_arch, 4), "probs": _mixing_probs(space)})
-            else:
-                x, y = next(tr_it)
-                x, y = to_device_batch(x, y, device, config.amp)
-                x, y, scale = distributed.shard_batch(x, y)
-                lr = cosine_lr(w_step, total_w_steps, 0, config.weight_lr)
-                for g in w_opt.param_groups:
-                    g["lr"] = lr
-                with autocast(device, config.amp):
-                    out = model(x)
-                    loss = F.cross_entropy(out, y)
-                    if config.distill_weight > 0:
-                        with torch.no_grad():
-                            t_out = teacher(x)  # type: ignore[misc]
-                        loss = (1 - config.distill_weight) * loss + config.distill_weight * distill_loss(out, t_out, 4.0)
-                loss_value = global_mean(loss, scale, device)
-                _check_finite(loss_value, model, space, good, epoch, "training")
-                w_opt.zero_grad(set_to_none=True)
-                a_opt.zero_grad(set_to_none=True)
-                (loss * scale).backward()
-                distributed.average_gradients_(weights)
-                w_opt.step()
-                w_step += 1
-                done_tr += 1
-                sums["loss"] += loss_value
-                sums["correct"] += int((out.argmax(1) == y).sum())
-                sums["seen"] += y.shape[0]
-            bar.step(lambda: _bar_numbers(space, sums, done_tr, lam, full_bits))
-        bar.end_epoch()
-        sums["correct"], sums["seen"] = distributed.all_reduce_sum([sums["correct"], sums["seen"]], device)
-        distributed.broadcast_(model.buffers())  # BatchNorm statistics as rank 0 saw them, on every rank
-        with torch.no_grad():
-            exp_bits = float(space.expected_quantized_bits())
-        record = {
-            "epoch": epoch + 1,
-            "loss": sums["loss"] / max(done_tr, 1),
-            "train_accuracy": sums["correct"] / max(sums["seen"], 1),
-            "held_out_loss": sums["held_loss"] / done_ho if done_ho else None,
-            "expected_quantized_bits": exp_bits,
-            "expected_weight_compression": full_bits / exp_bits,
-            "budget_bits": budget,
-            "multiplier": lam,
-            "temperature": space.decision_list[0].temperature,
-            "argmax_bits": space.argmax_bits(),
-            "probs": {n: [round(float(v), 5) for v in torch.softmax(d.logits.detach(), -1)] for n, d in
-                      zip(space.names, space.decision_list)},
-            "mixing_probs": _mixing_probs(space),
-            "trace": trace,
-        }
-        history.append(record)
-        log.info("search epoch %d/%d loss %.4f expected %.2fx (target budget %d bits) lam %.4f T %.4f",
-                 epoch + 1, config.epochs, record["loss"], record["expected_weight_compression"], budget, lam,
-                 record["temperature"])
-        if on_checkpoint is not None:
-            on_checkpoint({"kind": "search", "epoch": epoch + 1, "w_step": w_step, "steps": [n_tr, n_ho],
-                           "budget_bits": budget, "multiplier": lam, "temperature": space.decision_list[0].temperature,
-                           "model": model.state_dict(), "space": space.state_dict(),
-                           "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                           "loaders": {"train": loader_state(train_loader), "held_out": loader_state(held_out_loader)},
-                           "rng": rng_state(device), "history": list(history), "start": start})
-        if on_epoch is not None:
-            on_epoch(epoch, record)
+    bar.start_epoch(epoch, steps)
+    for _ in range(steps):
+        if done_ho < n_arch and (done_tr >= w_steps or done_ho * run.n_tr <= done_tr * n_arch):
+            batch = next(ho_it, None)
+            if batch is None:  # the held-out split is cycled when the logits take more steps than it has
+                ho_it = iter(held_out_loader)
+                batch = next(ho_it)
+            progress = (epoch - config.warmup_epochs + done_ho / n_arch) / (config.epochs - config.warmup_epochs)
+            sums["held_loss"] += _logit_step(run, batch, _temperature(config, progress), good, epoch)
+            done_ho += 1
+            if done_ho % trace_every == 0 or done_ho == n_arch:
+                trace.append({"epoch": round(epoch + done_ho / n_arch, 4), "probs": _mixing_probs(space)})
+        else:
+            loss, correct, seen = _weight_step(run, next(tr_it), good, epoch)
+            done_tr += 1
+            sums["loss"] += loss
+            sums["correct"] += correct
+            sums["seen"] += seen
+        bar.step(lambda: _bar_numbers(space, sums, done_tr, run.lam, full_bits))
+    bar.end_epoch()
+    sums["correct"], sums["seen"] = distributed.all_reduce_sum([sums["correct"], sums["seen"]], run.device)
+    distributed.broadcast_(run.model.buffers())  # BatchNorm statistics as rank 0 saw them, on every rank
+    return _epoch_record(run, epoch, sums, done_tr, done_ho, trace)
+
+
+def _device_batch(run: _Run, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(inputs, labels, loss scale): on the device, this rank's slice of the batch."""
+    x, y = to_device_batch(*batch, run.device, run.config.amp)
+    return distributed.shard_batch(x, y)
+
+
+def _logit_step(run: _Run, batch: tuple[torch.Tensor, torch.Tensor], temperature: float, good: tuple, epoch: int) -> float:
+    """One Adam step of the logits on a held-out batch (task loss), the price re-solved around it; the loss."""
+    space, config = run.space, run.config
+    x, y, scale = _device_batch(run, batch)
+    space.set_temperature_(temperature)
+    run.lam = space.project_(run.budget)
+    with autocast(run.device, config.amp):
+        task = F.cross_entropy(run.model(x), y)
+    task_value = global_mean(task, scale, run.device)
+    _check_finite(task_value, run.model, space, good, epoch, "held-out")
+    run.a_opt.zero_grad(set_to_none=True)
+    run.w_opt.zero_grad(set_to_none=True)
+    (task * scale).backward()
+    distributed.average_gradients_(run.logits)
+    run.a_opt.step()
+    distributed.broadcast_(run.logits)  # identical logits on every rank, whatever the reduction order of the backend
+    run.lam = space.project_(run.budget)
+    return task_value
+
+
+def _weight_step(run: _Run, batch: tuple[torch.Tensor, torch.Tensor], good: tuple, epoch: int) -> tuple[float, int, int]:
+    """One SGD step of the weights through the mixed weights (distilled when asked); (loss, correct, seen)."""
+    config = run.config
+    x, y, scale = _device_batch(run, batch)
+    lr = cosine_lr(run.w_step, config.epochs * run.n_tr, 0, config.weight_lr)
+    for g in run.w_opt.param_groups:
+        g["lr"] = lr
+    with autocast(run.device, config.amp):
+        out = run.model(x)
+        loss = F.cross_entropy(out, y)
+        if config.distill_weight > 0:
+            with torch.no_grad():
+                t_out = run.teacher(x)  # type: ignore[misc]
+            loss = (1 - config.distill_weight) * loss + config.distill_weight * distill_loss(out, t_out, 4.0)
+    loss_value = global_mean(loss, scale, run.device)
+    _check_finite(loss_value, run.model, run.space, good, epoch, "training")
+    run.w_opt.zero_grad(set_to_none=True)
+    run.a_opt.zero_grad(set_to_none=True)
+    (loss * scale).backward()
+    distributed.average_gradients_(run.weights)
+    run.w_opt.step()
+    run.w_step += 1
+    return loss_value, int((out.argmax(1) == y).sum()), y.shape[0]
+
+
+def _epoch_record(run: _Run, epoch: int, sums: dict, done_tr: int, done_ho: int, trace: list[dict]) -> dict:
+    """What the history keeps of an epoch: losses, expected size, price, temperature, probabilities."""
+    space = run.space
+    full_bits = space.cost.float_quantized_bits()
+    with torch.no_grad():
+        exp_bits = float(space.expected_quantized_bits())
+    return {
+        "epoch": epoch + 1,
+        "loss": sums["loss"] / max(done_tr, 1),
+        "train_accuracy": sums["correct"] / max(sums["seen"], 1),
+        "held_out_loss": sums["held_loss"] / done_ho if done_ho else None,
+        "expected_quantized_bits": exp_bits,
+        "expected_weight_compression": full_bits / exp_bits,
+        "budget_bits": run.budget,
+        "multiplier": run.lam,
+        "temperature": space.decision_list[0].temperature,
+        "argmax_bits": space.argmax_bits(),
+        "probs": {n: [round(float(v), 5) for v in torch.softmax(d.logits.detach(), -1)] for n, d in
+                  zip(space.names, space.decision_list)},
+        "mixing_probs": _mixing_probs(space),
+        "trace": trace,
+    }
+
+
+def _checkpoint_state(run: _Run, epoch: int, train_loader: Iterable, held_out_loader: Iterable) -> dict:
+    """The full state after ``epoch`` (live tensors), for ``on_checkpoint``."""
+    space = run.space
+    return {"kind": "search", "epoch": epoch + 1, "w_step": run.w_step, "steps": [run.n_tr, run.n_ho],
+            "budget_bits": run.budget, "multiplier": run.lam, "temperature": space.decision_list[0].temperature,
+            "model": run.model.state_dict(), "space": space.state_dict(),
+            "w_opt": run.w_opt.state_dict(), "a_opt": run.a_opt.state_dict(),
+            "loaders": {"train": loader_state(train_loader), "held_out": loader_state(held_out_loader)},
+            "rng": rng_state(run.device), "history": list(run.history), "start": run.start}
+
+
+def _finish(run: _Run) -> SearchResult:
+    """The derived bits (budget fill reported), the history and how far the search moved."""
+    space = run.space
     space.set_gumbel_(False)
-    chosen = derive_bits(space, budget, fill=False)
-    bits = derive_bits(space, budget) if config.fill else chosen
+    chosen = derive_bits(space, run.budget, fill=False)
+    bits = derive_bits(space, run.budget) if run.config.fill else chosen
     upgrades = {n: [int(chosen[n]), int(bits[n])] for n in bits if bits[n] != chosen[n]}
     if upgrades:
         log.info("budget fill: %s", ", ".join(f"{n} {a} -> {b} bits" for n, (a, b) in upgrades.items()))
-    return SearchResult(bits=bits, budget_bits=budget, multiplier=lam, history=history, start_bits=start["bits"],
-                        movement={**_movement(space, start, bits), "fill_upgrades": upgrades},
+    return SearchResult(bits=bits, budget_bits=run.budget, multiplier=run.lam, history=run.history,
+                        start_bits=run.start["bits"], movement={**_movement(space, run.start, bits),
+                                                                "fill_upgrades": upgrades},
                         fill_upgrades=upgrades)
 
 
@@ -410,20 +469,20 @@ def _reset_quantizer_caches(space: BitSpace) -> None:
         d.reset_cache_()
 
 
-def _restore(state: Mapping[str, Any], model: nn.Module, space: BitSpace, w_opt: torch.optim.Optimizer,
-             a_opt: torch.optim.Optimizer, train_loader: Iterable, held_out_loader: Iterable, config: SearchConfig,
-             budget: int, steps: tuple[int, int]) -> tuple[int, int, list[dict]]:
+def _restore(state: Mapping[str, Any], run: _Run, train_loader: Iterable,
+             held_out_loader: Iterable) -> tuple[int, int, list[dict]]:
+    config, steps = run.config, (run.n_tr, run.n_ho)
     if state.get("kind") != "search":
         raise ValueError(f"the resume state is not a search state (kind {state.get('kind')!r})")
-    if (int(state["budget_bits"]) != budget or tuple(state["steps"]) != steps or state["epoch"] > config.epochs):
+    if (int(state["budget_bits"]) != run.budget or tuple(state["steps"]) != steps or state["epoch"] > config.epochs):
         raise ValueError(f"the resume state (budget {state['budget_bits']} bits, epoch {state['epoch']}, steps "
-                         f"{tuple(state['steps'])}) does not match this search (budget {budget} bits, "
+                         f"{tuple(state['steps'])}) does not match this search (budget {run.budget} bits, "
                          f"{config.epochs} epochs, steps {steps})")
-    model.load_state_dict(state["model"])
-    space.load_state_dict(state["space"])
-    space.set_temperature_(float(state["temperature"]))
-    w_opt.load_state_dict(state["w_opt"])
-    a_opt.load_state_dict(state["a_opt"])
+    run.model.load_state_dict(state["model"])
+    run.space.load_state_dict(state["space"])
+    run.space.set_temperature_(float(state["temperature"]))
+    run.w_opt.load_state_dict(state["w_opt"])
+    run.a_opt.load_state_dict(state["a_opt"])
     load_loader_state(train_loader, state["loaders"]["train"])
     load_loader_state(held_out_loader, state["loaders"]["held_out"])
     set_rng_state(state["rng"])

@@ -1,6 +1,6 @@
 """Typed settings: every value from the command line or a TOML file, checked before any work.
 
-A settings dataclass (:class:`mixbits.run.RunConfig`, :class:`mixbits.sweep.SweepConfig`,
+A settings dataclass (:class:`mixbits.pipeline.RunConfig`, :class:`mixbits.pipeline.SweepConfig`,
 ``FloatTrainConfig``) is mirrored by a strict pydantic model: an integer is an integer
 (not ``2.5``, ``"10"`` or ``true``), a boolean a boolean (not ``"no"``), a list a
 list (not ``"1,2,4"``), and the ranges of :data:`BOUNDS` hold. A failure is one

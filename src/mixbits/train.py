@@ -80,6 +80,27 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
                     reduction="batchmean", log_target=True) * t * t
 
 
+def check_teacher(distill_weight: float, teacher: nn.Module | None) -> None:
+    """A distillation weight needs a teacher, and a teacher a distillation weight.
+
+    Raises:
+        ValueError: one without the other.
+    """
+    if distill_weight > 0 and teacher is None:
+        raise ValueError("distill_weight > 0 needs a teacher model")
+    if teacher is not None and distill_weight == 0:
+        raise ValueError("a teacher was given but distill_weight is 0, so it would be ignored: set distill_weight "
+                         "(e.g. 0.5) or drop teacher=")
+
+
+def sgd(params: list[torch.Tensor], *, lr: float, momentum: float, nesterov: bool,
+        weight_decay: float) -> torch.optim.SGD:
+    """SGD with weight decay on weights (dim > 1) only, not on biases and norms."""
+    return torch.optim.SGD([{"params": [p for p in params if p.dim() > 1], "weight_decay": weight_decay},
+                            {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}],
+                           lr=lr, momentum=momentum, nesterov=nesterov)
+
+
 def fit(model: nn.Module, loader: Iterable, config: TrainConfig, *, device: str | torch.device = "cpu",
         teacher: nn.Module | None = None, on_epoch: Callable[[int, dict], None] | None = None,
         progress: bool = False, desc: str = "train", resume: Mapping[str, Any] | None = None,
@@ -112,19 +133,12 @@ def fit(model: nn.Module, loader: Iterable, config: TrainConfig, *, device: str 
     Raises:
         NonFiniteLossError: NaN/inf loss; the model is restored to the start of the epoch.
     """
-    if config.distill_weight > 0 and teacher is None:
-        raise ValueError("distill_weight > 0 needs a teacher model")
-    if teacher is not None and config.distill_weight == 0:
-        raise ValueError("a teacher was given but distill_weight is 0, so it would be ignored: set distill_weight "
-                         "(e.g. 0.5) or drop teacher=")
+    check_teacher(config.distill_weight, teacher)
     device = torch.device(device)
     channels_last_(model, device, config.amp)
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    opt = sgd(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+              weight_decay=config.weight_decay)
     steps_per_epoch = len(loader)  # type: ignore[arg-type]
     total = config.epochs * steps_per_epoch
     warmup = int(config.warmup_epochs * steps_per_epoch)

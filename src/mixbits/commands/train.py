@@ -127,20 +127,16 @@ def train_float(config: FloatTrainConfig, *, progress: bool = True, command: str
     """
     import torch
 
-    from ..data import TensorLoader, load_dataset, take_train_subset
-    from ..models import create_model
-    from ..run import resolve_device
+    from ..pipeline import build_data, new_model, resolve_device
     from ..runfiles import claim_run_dir, load_checkpoint, write_json
     from ..train import NonFiniteLossError, TrainConfig
 
     t_start = time.time()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    ds = load_dataset(config.data, root=config.data_root)
-    if config.train_subset is not None:  # seed 0, the subset `mixbits search --train-subset` takes too
-        ds = take_train_subset(ds, config.train_subset)
-    model_kwargs = {"in_channels": ds.input_shape[0], "num_classes": ds.num_classes, "input_size": ds.input_shape[1]}
-    model = create_model(config.model, **model_kwargs).to(device)
+    # the pipeline's data stage: the subset `mixbits search --train-subset` takes too
+    data = build_data(config.data, root=config.data_root, train_subset=config.train_subset, device=device)
+    model = new_model(config.model, data)
     recipe = TrainConfig(epochs=config.epochs, lr=config.lr, momentum=config.momentum, nesterov=True,
                          weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
                          label_smoothing=config.label_smoothing)
@@ -156,7 +152,7 @@ def train_float(config: FloatTrainConfig, *, progress: bool = True, command: str
             write_json(out / "settings.json", {**asdict(config), "out": str(out), "device_resolved": str(device),
                                                **({"command": command} if command else {})})
         try:
-            return _train(config, ds, model, model_kwargs, recipe, device, out, state, progress=progress,
+            return _train(config, data, model, recipe, out, state, progress=progress,
                           command=command, on_epoch=on_epoch, t_start=t_start)
         except NonFiniteLossError as exc:
             kept = (f"{out / RESUME_FILE} keeps the last good epoch, but --resume repeats the same settings."
@@ -166,26 +162,25 @@ def train_float(config: FloatTrainConfig, *, progress: bool = True, command: str
         lock.release()
 
 
-def _train(config: FloatTrainConfig, ds, model, model_kwargs: dict, recipe, device, out: Path, state: dict | None, *,
+def _train(config: FloatTrainConfig, data, model, recipe, out: Path, state: dict | None, *,
            progress: bool, command: str | None, on_epoch: Callable[[int, dict], None] | None,
            t_start: float) -> dict[str, Any]:
-    from ..data import TensorLoader
+    from ..pipeline import float_checkpoint
     from ..runfiles import save_checkpoint, write_json
     from ..train import evaluate, fit
 
-    train_loader = TensorLoader(ds.train_x, ds.train_y, batch_size=config.batch_size, shuffle=True,
-                                augment=ds.augment, mean=ds.mean, std=ds.std, drop_last=True, seed=config.seed,
-                                device=device)
-    test_loader = TensorLoader(ds.test_x, ds.test_y, batch_size=1000, mean=ds.mean, std=ds.std, device=device)
+    device, ds = data.device, data.dataset
+    train_loader = data.train_loader(config.batch_size, config.seed)
+    test_loader = data.test_loader(1000)
 
     t0 = time.time()
     history = fit(model, train_loader, recipe, device=device, on_epoch=on_epoch, progress=progress, desc="float",
                   resume=state, on_checkpoint=lambda s: save_checkpoint(out / RESUME_FILE, {"version": 1, "fit": s}))
     train_s = time.time() - t0
     test_acc = evaluate(model, test_loader, device=device)
-    ckpt = save_checkpoint(out / "float.pt", {
-        "model": config.model, "model_kwargs": model_kwargs, "data": config.data, "data_root": config.data_root,
-        "train_subset": config.train_subset, "state_dict": model.state_dict(), "test_accuracy": test_acc})
+    ckpt = save_checkpoint(out / "float.pt", float_checkpoint(config.model, config.data, data, model.state_dict(), test_acc,
+                                                              data_root=config.data_root,
+                                                              train_subset=config.train_subset))
     images = config.epochs * len(train_loader) * config.batch_size
     summary = {"command": command, "run_folder": str(out), "checkpoint": str(ckpt), "model": config.model,
                "data": config.data, "train_samples": len(ds.train_y), "test_samples": len(ds.test_y),

@@ -1,0 +1,90 @@
+"""Stage 3, the allocation: a fresh row from the float weights, a method's bits, the bits fixed.
+
+A row is what one (method, target, seed) works on: a new model holding the float
+weights, its BitSpace, the float teacher and fresh loaders seeded by the row's
+seed. The method's bits are checked against the budget, then fixed; the
+BatchNorm statistics are re-estimated for the fixed bits before the derived
+model is evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..data import TensorLoader
+from ..methods import Allocation, AllocationContext, allocate
+from ..space import BitSpace, PrepareConfig, prepare_
+from ..train import evaluate, recalibrate_bn_
+from .config import Settings
+from .data import Data
+from .float_model import new_model
+
+__all__ = ["Row", "start_row", "prepare_config", "allocate_bits", "fix_bits_"]
+
+Allocator = Callable[[AllocationContext], Allocation]
+
+
+@dataclass
+class Row:
+    """What one allocation and its fine-tuning work on."""
+
+    model: nn.Module
+    space: BitSpace
+    teacher: nn.Module | None
+    loaders: dict[str, TensorLoader]
+    seed: int
+    float_state: Mapping[str, torch.Tensor]
+    device: torch.device
+
+
+def prepare_config(settings: Settings) -> PrepareConfig:
+    """The model surgery the settings ask for (candidates, pins, excluded layers)."""
+    return PrepareConfig(candidates=settings.candidates, pins=settings.pins, exclude=settings.exclude)
+
+
+def start_row(settings: Settings, data: Data, float_state: Mapping[str, torch.Tensor], seed: int) -> Row:
+    """A fresh model with the float weights, prepared, with its teacher and loaders seeded by ``seed``."""
+    torch.manual_seed(seed)
+    model = new_model(settings.model, data, float_state)
+    teacher = copy.deepcopy(model).eval() if settings.distill else None
+    space = prepare_(model, prepare_config(settings))
+    loaders = data.loaders(batch_size=settings.batch_size, held_out_fraction=settings.held_out_fraction, seed=seed)
+    return Row(model, space, teacher, loaders, seed, float_state, data.device)
+
+
+def allocate_bits(row: Row, settings: Settings, method: str, *, budget: int, target: str,
+                  options: Mapping[str, Any] | None = None, allocator: Allocator | None = None,
+                  progress: bool = False, resume: Mapping[str, Any] | None = None,
+                  on_checkpoint: Callable[[dict], None] | None = None) -> Allocation:
+    """Run the method ``method`` (or ``allocator``) on the row; the bits it returns, as ints.
+
+    Raises:
+        RuntimeError: the method returned bits over the budget.
+    """
+    ctx = AllocationContext(model=row.model, space=row.space, loaders=row.loaders, budget_bits=budget, target=target,
+                            epochs=settings.search_epochs, seed=row.seed, device=row.device,
+                            teacher=row.teacher, progress=progress, options=dict(options or {}), resume=resume,
+                            on_checkpoint=on_checkpoint)
+    result = allocator(ctx) if allocator is not None else allocate(method, ctx)
+    result.bits = {k: int(v) for k, v in result.bits.items()}
+    size = row.space.cost.quantized_bits(result.bits)
+    if size > budget:
+        raise RuntimeError(f"{method} returned {size} bits, over the budget of {budget} bits")
+    return result
+
+
+def fix_bits_(row: Row, settings: Settings, bits: Mapping[str, int]) -> float:
+    """Fix the row's model at ``bits`` (from the float weights with ``finetune_from="float"``); its test accuracy.
+
+    The BatchNorm statistics are re-estimated on training batches first.
+    """
+    if settings.finetune_from == "float":
+        row.model.load_state_dict(row.float_state)
+    row.space.fix_(bits)
+    recalibrate_bn_(row.model, row.loaders["full"], device=row.device)
+    return evaluate(row.model, row.loaders["test"], device=row.device)

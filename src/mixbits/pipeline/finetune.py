@@ -1,0 +1,62 @@
+"""Stage 4, fine-tuning and evaluation at the fixed bits, under the compute-matched rule.
+
+Every method gets ``search_epochs + finetune_epochs`` weight epochs in all: the
+fine-tuning makes up what the method did not spend (``Allocation.weight_epochs``).
+The BatchNorm statistics are re-estimated after the fine-tuning, before the
+final evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..finetune import finetune_
+from ..train import TrainConfig, evaluate, recalibrate_bn_
+from .allocation import Row
+from .config import Settings
+
+__all__ = ["Finetuned", "finetune_epochs", "finetune_and_evaluate"]
+
+
+@dataclass
+class Finetuned:
+    """The fine-tuning's outcome: epochs, final test accuracy, per-epoch history, time."""
+
+    epochs: int
+    method_weight_epochs: float
+    test_accuracy: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def finetune_epochs(settings: Settings, method_weight_epochs: float) -> tuple[float, int]:
+    """(the weight epochs the method counts for, the fine-tuning epochs) under the settings' rules.
+
+    With ``finetune_from="float"`` the method's weight training is thrown away, so it counts for none.
+    """
+    method_epochs = float(method_weight_epochs) if settings.finetune_from == "method" else 0.0
+    if not settings.compute_matched:
+        return method_epochs, settings.finetune_epochs
+    return method_epochs, max(0, round(settings.search_epochs + settings.finetune_epochs - method_epochs))
+
+
+def finetune_and_evaluate(row: Row, settings: Settings, bits: Mapping[str, int], method_weight_epochs: float, *,
+                          progress: bool = False, resume: Mapping[str, Any] | None = None,
+                          on_checkpoint: Callable[[dict], None] | None = None) -> Finetuned:
+    """Fine-tune the row's model at ``bits`` in place (distilled from the teacher), then evaluate it.
+
+    ``resume`` and ``on_checkpoint`` continue an interrupted fine-tuning exactly (see :func:`mixbits.fit`).
+    """
+    method_epochs, epochs = finetune_epochs(settings, method_weight_epochs)
+    t0 = time.time()
+    history = finetune_(row.model, row.space, bits, row.loaders["full"],
+                        TrainConfig(epochs=epochs, lr=settings.finetune_lr,
+                                    distill_weight=0.5 if settings.distill else 0.0),
+                        device=row.device, teacher=row.teacher, progress=progress, resume=resume,
+                        on_checkpoint=on_checkpoint)
+    recalibrate_bn_(row.model, row.loaders["full"], device=row.device)
+    seconds = time.time() - t0
+    return Finetuned(epochs, method_epochs, evaluate(row.model, row.loaders["test"], device=row.device), history,
+                     seconds)
