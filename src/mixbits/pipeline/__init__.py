@@ -3,7 +3,7 @@
 The architecture in five lines:
 
 1. ``config``: one :class:`Settings` type (RunConfig adds a method/target/seed, SweepConfig their lists).
-2. ``data`` -> ``float_model``: the data set and loaders (one held-out rule: the row's seed), then the float weights.
+2. ``data`` -> ``float_model``: the data set and loaders (one rule: a fixed held-out split, shuffling by the row's seed), then the float weights.
 3. ``allocation``: a row = fresh model from the float weights + fresh loaders; a method's bits; bits fixed, BN re-estimated.
 4. ``finetune``: compute-matched fine-tuning (search + fine-tune epochs in all), BN re-estimated, test accuracy.
 5. ``export``; the jobs only order the stages: ``search_job`` (one row, checkpointed) and ``sweep_job`` (many rows).

@@ -33,7 +33,7 @@ class Settings:
         finetune_epochs, finetune_lr: the fine-tuning at the fixed bits.
         batch_size: training batch size of every stage.
         held_out_fraction: the training data held out for the search's logits; the split is
-            drawn with the row's seed (a run's ``seed``, a sweep row's seed).
+            fixed (the same images for every run, method and seed).
         distill: distil from the float model in the search and the fine-tuning.
         finetune_from: ``"method"``: fine-tune the weights the method hands over; ``"float"``:
             restart from the float weights, so results differ only by the bits.
@@ -95,7 +95,7 @@ class RunConfig(Settings):
         method: a registered method name (default ``hessian``).
         method_options: {option: value} of that method.
         target: the size target, e.g. ``"24x"``, ``"300KB"``, ``"1.5bits"``.
-        seed: seeds the model, the held-out split, the shuffling and the method.
+        seed: seeds the model, the shuffling and the method.
     """
 
     method: str = "hessian"

@@ -1,10 +1,11 @@
 """Stage 1, data: the data set on the device and the loaders every later stage reads.
 
 One rule for every job: the training subset is drawn with seed 0 (the subset
-``mixbits train --train-subset`` trained on), the test subset with a fixed seed,
-and the held-out split, the shuffling and the augmentation follow the seed of
-the run or of the sweep row. The loaders of a row are built fresh, so a row's
-result depends on its settings, its seed and the float weights only.
+``mixbits train --train-subset`` trained on), the test subset and the held-out
+split with fixed seeds, so every method and every seed sees the same held-out
+images (a fixed validation split); the shuffling and the augmentation follow the
+seed of the run or of the sweep row. The loaders of a row are built fresh, so a
+row's result depends on its settings, its seed and the float weights only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = ["Data", "build_data", "TEST_BATCH"]
 
 TEST_BATCH = 512  # evaluation batch size (forwards only)
 _TEST_SUBSET_SEED = 4321
+HELD_OUT_SEED = 0  # the held-out split is the same for every run and row
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,12 @@ class Data:
         return TensorLoader(ds.test_x, ds.test_y, batch_size=batch_size, mean=ds.mean, std=ds.std, device=self.device)
 
     def loaders(self, *, batch_size: int, held_out_fraction: float, seed: int) -> dict[str, TensorLoader]:
-        """{"full", "weights", "held_out", "test"}: the held-out split and the shuffling follow ``seed``.
+        """{"full", "weights", "held_out", "test"}: a fixed held-out split; the shuffling follows ``seed``.
 
         Raises:
             ValueError: a held-out fraction that leaves a part empty.
         """
-        w_idx, h_idx = split_held_out(len(self.dataset.train_y), held_out_fraction, seed)
+        w_idx, h_idx = split_held_out(len(self.dataset.train_y), held_out_fraction, HELD_OUT_SEED)
         return {"full": self.train_loader(batch_size, seed),
                 "weights": self.train_loader(batch_size, seed + 1, w_idx),
                 "held_out": self.train_loader(batch_size, seed + 2, h_idx),

@@ -121,7 +121,7 @@ def run_row(setup: SweepSetup, method: str, target: str | None, seed: int, *, al
         setup: from :func:`prepare_sweep`.
         method: a method spec (``"search"``, ``"uniform:4"``), or any label when ``allocator`` is given.
         target: the size target; None for ``uniform:K`` (the budget is then that assignment's size).
-        seed: seeds the model copy, the held-out split, the shuffling, the allocation and the fine-tuning.
+        seed: seeds the model copy, the shuffling, the allocation and the fine-tuning.
         allocator: a function of the AllocationContext used instead of a registered method.
         options: method options (override ``config.method_options[name]``).
 
