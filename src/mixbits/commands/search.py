@@ -7,22 +7,21 @@ import dataclasses
 import shlex
 import sys
 
-from .options import parse_bits, parse_pin, resolve_config
+from .options import parse_bits, parse_pin, parse_target_text, resolve_config
 
 NAME = "search"
 HELP = "search the bitwidths, fine-tune and evaluate (default: a CNN on scikit-learn digits)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..run import RunConfig
+    from .defaults import SEARCH as d
 
-    d = RunConfig()
     p.add_argument("-c", "--config", help="TOML file of settings (command-line options override it)")
     p.add_argument("--data", help=f"data set name (default {d.data})")
     p.add_argument("--data-root", help="where the data set lives (a folder or zip), or is downloaded to")
     p.add_argument("--model", help=f"model name (default {d.model})")
     p.add_argument("--method", help=f"allocation method (default {d.method})")
-    p.add_argument("--target", help=f'size target: "24x" weight compression, "300KB" model size, "1.5bits" (default {d.target})')
+    p.add_argument("--target", type=parse_target_text, help=f'size target: "24x" weight compression, "300KB" model size, "1.5bits" (default {d.target})')
     p.add_argument("--bits", type=parse_bits, dest="candidates", help="candidate bitwidths, e.g. 1,2,4,8,16,32")
     p.add_argument("--pin", type=parse_pin, action="append", dest="pins", metavar="LAYER=BITS",
                    help="fix layers matching a glob pattern at BITS (repeatable)")

@@ -22,9 +22,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..sweep import SweepConfig
+    from .defaults import SWEEP as d
 
-    d = SweepConfig()
     p.add_argument("-c", "--config", help="TOML file of settings (command-line options override it)")
     p.add_argument("--data", help=f"data set name (default {d.data})")
     p.add_argument("--data-root", help="where the data set lives (a folder or zip)")
