@@ -31,7 +31,7 @@ _UNITS = {
     "kib": 1024, "mib": 1024**2, "gib": 1024**3,
 }
 _PATTERN = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
-_HELP = 'write a target as a compression ("24x"), a model size ("300KB", "1.2MB", "512KiB") or average bits ("1.5bits")'
+_HELP = 'write a target as a compression ("24x"), a file size ("12KB", "1.2MB", "12KiB") or average bits ("1.5bits")'
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="where the data set lives (a folder or zip), or is downloaded to")
     p.add_argument("--model", help=f"model name (default {d.model})")
     p.add_argument("--method", help=f"allocation method (default {d.method})")
-    p.add_argument("--target", type=parse_target_text, help=f'size target: "24x" weight compression, "300KB" model size, "1.5bits" (default {d.target})')
+    p.add_argument("--target", type=parse_target_text, help=f'size target: "24x" weight compression, "12KB" size of the .mbits file (header included), "1.5bits" (default {d.target})')
     p.add_argument("--bits", type=parse_bits, dest="candidates", help="candidate bitwidths, e.g. 1,2,4,8,16,32")
     p.add_argument("--pin", type=parse_pin, action="append", dest="pins", metavar="LAYER=BITS",
                    help="fix layers matching a glob pattern at BITS (repeatable)")
