@@ -1,7 +1,7 @@
 """The defaults that ``--help`` quotes, kept here so that parsing arguments never imports torch.
 
 They copy the defaults of :class:`mixbits.run.RunConfig` and :class:`mixbits.sweep.SweepConfig`
-(both modules import torch); ``tests/commands/test_defaults.py`` fails when a copy drifts.
+(both modules import torch); ``tests/test_cli.py`` fails when a copy drifts.
 """
 
 from __future__ import annotations
