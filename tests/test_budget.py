@@ -32,7 +32,25 @@ def test_budget_in_each_unit():
     assert budget_bits("8x", space.cost) == (n * 32) // 8
     assert budget_bits("2bits", space.cost) == 2 * n
     rest = space.cost.float_rest_bits  # biases: 42 * 32
-    assert budget_bits("1KB", space.cost) == 8000 - rest
+    header = space.cost.file_overhead_bits  # header bound of the .mbits file and code padding
+    assert (rest, header) == (1344, 9382)
+    assert budget_bits("3KB", space.cost) == 24000 - rest - header
+    assert budget_bits("3KiB", space.cost) == 24576 - rest - header
+
+
+def test_size_targets_bound_the_file_header_included(tmp_path):
+    """Export the largest assignment a size target allows: the file on disk fits the target."""
+    from mixbits.derive import solve_budget
+    from mixbits.export import export_model
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    space = prepare_(model, PrepareConfig())
+    table = space.cost.cost_table()
+    for text, limit in (("2.2KB", 2200), ("2.5KiB", 2560), ("4KB", 4000)):
+        budget = budget_bits(text, space.cost)
+        bits = solve_budget({n: {b: float(b) for b in c} for n, c in table.items()}, table, budget)
+        res = export_model(model, space, tmp_path / "m.mbits", bits=bits, zoo="mlp", model_kwargs={"width": 32})
+        assert res.file_bytes <= res.file_bound_bytes <= limit
 
 
 def test_unreachable_and_too_large_targets_name_the_limits():
@@ -43,7 +61,7 @@ def test_unreachable_and_too_large_targets_name_the_limits():
         budget_bits("0.5x", space.cost)
     with pytest.raises(ValueError, match="unreachable"):
         budget_bits("0.5bits", space.cost)
-    with pytest.raises(ValueError, match="KB"):
+    with pytest.raises(ValueError, match="KB of file .*the file header at most"):
         budget_bits("100B", space.cost)
 
 

@@ -90,3 +90,25 @@ def test_command_errors_are_one_line(run_folder, tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "cut.mbits")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "truncated or corrupted" in err
+
+
+def test_inspect_into_a_closed_pipe_exits_quietly(tmp_path):
+    """`mixbits inspect --json FILE | head`: a reader that has gone is no error and no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mixbits import export_model
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    space = prepare_(model, PrepareConfig())
+    export_model(model, space, tmp_path / "m.mbits", bits={"0": 2})
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "mixbits", "inspect", "--json", str(tmp_path / "m.mbits")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -7,6 +7,7 @@ import torch
 
 from mixbits import PrepareConfig, export_model, load, prepare_
 from mixbits.export import describe, read_mbits, size_bound_bytes
+from mixbits.export.fileformat import RECIPE_ALLOWANCE_BYTES
 from mixbits.export.pack import packed_nbytes
 from mixbits.models import MODELS, create_model
 
@@ -22,6 +23,7 @@ def _check_size(result, space, bits):
     assert (result.file_bytes - result.header_bytes) * 8 == promised_bits + padding
     assert abs(result.file_bytes - result.promised_bytes) <= size_bound_bytes(result.promised_bytes)
     assert result.within_bound
+    assert result.file_bytes <= result.file_bound_bytes == (promised_bits + space.cost.file_overhead_bits) / 8
     assert result.weight_compression == space.cost.float_quantized_bits() / (space.cost.quantized_bits(bits) + padding)
 
 
@@ -39,6 +41,9 @@ def test_digits_cnn_pinned_sizes(tmp_path):
     res = export_model(model, space, tmp_path / "m.mbits", zoo="digits_cnn", model_kwargs=kwargs, input_shape=(1, 8, 8))
     assert (res.promised_bytes, res.quantized_weight_bytes, res.float_quantized_bytes) == (12220, 9620, 232576)
     assert res.file_bytes == 12220 + res.header_bytes and res.header_bytes < 1400
+    # the cost model's header bound, known before any bits are chosen, holds and is tight
+    assert (space.cost.file_overhead_bits, res.header_bytes) == (12212, 1184)
+    assert 0 < space.cost.file_overhead_bits // 8 - res.header_bytes < RECIPE_ALLOWANCE_BYTES + 40
     _check_size(res, space, bits)
     net = load(tmp_path / "m.mbits")  # rebuilt from the zoo name
     assert type(net).__name__ == "DigitsCNN" and not net.training

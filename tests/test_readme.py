@@ -17,3 +17,38 @@ def test_readme_python_example_runs():
     space = scope["space"]
     assert bits["0"] == 8
     assert space.cost.quantized_bits(bits) <= scope["result"].budget_bits
+
+
+def _option_strings():
+    import argparse
+
+    from mixbits.cli import build_parser
+
+    parser = build_parser()
+    out = {("mixbits", o) for a in parser._actions for o in a.option_strings}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out |= {(name, o) for a in sub._actions for o in a.option_strings}
+    return out
+
+
+def test_every_cli_option_is_in_the_readme():
+    text = README.read_text()
+    options = _option_strings()
+    assert ("sweep", "--no-binary-point") in options and len(options) > 60
+    missing = sorted(f"{cmd} {opt}" for cmd, opt in options if f"`{opt}" not in text and f" {opt}" not in text)
+    assert not missing, f"README.md does not document {missing}"
+
+
+def test_every_settings_key_is_in_the_readme():
+    import dataclasses
+
+    from mixbits.commands.train import FloatTrainConfig
+    from mixbits.run import RunConfig
+    from mixbits.sweep import SweepConfig
+
+    text = README.read_text()
+    keys = {f.name for cls in (RunConfig, SweepConfig, FloatTrainConfig) for f in dataclasses.fields(cls)}
+    missing = sorted(k for k in keys if f"`{k}`" not in text and f"\n{k} = " not in text)
+    assert not missing, f"README.md does not document the TOML keys {missing}"

@@ -193,3 +193,16 @@ def test_fill_upgrades_are_reported_and_can_be_turned_off():
     assert space.cost.quantized_bits(filled.bits) <= filled.budget_bits
     text = format_table(build_report(space, filled.bits, fill_upgrades=filled.fill_upgrades))
     assert ("budget fill:" in text) == bool(filled.fill_upgrades)
+
+
+def test_bar_shows_no_number_before_the_first_weight_step():
+    from torch import nn
+
+    from mixbits.search import _bar_numbers
+    from mixbits.space import PrepareConfig, prepare_
+
+    space = prepare_(nn.Sequential(nn.Linear(8, 4)), PrepareConfig())
+    empty = _bar_numbers(space, {"loss": 0.0, "correct": 0, "seen": 0}, 0, 0.0, 32 * 32)
+    assert (empty["loss"], empty["acc"]) == ("-", "-")
+    some = _bar_numbers(space, {"loss": 1.5, "correct": 3, "seen": 4}, 2, 0.0, 32 * 32)
+    assert (some["loss"], some["acc"]) == ("0.750", "75.0%")

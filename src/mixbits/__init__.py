@@ -15,16 +15,58 @@ Module map:
 - ``export``    the packed ``.mbits`` file: ``export_model``, ``load``, ``export_onnx``.
 """
 
-from .budget import Target, budget_bits, parse_target
-from .cost import CostModel, LayerInfo
-from .derive import solve_budget
-from .export import CodeNotTrustedError, ExportResult, MbitsFormatError, export_model, export_onnx, load
-from .finetune import finetune_
-from .quant import fake_quantize, weight_codes
-from .report import build_report, format_table, to_markdown
-from .search import SearchConfig, SearchResult, derive_bits, search
-from .space import BitSpace, Decision, PrepareConfig, prepare_, unprepare_
-from .train import NonFiniteLossError, TrainConfig, evaluate, fit, recalibrate_bn_
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .budget import Target, budget_bits, parse_target
+    from .cost import CostModel, LayerInfo
+    from .derive import solve_budget
+    from .export import CodeNotTrustedError, ExportResult, MbitsFormatError, export_model, export_onnx, load
+    from .finetune import finetune_
+    from .quant import fake_quantize, weight_codes
+    from .report import build_report, format_table, to_markdown
+    from .search import SearchConfig, SearchResult, derive_bits, search
+    from .space import BitSpace, Decision, PrepareConfig, prepare_, unprepare_
+    from .train import NonFiniteLossError, TrainConfig, evaluate, fit, recalibrate_bn_
+
+# Public names resolve on first use (PEP 562): `import mixbits` and `mixbits --help` stay free of torch.
+_LAZY = {
+    "Target": "budget",
+    "budget_bits": "budget",
+    "parse_target": "budget",
+    "CostModel": "cost",
+    "LayerInfo": "cost",
+    "solve_budget": "derive",
+    "CodeNotTrustedError": "export",
+    "ExportResult": "export",
+    "MbitsFormatError": "export",
+    "export_model": "export",
+    "export_onnx": "export",
+    "load": "export",
+    "finetune_": "finetune",
+    "fake_quantize": "quant",
+    "weight_codes": "quant",
+    "build_report": "report",
+    "format_table": "report",
+    "to_markdown": "report",
+    "SearchConfig": "search",
+    "SearchResult": "search",
+    "derive_bits": "search",
+    "search": "search",
+    "BitSpace": "space",
+    "Decision": "space",
+    "PrepareConfig": "space",
+    "prepare_": "space",
+    "unprepare_": "space",
+    "NonFiniteLossError": "train",
+    "TrainConfig": "train",
+    "evaluate": "train",
+    "fit": "train",
+    "recalibrate_bn_": "train",
+}
 
 __version__ = "0.1.0"
 
@@ -35,3 +77,27 @@ __all__ = [
     "to_markdown", "unprepare_", "weight_codes",
     "CodeNotTrustedError", "ExportResult", "MbitsFormatError", "export_model", "export_onnx", "load",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mixbits' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # `import mixbits.search` binds the submodule to the package; the public name stays the function.
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name and value.__name__ == f"{__name__}.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -4,8 +4,9 @@ A target is one of
 
 * a weight-compression ratio, ``"24x"``: float32 size of the quantized layers'
   weights over their quantized size (scales included);
-* a whole-model size, ``"300KB"``, ``"1.2MB"``, ``"512KiB"``, ``"40000B"``
-  (KB/MB/GB are powers of 1000, KiB/MiB/GiB powers of 1024);
+* a file size, ``"300KB"``, ``"1.2MB"``, ``"512KiB"``, ``"40000B"`` (KB/MB/GB are powers
+  of 1000, KiB/MiB/GiB powers of 1024): the exported ``.mbits`` file, header included, is at
+  most that large (``CostModel.file_overhead_bits`` bounds the header);
 * an average number of bits per quantized weight (scales included), ``"1.5bits"``.
 
 Every target becomes the same thing: the largest number of bits the quantized
@@ -18,8 +19,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .cost import CostModel
+if TYPE_CHECKING:  # parsing a target stays free of torch (argument checks of the CLI)
+    from .cost import CostModel
 
 __all__ = ["Target", "parse_target", "budget_bits", "reachable_range"]
 
@@ -27,8 +30,8 @@ _UNITS = {
     "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3,
 }
-_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
-_HELP = 'write a target as a compression ("24x"), a model size ("300KB", "1.2MB", "512KiB") or average bits ("1.5bits")'
+_PATTERN = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
+_HELP = 'write a target as a compression ("24x"), a file size ("12KB", "1.2MB", "12KiB") or average bits ("1.5bits")'
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,12 @@ def budget_bits(target: str | Target, cost: CostModel) -> int:
     elif t.kind == "average_bits":
         budget = math.floor(t.value * n)
         reach = f"between {lo / n:.4g} bits and {hi / n:.4g} bits"
-    else:
-        budget = math.floor(t.value * 8) - cost.float_rest_bits
-        reach = (f"between {(lo + cost.float_rest_bits) / 8000:.4g} KB and "
-                 f"{(hi + cost.float_rest_bits) / 8000:.4g} KB (the layers kept in float take "
-                 f"{cost.float_rest_bits / 8000:.4g} KB)")
+    else:  # the whole .mbits file: quantized weights, everything kept in float, the header
+        rest = cost.float_rest_bits + cost.file_overhead_bits
+        budget = math.floor(t.value * 8) - rest
+        reach = (f"between {(lo + rest) / 8000:.4g} KB and {(hi + rest) / 8000:.4g} KB of file (the layers kept "
+                 f"in float take {cost.float_rest_bits / 8000:.4g} KB, the file header at most "
+                 f"{cost.file_overhead_bits / 8000:.4g} KB)")
     if budget < lo:
         raise ValueError(
             f"target {t.text!r} is unreachable: even every layer at its smallest candidate is larger. "
@@ -110,14 +114,15 @@ def reachable_range(cost: CostModel) -> dict[str, tuple[float, float]]:
 
     Returns:
         {"compression": (x, x) weight compression, "model_compression": (x, x) whole-model
-        compression, "size_bytes": (B, B) whole-model size, "average_bits": (bits, bits)};
+        compression, "size_bytes": (B, B) file size, header included, "average_bits": (bits, bits)};
         each (least, most) compressed.
     """
     n, fq, rest = cost.num_quantized_weights, cost.float_quantized_bits(), cost.float_rest_bits
     lo, hi = cost.min_quantized_bits(), cost.max_quantized_bits()
+    file_rest = rest + cost.file_overhead_bits
     return {
         "compression": (fq / hi, fq / lo),
         "model_compression": (cost.float_model_bits() / (hi + rest), cost.float_model_bits() / (lo + rest)),
-        "size_bytes": ((hi + rest) / 8, (lo + rest) / 8),
+        "size_bytes": ((hi + file_rest) / 8, (lo + file_rest) / 8),
         "average_bits": (hi / n, lo / n),
     }

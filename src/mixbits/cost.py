@@ -11,6 +11,9 @@ Sizes count what a deployed file must hold:
 * everything else (biases, norms and their running statistics, layers kept in
   float): 32 bits per element.
 
+A ``.mbits`` file adds its header and at most 7 bits of padding per 1..8-bit layer
+(``file_overhead_bits`` bounds both); size targets bound the file, header included.
+
 Weight compression (the figure papers quote) is the float32 size of the
 quantized layers' weights over their quantized size, scales included; whole-model
 compression divides the whole float model by the whole quantized model.
@@ -96,12 +99,17 @@ class CostModel:
         layers: the decision units (quantized layers), in model order.
         float_rest_bits: bits of everything else the model stores in float32.
         num_params: distinct parameters of the whole model, when known (for the quantized share).
+        file_overhead_bits: an upper bound on what a ``.mbits`` file of this model adds to
+            :meth:`model_bits` at any bits (its header, and byte padding of each layer's codes);
+            size targets (``"12KB"``) subtract it, so they bound the whole file.
     """
 
-    def __init__(self, layers: Sequence[LayerInfo], float_rest_bits: int, num_params: int | None = None) -> None:
+    def __init__(self, layers: Sequence[LayerInfo], float_rest_bits: int, num_params: int | None = None,
+                 file_overhead_bits: int = 0) -> None:
         self.layers = tuple(layers)
         self.float_rest_bits = int(float_rest_bits)
         self.num_params = num_params
+        self.file_overhead_bits = int(file_overhead_bits)
         self._by_name = {layer.name: layer for layer in self.layers}
         self.num_quantized_weights = sum(layer.num_weights for layer in self.layers)
 

@@ -11,10 +11,29 @@ import io
 import math
 from typing import Any, Mapping, Sequence
 
-__all__ = ["bits_png", "probs_png", "progress_png", "pareto_png", "probability_series"]
+__all__ = ["bits_png", "probs_png", "progress_png", "pareto_png", "probability_series", "METHOD_COLORS",
+           "method_color"]
 
 _BIT_COLORS = {1: "#d62728", 2: "#ff7f0e", 3: "#bcbd22", 4: "#2ca02c", 5: "#17becf", 6: "#1f77b4", 7: "#9467bd",
                8: "#8c564b", 16: "#7f7f7f", 32: "#1b1b1b"}
+# One colour per method in every figure (the report's Pareto plot and the sweep's pareto.png).
+METHOD_COLORS = {"search": "tab:red", "hessian": "tab:purple", "random": "tab:orange", "uniform": "tab:blue",
+                 "diffq": "tab:green", "mct": "tab:brown"}
+_OTHER_COLORS = ("tab:cyan", "tab:olive", "tab:pink", "tab:gray")
+
+
+def method_color(method: str, others: Sequence[str] = ()) -> str:
+    """The colour of a method (``"uniform:4"`` is ``uniform``); an unknown one takes the next spare colour.
+
+    Args:
+        method: a method name or spec.
+        others: every unknown method of the figure, in a fixed order, so each keeps its own colour.
+    """
+    base = str(method).split(":")[0]
+    if base in METHOD_COLORS:
+        return METHOD_COLORS[base]
+    spare = sorted({str(o).split(":")[0] for o in others} - set(METHOD_COLORS))
+    return _OTHER_COLORS[spare.index(base) % len(_OTHER_COLORS)] if base in spare else _OTHER_COLORS[0]
 
 
 def _plt():
@@ -48,18 +67,20 @@ def bits_png(layers: Sequence[Mapping[str, Any]]) -> bytes:
     """
     plt = _plt()
     n = len(layers)
-    fig, (ax_b, ax_s) = plt.subplots(2, 1, figsize=(max(6.0, 0.32 * n + 2.0), 5.2), sharex=True,
+    fig, (ax_b, ax_s) = plt.subplots(2, 1, figsize=(max(11.0, 0.32 * n + 2.0), 5.2), sharex=True,
                                      gridspec_kw={"height_ratios": [1.2, 1]})
     xs = list(range(n))
     colors = [_BIT_COLORS.get(int(r["bits"]), "#444444") for r in layers]
-    ax_b.bar(xs, [r["bits"] for r in layers], color=colors, edgecolor=["black" if r["pinned"] else "none" for r in layers])
+    width = min(0.8, 0.08 * max(n, 4))  # a handful of layers: narrow bars, not page-wide slabs
+    ax_b.bar(xs, [r["bits"] for r in layers], width=width, color=colors, edgecolor=["black" if r["pinned"] else "none" for r in layers])
     ax_b.set_yscale("log", base=2)
     ticks = sorted({int(r["bits"]) for r in layers} | {1, 8, 32})
     ax_b.set_yticks(ticks, [str(t) for t in ticks])
     ax_b.minorticks_off()
     ax_b.set_ylabel("bits")
     ax_b.set_title("bits per layer (outlined: pinned)")
-    ax_s.bar(xs, [100 * r["share_of_quantized"] for r in layers], color=colors)
+    ax_s.bar(xs, [100 * r["share_of_quantized"] for r in layers], width=width, color=colors)
+    ax_s.set_xlim(-0.6, n - 0.4)
     ax_s.set_ylabel("share of size (%)")
     ax_s.set_xticks(xs, [_short(r["name"]) for r in layers], rotation=60, ha="right", fontsize=8)
     for ax in (ax_b, ax_s):
@@ -93,8 +114,19 @@ def probability_series(history: Sequence[Mapping[str, Any]]) -> tuple[list[float
     return xs, series
 
 
-def probs_png(history: Sequence[Mapping[str, Any]], candidates: Sequence[int]) -> bytes | None:
+def probs_png(history: Sequence[Mapping[str, Any]], candidates: Sequence[int],
+              fill_upgrades: Mapping[str, Sequence[int]] | None = None,
+              final_bits: Mapping[str, int] | None = None) -> bytes | None:
     """Stacked probabilities of each candidate bitwidth over the search, one small panel per layer.
+
+    Args:
+        history: the search's per-epoch records.
+        candidates: the candidate bitwidths, in the order of the probabilities.
+        fill_upgrades: {layer: (searched bits, final bits)} that the budget fill raised after the
+            search; their panels say so, since the final bits are not the probabilities' winner.
+        final_bits: {layer: bits} of the run; each panel names them, in colour where they are not
+            where the plotted probabilities settle (the exact budget solve over the search's
+            preferences, or the budget fill, chose otherwise).
 
     Returns:
         the PNG, or None when the history holds no probabilities (a method other than the search).
@@ -113,7 +145,12 @@ def probs_png(history: Sequence[Mapping[str, Any]], candidates: Sequence[int]) -
     for ax, (name, s) in zip(axes.flat, layers.items()):
         per_bit = list(zip(*s))  # (K, T)
         ax.stackplot(xs, per_bit, colors=colors, linewidth=0)
-        ax.set_title(_short(name, 30), fontsize=8)
+        up = (fill_upgrades or {}).get(name)
+        final = (final_bits or {}).get(name)
+        settled = cands[max(range(len(cands)), key=lambda k: s[-1][k])]
+        note = "" if final is None else f"\nfinal {final} bits" + (f" (budget fill from {up[0]})" if up else "")
+        ax.set_title(_short(name, 30) + note, fontsize=8,
+                     color="#b03000" if final is not None and final != settled else "black")
         ax.set_ylim(0, 1)
         ax.set_xlim(xs[0], xs[-1])
         ax.tick_params(labelsize=7)
@@ -132,8 +169,11 @@ def progress_png(search_history: Sequence[Mapping[str, Any]], fit_history: Mappi
                  report: Mapping[str, Any]) -> bytes:
     """Expected size against the target, multiplier and temperature during the search, and accuracy over all stages."""
     plt = _plt()
-    fig, (ax_size, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
-    if search_history and "expected_weight_compression" in search_history[0]:
+    searched = bool(search_history) and "expected_weight_compression" in search_history[0]
+    # without a search history (a one-step method) the accuracy plot takes the whole width
+    fig, axes = plt.subplots(1, 2 if searched else 1, figsize=(11, 4.6), layout="constrained", squeeze=False)
+    ax_size, ax_acc = axes[0][0], axes[0][-1]
+    if searched:
         ep = [h["epoch"] for h in search_history]
         comp = [h["expected_weight_compression"] for h in search_history]
         ax_size.plot(ep, comp, "o-", label="expected compression")
@@ -146,16 +186,21 @@ def progress_png(search_history: Sequence[Mapping[str, Any]], fit_history: Mappi
         ax_size.set_xlabel("search epoch")
         ax_size.set_xticks(ep)
         ax_size.set_ylabel("weight compression (x)")
+        # multiplier and temperature differ by orders of magnitude: one right axis each
         twin = ax_size.twinx()
         twin.plot(ep, [h["multiplier"] for h in search_history], "s:", color="tab:purple", ms=3, label="multiplier")
-        twin.plot(ep, [h["temperature"] for h in search_history], "^:", color="tab:orange", ms=3, label="temperature")
-        twin.set_ylabel("multiplier, temperature")
-        lines = ax_size.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        twin.set_ylabel("multiplier", color="tab:purple")
+        twin.tick_params(axis="y", colors="tab:purple")
+        twin_t = ax_size.twinx()
+        twin_t.spines["right"].set_position(("axes", 1.16))
+        twin_t.plot(ep, [h["temperature"] for h in search_history], "^:", color="tab:orange", ms=3,
+                    label="temperature")
+        twin_t.set_ylabel("temperature", color="tab:orange")
+        twin_t.tick_params(axis="y", colors="tab:orange")
+        lines = (ax_size.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+                 + twin_t.get_legend_handles_labels()[0])
         ax_size.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="best")
         ax_size.set_title("expected size during the search")
-    else:
-        ax_size.text(0.5, 0.5, "no search history\n(method without epochs)", ha="center", va="center")
-        ax_size.set_axis_off()
     stages = [("float", fit_history.get("float") or []), ("search", search_history or []),
               ("fine-tune", fit_history.get("finetune") or [])]
     start = 0
@@ -165,11 +210,15 @@ def progress_png(search_history: Sequence[Mapping[str, Any]], fit_history: Mappi
         accs = [h["train_accuracy"] for h in hist if h.get("train_accuracy") is not None]
         xs = list(range(start + 1, start + len(accs) + 1))
         if accs:
-            ax_acc.plot(xs, [100 * a for a in accs], "o-", ms=3, label=f"{name} train")
+            ax_acc.plot(xs, [100 * a for a in accs], "o-", ms=3, color=f"C{i}", label=f"{name} train")
             ax_acc.axvspan(start + 0.5, start + len(accs) + 0.5, color=f"C{i}", alpha=0.06)
         if tests[name] is not None:
-            ax_acc.plot([start + max(len(accs), 1)], [100 * tests[name]], "*", ms=11, color=f"C{i}",
-                        markeredgecolor="black", label=f"{name} test {100 * tests[name]:.2f}%")
+            # after the stage's last epoch; a stage without epochs (a float checkpoint, the Hessian
+            # allocation) sits on the boundary before the next stage's band
+            x = start + len(accs) if accs else start + (0.0 if i == 0 else 0.5)
+            label = f"{name} test {100 * tests[name]:.2f}%" + (" (checkpoint)" if i == 0 and not accs else "")
+            ax_acc.plot([x], [100 * tests[name]], "*", ms=12, color=f"C{i}", markeredgecolor="black", label=label,
+                        zorder=4)
         start += len(accs)
     from matplotlib.ticker import MaxNLocator
 
@@ -177,10 +226,10 @@ def progress_png(search_history: Sequence[Mapping[str, Any]], fit_history: Mappi
     ax_acc.set_xlabel("epoch (float, search, fine-tune)")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.set_title("accuracy over the run")
-    ax_acc.legend(fontsize=7, loc="lower right")
-    for ax in (ax_size, ax_acc):
+    ax_acc.set_xlim(left=-0.5)
+    ax_acc.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    for ax in {ax_size, ax_acc}:
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -194,13 +243,14 @@ def pareto_png(rows: Sequence[Mapping[str, Any]], *, run_point: tuple[float, flo
         float_accuracy: the float model's test accuracy, a dashed line.
     """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     methods: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         methods.setdefault(str(r["method"]).split(":")[0], []).append(
             (float(r["weight_compression"]), 100 * float(r["test_accuracy"])))
-    for i, (m, pts) in enumerate(sorted(methods.items())):
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=22, color=f"C{i}", label=m, zorder=3)
+    for m, pts in sorted(methods.items()):
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=22, color=method_color(m, list(methods)), label=m,
+                   zorder=3)
     front = _pareto_front([p for pts in methods.values() for p in pts])
     if front:
         ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="black", lw=1, alpha=0.6,

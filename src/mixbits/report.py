@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .budget import parse_target
 from .space import BitSpace
 
 __all__ = ["build_report", "format_table", "to_markdown"]
@@ -64,19 +65,34 @@ def _total_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         share = t["quantized_param_share"]
         lines.append(("parameters quantized", f"{100 * share:.1f}%" + (
             " (warning: more than a quarter of the parameters stay float)" if share < 0.75 else "")))
+    target_bytes = _target_bytes(report)
     if "target" in report:
-        lines.append(("target", f"{report['target']} (budget {_kib(report['budget_bits'])} for quantized weights, "
-                                f"{100 * t['quantized_bits'] / report['budget_bits']:.1f}% used)"))
+        whole = "the whole .mbits file, header included; " if target_bytes is not None else ""
+        lines.append(("target", f"{report['target']} ({whole}budget {_kib(report['budget_bits'])} for quantized "
+                                f"weights, {100 * t['quantized_bits'] / report['budget_bits']:.1f}% used)"))
     if "packed_file" in report:
         f = report["packed_file"]
-        lines.append(("packed file (measured on disk)", f"{f['file_bytes'] / 1024:.2f} KiB, promised "
-                      f"{f['promised_bytes'] / 1024:.2f} KiB + header {f['header_bytes'] / 1024:.2f} KiB"))
+        fits = "" if target_bytes is None else (
+            f", within the target's {target_bytes:,.0f} B" if f["file_bytes"] <= target_bytes
+            else f", OVER the target's {target_bytes:,.0f} B")
+        lines.append(("packed file (measured on disk)", f"{f['file_bytes']:,} B = {f['file_bytes'] / 1024:.2f} KiB, "
+                      f"promised {f['promised_bytes'] / 1024:.2f} KiB + header {f['header_bytes'] / 1024:.2f} KiB"
+                      + fits))
     for key, label in (("float_test_accuracy", "float test accuracy"),
                        ("derived_test_accuracy", "test accuracy at derived bits, before fine-tuning"),
                        ("final_test_accuracy", "final test accuracy")):
         if key in report:
             lines.append((label, _pct(report[key])))
     return lines
+
+
+def _target_bytes(report: Mapping[str, Any]) -> float | None:
+    """The bytes a size target ("12KB") allows the whole file; None for other targets."""
+    try:
+        t = parse_target(report["target"])
+    except (KeyError, ValueError):
+        return None
+    return t.value if t.kind == "size_bytes" else None
 
 
 def _fill_note(report: Mapping[str, Any]) -> str | None:
@@ -93,7 +109,7 @@ def _fill_note(report: Mapping[str, Any]) -> str | None:
 def format_table(report: Mapping[str, Any]) -> str:
     """Plain-text per-layer table and totals, for a terminal."""
     rows = report["layers"]
-    w = max([len("layer")] + [len(r["name"]) for r in rows])
+    w = max([len("layer")] + [len(r["name"]) + (2 if r["pinned"] else 0) for r in rows])
     out = [f"{'layer':<{w}}  {'kind':<8} {'weights':>9} {'bits':>4} {'size':>12} {'share':>6}"]
     for r in rows:
         name = r["name"] + (" *" if r["pinned"] else "")

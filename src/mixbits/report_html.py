@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import plots
-from .report import _total_lines, to_markdown
+from .report import _fill_note, _total_lines, to_markdown
 from .runfiles import write_text
 
 __all__ = ["load_run", "load_sweep", "build_plots", "render_html", "render_markdown", "write_run_report"]
@@ -91,7 +91,8 @@ def build_plots(run: Mapping[str, Any], sweep: Sequence[Mapping[str, Any]] | Non
     candidates = (run.get("settings") or {}).get("candidates") or sorted(
         {int(b) for h in history[:1] for b in (h.get("argmax_bits") or {}).values()})
     figures = {"bits": plots.bits_png(report["layers"])}
-    probs = plots.probs_png(history, candidates) if candidates else None
+    probs = plots.probs_png(history, candidates, report.get("fill_upgrades"),
+                                                     {r["name"]: int(r["bits"]) for r in report["layers"]}) if candidates else None
     if probs is not None:
         figures["probabilities"] = probs
     figures["progress"] = plots.progress_png(history, run.get("history") or {}, report)
@@ -106,10 +107,14 @@ def build_plots(run: Mapping[str, Any], sweep: Sequence[Mapping[str, Any]] | Non
 _CAPTIONS = {
     "bits": "Bits per layer, and each layer's share of the quantized weights' size.",
     "probabilities": "How each layer's choice evolved: the probability of every candidate bitwidth during the "
-                     "search (with the budget's prices and the temperature; it sharpens as the temperature falls).",
-    "progress": "Left: the expected weight compression (held at the target by the multiplier), the multiplier "
-                "and the temperature per search epoch. Right: training accuracy of every stage, stars at the test "
-                "accuracy after each stage.",
+                     "search (with the budget's prices and the temperature; it sharpens as the temperature falls). "
+                     "Each panel names the layer's final bits, in red where they differ from where the plotted "
+                     "probabilities settle: the final bits are the exact solve of the budget over the search's "
+                     "preferences (the logits without prices), and a budget fill may then raise a layer.",
+    "progress": "Search runs, left: the expected weight compression (held at the target by the multiplier), "
+                "the multiplier and the temperature per search epoch, each on its own axis. Accuracy: training "
+                "accuracy of every stage on its shaded band, stars of the same colour at the test accuracy after "
+                "each stage (a float checkpoint's at epoch 0).",
     "pareto": "Test accuracy against weight compression for every row of the sweep; the line joins the points "
               "nothing beats on both axes; the star is this run.",
 }
@@ -158,18 +163,27 @@ def render_html(run: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
     for r in report["layers"]:
         share = 100 * r["share_of_quantized"]
         name = e(r["name"]) + (" (pinned)" if r["pinned"] else "")
+        up = (report.get("fill_upgrades") or {}).get(r["name"])
+        bits = f"{r['bits']}" + (f" <span class=\"sub\">(search {up[0]}, budget fill)</span>" if up else "")
         out.append(f"<tr><td><code>{name}</code></td><td>{e(r['kind'])}</td><td class=\"n\">{r['weights']}</td>"
-                   f"<td class=\"n\">{r['bits']}</td><td class=\"n\">{r['size_bits'] / 8192:.2f} KiB</td>"
+                   f"<td class=\"n\">{bits}</td><td class=\"n\">{r['size_bits'] / 8192:.2f} KiB</td>"
                    f"<td><span class=\"share\" style=\"width:{share * 2:.1f}px\"></span>{share:.1f}%</td></tr>")
     out.append("</table>")
     if report.get("float_layers"):
         out.append("<p class=\"sub\">kept in float: " + ", ".join(
             f"<code>{e(f['name'])}</code> ({e(f['kind'])}, {e(f['reason'])})" for f in report["float_layers"]) + "</p>")
+    note = _fill_note(report)
+    if note:
+        out.append(f"<p class=\"sub\">{e(note)}</p>")
     out += ["<h2>Totals</h2>", "<table>"]
     out += [f"<tr><td>{e(k.strip())}</td><td class=\"n\">{e(v)}</td></tr>" for k, v in _total_lines(report)]
     out.append("</table>")
     for name, heading in (("bits", "Bits and size share"), ("probabilities", "Bit probabilities during the search"),
                           ("progress", "Size and accuracy over epochs"), ("pareto", "Pareto plot of the sweep")):
+        if name == "probabilities" and name not in figures:
+            out += [f"<h2>{heading}</h2>", f"<p class=\"sub\">None: the method <code>"
+                    f"{e(str(report.get('method', '-')))}</code> chooses the bits in one step, without a search "
+                    f"history of probabilities (<code>--method search</code> records one).</p>"]
         if name in figures:
             b64 = base64.b64encode(figures[name]).decode("ascii")
             out += [f"<h2>{heading}</h2>", f"<figure><img alt=\"{e(heading)}\" src=\"data:image/png;base64,{b64}\">",

@@ -456,8 +456,8 @@ def _mixing_probs(space: BitSpace) -> dict[str, list[float]]:
 def _bar_numbers(space: BitSpace, sums: dict, done_tr: int, lam: float, full_bits: int) -> dict[str, str]:
     with torch.no_grad():
         exp = float(space.expected_quantized_bits())
-    return {"loss": f"{sums['loss'] / max(done_tr, 1):.3f}",
-            "acc": f"{100 * sums['correct'] / max(sums['seen'], 1):.1f}%",
+    return {"loss": f"{sums['loss'] / done_tr:.3f}" if done_tr else "-",  # "-" until a weight step has run
+            "acc": f"{100 * sums['correct'] / sums['seen']:.1f}%" if sums["seen"] else "-",
             "size": f"{full_bits / exp:.1f}x", "lam": f"{lam:.3g}",
             "T": f"{space.decision_list[0].temperature:.3f}"}
 

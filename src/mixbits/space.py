@@ -396,6 +396,17 @@ def _float_rest_bits(model: nn.Module, quantized_ids: set[int]) -> int:
     return total
 
 
+def _file_overhead_bits(model: nn.Module, layers: list[LayerInfo], quantized_ids: set[int], rest_bits: int) -> int:
+    """Upper bound on the header of the model's ``.mbits`` file plus the byte padding of its codes, bits."""
+    from .export.fileformat import LayerRecord, float_records, header_bytes_bound  # export imports this module
+
+    records = [LayerRecord(name=i.name, aliases=i.aliases, kind=i.kind, shape=i.shape, bits=32, keys=i.state_keys,
+                           channel_dim=i.channel_dim) for i in layers]
+    floats = [rec for rec, _ in float_records(model, quantized_ids)]
+    float_model_bits = FLOAT_BITS * sum(i.num_weights for i in layers) + rest_bits
+    return 8 * header_bytes_bound(records, floats, float_model_bits) + 7 * len(layers)
+
+
 def _check_patterns(config: PrepareConfig, names: list[str]) -> None:
     if not names:
         return  # prepare_ reports that there is nothing to quantize
@@ -521,7 +532,9 @@ def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
         why = next((float_units[id(p)] for p in own if id(p) in float_units), "type not quantized")
         float_layers.append((name, type(module).__name__, sum(p.numel() for p in own), why))
     num_params = sum(p.numel() for p in model.parameters())
-    cost = CostModel(layers, _float_rest_bits(model, quantized_ids), num_params=num_params)
+    rest_bits = _float_rest_bits(model, quantized_ids)
+    cost = CostModel(layers, rest_bits, num_params=num_params,
+                     file_overhead_bits=_file_overhead_bits(model, layers, quantized_ids, rest_bits))
     space = BitSpace(layers, decisions, cost, float_layers, owners)
     share = cost.num_quantized_weights / max(num_params, 1)
     reach = reachable_range(cost)

@@ -7,14 +7,31 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-__all__ = ["parse_bits", "parse_pin", "load_toml", "resolve_config"]
+__all__ = ["parse_bits", "parse_pin", "parse_target_text", "load_toml", "resolve_config"]
 
 
 def parse_bits(text: str) -> tuple[int, ...]:
+    """``"1,2,4"`` -> (1, 2, 4); argparse names the option (``--bits``) in front of the message."""
     try:
-        return tuple(int(b) for b in str(text).split(",") if b.strip())
+        bits = tuple(int(b) for b in str(text).split(",") if b.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"candidate bits must be comma-separated integers like 1,2,4,8,16,32, got {text!r}")
+        raise argparse.ArgumentTypeError(f"candidate bits must be comma-separated integers like 1,2,4,8,16,32, "
+                                         f"got {text!r}") from None
+    if not bits:
+        raise argparse.ArgumentTypeError(f"no candidate bits in {text!r}: write at least one bitwidth, "
+                                         f"e.g. --bits 1,2,4,8,16,32")
+    return bits
+
+
+def parse_target_text(text: str) -> str:
+    """Check a size target (``"24x"``, ``"12KB"``, ``"1.5bits"``) while parsing arguments; keep the text."""
+    from ..budget import parse_target  # torch-free
+
+    try:
+        parse_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def parse_pin(text: str) -> tuple[str, int]:

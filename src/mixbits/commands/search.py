@@ -7,7 +7,7 @@ import dataclasses
 import shlex
 import sys
 
-from .options import resolve_config
+from .options import parse_target_text, resolve_config
 from .settings_args import add_settings_arguments
 
 NAME = "search"
@@ -15,12 +15,12 @@ HELP = "search the bitwidths, fine-tune and evaluate (default: a CNN on scikit-l
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..run import RunConfig
+    from .defaults import SEARCH as d
 
-    d = RunConfig()
     add_settings_arguments(p, d, out_default="runs/<time>-<model>-<target>")
     p.add_argument("--method", help=f"allocation method (default {d.method})")
-    p.add_argument("--target", help=f'size target: "24x" weight compression, "300KB" model size, "1.5bits" (default {d.target})')
+    p.add_argument("--target", type=parse_target_text, help=f'size target: "24x" weight compression, "12KB" size of '
+                                                            f'the .mbits file (header included), "1.5bits" (default {d.target})')
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     p.add_argument("--resume", metavar="RUN_FOLDER",
                    help="continue an interrupted run from its last checkpoint, with its saved settings "

@@ -23,9 +23,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..sweep import SweepConfig
+    from .defaults import SWEEP as d
 
-    d = SweepConfig()
     add_settings_arguments(p, d, out_default="runs/<time>-sweep-<model>")
     p.add_argument("--methods", type=_strings, help=f"comma-separated methods, uniform:K for K bits everywhere "
                                                     f"(default {','.join(d.methods)})")

@@ -2,7 +2,8 @@
 
 The file holds what the cost model counts and nothing else, so its size on disk
 is the promised ``space.cost.model_bits(bits) / 8`` plus the safetensors header
-and at most one byte of padding per quantized layer.
+and at most one byte of padding per quantized layer; ``space.cost.file_overhead_bits``
+bounds those two before any bits are chosen, so a size target bounds the whole file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from ..space import BitSpace
-from .fileformat import (FORMAT_VERSION, SCALE_DTYPE, FloatRecord, LayerRecord, encode_tensors, records_to_json,
+from .fileformat import (FORMAT_VERSION, SCALE_DTYPE, LayerRecord, encode_tensors, float_records, records_to_json,
                          write_mbits)
 
 __all__ = ["ExportResult", "export_model", "size_bound_bytes", "model_source"]
@@ -46,6 +47,8 @@ class ExportResult:
         quantized_weight_bytes: bytes the file spends on the quantized layers' weights (codes and scales).
         float_quantized_bytes: the same weights in float32.
         float_model_bytes: the whole float32 model.
+        file_bound_bytes: the most the file may take, the promise plus the cost model's header bound
+            (``file_overhead_bits``): what size targets such as ``"12KB"`` are checked against.
     """
 
     path: str
@@ -55,6 +58,7 @@ class ExportResult:
     quantized_weight_bytes: int
     float_quantized_bytes: int
     float_model_bytes: float
+    file_bound_bytes: float = float("inf")
 
     @property
     def difference_bytes(self) -> float:
@@ -163,14 +167,8 @@ def export_model(model: nn.Module, space: BitSpace, path: str | Path, *, bits: M
         quantized_ids.add(id(w))
 
     # Everything else that is floating, once per tensor, under all its state-dict keys.
-    groups: dict[int, tuple[torch.Tensor, list[str]]] = {}
-    for key, t in model.state_dict(keep_vars=True).items():
-        if id(t) in quantized_ids or not t.is_floating_point():
-            continue
-        groups.setdefault(id(t), (t, []))[1].append(key)
-    floats = [(FloatRecord(key=keys[0], shape=tuple(t.shape), aliases=tuple(keys[1:])), t)
-              for t, keys in groups.values()]
-    stored_float_bits = 32 * sum(t.numel() for t, _ in groups.values())
+    floats = float_records(model, quantized_ids)
+    stored_float_bits = 32 * sum(t.numel() for _, t in floats)
     if stored_float_bits != space.cost.float_rest_bits:
         # Non-persistent buffers are counted by the cost model but rebuilt by the model itself.
         log.info("float tensors stored: %d bits; the cost model counts %d", stored_float_bits,
@@ -193,7 +191,13 @@ def export_model(model: nn.Module, space: BitSpace, path: str | Path, *, bits: M
         path=str(path), promised_bytes=promised_bits / 8, file_bytes=file_bytes, header_bytes=header_bytes,
         quantized_weight_bytes=sum(rec.stored_bytes for rec, _ in layers),
         float_quantized_bytes=space.cost.float_quantized_bits() // 8,
-        float_model_bytes=space.cost.float_model_bits() / 8)
+        float_model_bytes=space.cost.float_model_bits() / 8,
+        file_bound_bytes=(promised_bits + space.cost.file_overhead_bits) / 8)
     log.info("exported %s: %d bytes, promised %.0f", path, file_bytes, result.promised_bytes)
+    if file_bytes * 8 > promised_bits + space.cost.file_overhead_bits:
+        # only a model recipe longer than the header bound's allowance gets here
+        log.warning("%s is %d bytes, more than the size bound of %.0f bytes (model bits plus header bound) that "
+                    "size targets rely on: its header of %d bytes exceeds the bound", path, file_bytes,
+                    result.file_bound_bytes, header_bytes)
     return result
 

@@ -58,7 +58,8 @@ from ..runfiles import atomic_write
 from .pack import pack_codes, packed_nbytes, unpack_codes
 
 __all__ = ["FORMAT_VERSION", "MbitsFormatError", "LayerRecord", "FloatRecord", "MbitsFile", "write_mbits",
-           "read_mbits", "decode_state_dict", "records_to_json", "weight_key", "checksum"]
+           "read_mbits", "decode_state_dict", "records_to_json", "weight_key", "checksum", "float_records",
+           "header_bytes_bound", "RECIPE_ALLOWANCE_BYTES"]
 
 FORMAT_VERSION = 2
 METADATA_KEY = "mixbits"
@@ -70,6 +71,7 @@ MAX_DIM = 1 << 40
 SCALE_DTYPE = "float16"
 LAYER_FIELDS = ("name", "kind", "shape", "bits", "aliases")  # aliases only when the weight is shared
 FLOAT_FIELDS = ("module", "names", "shape")  # one row per run of same-shaped tensors of one module
+RECIPE_ALLOWANCE_BYTES = 320  # the header bound's room for the model recipe, input shape and mixbits version
 BLOBS = {"codes": torch.uint8, "scales": torch.float16, "half": torch.float16, "float": torch.float32}
 
 
@@ -262,6 +264,47 @@ def write_mbits(path: str | Path, tensors: Mapping[str, torch.Tensor],
 
     atomic_write(path, writer)
     return len(data), 8 + int.from_bytes(data[:8], "little")
+
+
+def float_records(model: torch.nn.Module, skip: set[int]) -> list[tuple[FloatRecord, torch.Tensor]]:
+    """The floating tensors of ``model``'s state dict but those in ``skip`` (by id), once each under all their keys.
+
+    Integer buffers (``num_batches_tracked``) and non-persistent buffers are not stored.
+    """
+    groups: dict[int, tuple[torch.Tensor, list[str]]] = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        if id(t) in skip or not t.is_floating_point():
+            continue
+        groups.setdefault(id(t), (t, []))[1].append(key)
+    return [(FloatRecord(key=keys[0], shape=tuple(t.shape), aliases=tuple(keys[1:])), t) for t, keys in groups.values()]
+
+
+def header_bytes_bound(layers: list[LayerRecord] | tuple[LayerRecord, ...],
+                       floats: list[FloatRecord] | tuple[FloatRecord, ...], float_model_bits: int) -> int:
+    """An upper bound on the header of a file of these weights at any bits, in bytes.
+
+    The header (length prefix, safetensors tensor table, manifest and checksum) is built as
+    :func:`write_mbits` builds it, with every number at its widest: two-digit bits, the float
+    model's size for the promise, and every tensor size and offset written with one more digit
+    than the float model's byte count. The model recipe, the input shape and the mixbits
+    version get :data:`RECIPE_ALLOWANCE_BYTES` together.
+
+    Args:
+        layers: the quantized weights (their ``bits`` are ignored).
+        floats: the tensors kept in float32.
+        float_model_bits: size of the whole float32 model, bits.
+    """
+    widest = [LayerRecord(name=r.name, aliases=r.aliases, kind=r.kind, shape=r.shape, bits=32, keys=r.keys,
+                          channel_dim=r.channel_dim) for r in layers]
+    manifest = {"format_version": FORMAT_VERSION, "mixbits_version": "", "scale_dtype": SCALE_DTYPE,
+                "bit_order": "little", "model": None, "input_shape": None, **records_to_json(widest, list(floats)),
+                "promised_model_bits": float_model_bits, "float_model_bits": float_model_bits}
+    text = json.dumps(manifest, separators=(",", ":"))
+    big = 10 * (float_model_bits // 8 + len(layers) + 1)  # more than any element count or byte offset
+    table: dict[str, Any] = {"__metadata__": {METADATA_KEY: text, CHECKSUM_KEY: "0" * 64}}
+    table.update({name: {"dtype": "F32", "shape": [big], "data_offsets": [big, big]} for name in BLOBS})
+    header = len(json.dumps(table, separators=(",", ":")).encode("utf-8"))
+    return 8 + header + 7 + RECIPE_ALLOWANCE_BYTES  # length prefix, table, padding to 8 bytes, recipe
 
 
 def _corrupt(path: str, why: str) -> MbitsFormatError:

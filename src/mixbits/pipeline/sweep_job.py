@@ -35,6 +35,7 @@ from ..budget import budget_bits
 from ..data import TensorLoader
 from ..methods import Allocation, AllocationContext
 from ..runfiles import claim_run_dir, save_checkpoint, write_json
+from ..plots import method_color
 from ..train import TrainConfig, fit
 from .allocation import allocate_bits, fix_bits_, prepare_config, start_row
 from .config import SweepConfig, parse_method
@@ -258,9 +259,6 @@ def write_table(result: Mapping[str, Any], out: str | Path, stem: str = "sweep")
 
 
 # The same method keeps its colour across plots; other labels take matplotlib's cycle.
-_COLORS = {"search": "tab:red", "hessian": "tab:purple", "random": "tab:orange", "uniform": "tab:blue",
-           "diffq": "tab:green", "mct": "tab:brown"}
-
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -308,7 +306,7 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, *, float_ac
     floor = min(shown) - 1.0 if shown else best - 25
     for base, xs, ys, es in lines:
         line = ax.errorbar(xs, [max(y, floor) for y in ys], yerr=es, marker="o", ms=4, capsize=3, label=base,
-                           color=_COLORS.get(base))
+                           color=method_color(base, list(groups)))
         for x, y in zip(xs, ys):
             if y < floor:
                 ax.annotate(f"{base} {y:.1f}%", (x, floor), xytext=(0, 6), textcoords="offset points", fontsize=7,
