@@ -16,22 +16,12 @@
 set -euo pipefail
 
 VENV="${DIFFQ_VENV:-/work/diffq-venv}"
-PYTHON="${PYTHON:-python3}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO/benchmarks/_peer_venv.sh"
 
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-CONSTRAINTS="$VENV/diffq-constraints.txt"
-printf 'torch==2.13.0\n' > "$CONSTRAINTS"
-
-"${PIP[@]}" install -q --upgrade pip
-"${PIP[@]}" install -q torch==2.13.0
-"${PIP[@]}" install -q -c "$CONSTRAINTS" \
-    numpy scipy scikit-learn tqdm mlxtend Pillow safetensors 'pydantic>=2'
-"${PIP[@]}" install -q -c "$CONSTRAINTS" diffq==0.2.4
-"${PIP[@]}" install -q --no-deps -e "$REPO"
+peer_venv "$VENV" 'torch==2.13.0'
+peer_install_mixbits "$REPO"
+"${PIP[@]}" install -q -c "$CONSTRAINTS" diffq==0.2.4   # builds its Cython bitpack extension with gcc
 
 # Checks: torch is still the pinned build, DiffQ's compiled bitpack loads, and mixbits imports.
 cd "$REPO/benchmarks"

@@ -18,23 +18,13 @@
 set -euo pipefail
 
 VENV="${MCT_VENV:-/work/mct-venv}"
-PYTHON="${PYTHON:-python3}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO/benchmarks/_peer_venv.sh"
 
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-CONSTRAINTS="$VENV/mct-constraints.txt"
-printf 'torch==2.13.0\ntorchvision==0.28.0\n' > "$CONSTRAINTS"
-
-"${PIP[@]}" install -q --upgrade pip
-"${PIP[@]}" install -q torch==2.13.0
+peer_venv "$VENV" 'torch==2.13.0' 'torchvision==0.28.0'
 "${PIP[@]}" install -q --no-deps torchvision==0.28.0
-"${PIP[@]}" install -q -c "$CONSTRAINTS" \
-    model-compression-toolkit==2.6.1 \
-    numpy scipy scikit-learn tqdm mlxtend Pillow safetensors
-"${PIP[@]}" install -q --no-deps -e "$REPO"
+"${PIP[@]}" install -q -c "$CONSTRAINTS" model-compression-toolkit==2.6.1
+peer_install_mixbits "$REPO"
 
 # Checks: torch is still the pinned build, and MCT + mixbits import (with the torchvision shim).
 cd "$REPO/benchmarks"
