@@ -201,10 +201,10 @@ def progress_png(search_history: Sequence[Mapping[str, Any]], fit_history: Mappi
                  + twin_t.get_legend_handles_labels()[0])
         ax_size.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="best")
         ax_size.set_title("expected size during the search")
-    stages = [("float", fit_history.get("float") or []), ("search", search_history or []),
+    stages = [("float", fit_history.get("float") or []), ("allocation", search_history or []),
               ("fine-tune", fit_history.get("finetune") or [])]
     start = 0
-    tests = {"float": report.get("float_test_accuracy"), "search": report.get("derived_test_accuracy"),
+    tests = {"float": report.get("float_test_accuracy"), "allocation": report.get("derived_test_accuracy"),
              "fine-tune": report.get("final_test_accuracy")}
     for i, (name, hist) in enumerate(stages):
         accs = [h["train_accuracy"] for h in hist if h.get("train_accuracy") is not None]
@@ -223,7 +223,7 @@ def progress_png(search_history: Sequence[Mapping[str, Any]], fit_history: Mappi
     from matplotlib.ticker import MaxNLocator
 
     ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_acc.set_xlabel("epoch (float, search, fine-tune)")
+    ax_acc.set_xlabel("epoch (float, allocation, fine-tune)")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.set_title("accuracy over the run")
     ax_acc.set_xlim(left=-0.5)

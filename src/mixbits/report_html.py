@@ -111,10 +111,11 @@ _CAPTIONS = {
                      "Each panel names the layer's final bits, in red where they differ from where the plotted "
                      "probabilities settle: the final bits are the exact solve of the budget over the search's "
                      "preferences (the logits without prices), and a budget fill may then raise a layer.",
-    "progress": "Search runs, left: the expected weight compression (held at the target by the multiplier), "
-                "the multiplier and the temperature per search epoch, each on its own axis. Accuracy: training "
-                "accuracy of every stage on its shaded band, stars of the same colour at the test accuracy after "
-                "each stage (a float checkpoint's at epoch 0).",
+    "progress": "Accuracy: training accuracy of every stage on its shaded band, stars of the same colour at the "
+                "test accuracy after each stage (a float checkpoint's at epoch 0; the allocation's after the bits "
+                "are fixed and the BatchNorm statistics re-estimated). With --method search, also the expected "
+                "weight compression (held at the target by the multiplier), the multiplier and the temperature "
+                "per search epoch, each on its own axis.",
     "pareto": "Test accuracy against weight compression for every row of the sweep; the line joins the points "
               "nothing beats on both axes; the star is this run.",
 }
