@@ -267,17 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         print(report(Path(args.out), header, args.rows))
         return 0
     cmd = "python benchmarks/compare_fair.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    with open(Path(args.out).joinpath("commands.txt") if Path(args.out).is_dir() else _mk(args.out), "a") as f:
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    with open(Path(args.out) / "commands.txt", "a") as f:
         f.write(f"{cmd}\n  commit {_git_head()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
                 f"{platform.machine()}, torch {torch.__version__}, "
                 f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}\n")
     run(args)
     return 0
-
-
-def _mk(out: str) -> Path:
-    Path(out).mkdir(parents=True, exist_ok=True)
-    return Path(out) / "commands.txt"
 
 
 if __name__ == "__main__":

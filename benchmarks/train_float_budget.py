@@ -30,20 +30,17 @@ from pathlib import Path
 import torch
 
 from mixbits.commands.train import FloatTrainConfig, train_float
-from mixbits.data import TensorLoader, load_dataset
-from mixbits.models import create_model
-from mixbits.pipeline import resolve_device
-from mixbits.train import TrainConfig, fit
+from mixbits.pipeline import build_data, float_checkpoint, load_float_state, new_model, resolve_device
+from mixbits.runfiles import prepare_run_dir, save_checkpoint, write_json
+from mixbits.train import TrainConfig, evaluate, fit
 
 
 def probe_epoch_seconds(config: FloatTrainConfig) -> float:
     """Seconds of one training epoch of ``config``'s model and data (after a short warm-up)."""
     device = resolve_device(config.device)
-    ds = load_dataset(config.data, root=config.data_root)
-    kw = {"in_channels": ds.input_shape[0], "num_classes": ds.num_classes, "input_size": ds.input_shape[1]}
-    model = create_model(config.model, **kw).to(device)
-    loader = TensorLoader(ds.train_x, ds.train_y, batch_size=config.batch_size, shuffle=True, augment=ds.augment,
-                          mean=ds.mean, std=ds.std, drop_last=True, seed=123, device=device)
+    data = build_data(config.data, root=config.data_root, device=device)
+    model = new_model(config.model, data)
+    loader = data.train_loader(config.batch_size, seed=123)
     fit(copy.deepcopy(model), loader, TrainConfig(epochs=1, lr=config.lr), device=device)  # warm-up (kernels, caches)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -80,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs = int(max(args.min_epochs, min(args.max_epochs, math.floor(args.budget_s / t_epoch))))
     print(f"probe: {t_epoch:.2f} s/epoch -> {epochs} epochs in a budget of {args.budget_s:.0f} s", flush=True)
     config = FloatTrainConfig(**{**base.__dict__, "epochs": epochs, "warmup_epochs": min(2.0, epochs / 10)})
-    cmd = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
-    s = train_float(config, progress=False, command=cmd,
+    s = train_float(config, progress=False, command=_command(argv),
                     on_epoch=lambda e, st: print(f"epoch {st['epoch']}/{epochs} loss {st['loss']:.4f} "
                                                  f"train acc {100 * st['train_accuracy']:.2f}%", flush=True))
     digest = hashlib.sha256(Path(s["checkpoint"]).read_bytes()).hexdigest()
@@ -91,25 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _command(argv: list[str] | None) -> str:
+    return "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
+
+
 def continue_training(args: argparse.Namespace, argv: list[str] | None) -> int:
     """A second cosine cycle from ``args.init_from``; writes the checkpoint and record like :func:`train_float`."""
-    from mixbits.pipeline import load_float_state
-    from mixbits.runfiles import prepare_run_dir, save_checkpoint, write_json
-    from mixbits.train import evaluate
-
     if not args.epochs:
         raise SystemExit("--init-from needs --epochs")
     t_start = time.time()
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    ds = load_dataset(args.data, root=args.data_root)
-    kw = {"in_channels": ds.input_shape[0], "num_classes": ds.num_classes, "input_size": ds.input_shape[1]}
-    model = create_model(args.model, **kw)
+    data = build_data(args.data, root=args.data_root, device=device)
+    model = new_model(args.model, data)
     start = load_float_state(model, args.init_from)
-    model.to(device)
-    loader = TensorLoader(ds.train_x, ds.train_y, batch_size=args.batch_size, shuffle=True, augment=ds.augment,
-                          mean=ds.mean, std=ds.std, drop_last=True, seed=args.seed, device=device)
-    test = TensorLoader(ds.test_x, ds.test_y, batch_size=1000, mean=ds.mean, std=ds.std, device=device)
+    loader = data.train_loader(args.batch_size, seed=args.seed)
+    test = data.test_loader()
     before = evaluate(model, test, device=device)
     recipe = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=1.0)
     t0 = time.time()
@@ -119,15 +112,13 @@ def continue_training(args: argparse.Namespace, argv: list[str] | None) -> int:
     train_s = time.time() - t0
     acc = evaluate(model, test, device=device)
     out = prepare_run_dir(args.out)
-    ckpt = save_checkpoint(out / "float.pt", {"model": args.model, "model_kwargs": kw, "data": args.data,
-                                              "state_dict": model.state_dict(), "test_accuracy": acc})
-    cmd = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
-    write_json(out / "train.json", {"command": cmd, "init_from": args.init_from,
+    ckpt = save_checkpoint(out / "float.pt", float_checkpoint(args.model, args.data, data, model.state_dict(), acc))
+    write_json(out / "train.json", {"command": _command(argv), "init_from": args.init_from,
                                     "init_test_accuracy": before, "init_record": start.get("test_accuracy"),
                                     "test_accuracy": acc, "epochs": args.epochs, "lr": args.lr,
                                     "batch_size": args.batch_size, "history": history, "device": str(device),
-                                    "test_samples": len(ds.test_y), "seconds": {"train": round(train_s, 2),
-                                                                                "total": round(time.time() - t_start, 2)}})
+                                    "test_samples": len(data.dataset.test_y),
+                                    "seconds": {"train": round(train_s, 2), "total": round(time.time() - t_start, 2)}})
     digest = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()
     print(f"float test accuracy {100 * before:.2f}% -> {100 * acc:.2f}% after {args.epochs} more epochs "
           f"({train_s:.1f} s on {device})")

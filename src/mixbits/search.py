@@ -147,8 +147,16 @@ def derive_bits(space: BitSpace, budget: int, *, fill: bool = True, min_use: flo
     except InfeasibleError:
         log.info("no assignment uses %.0f%% of the budget; deriving without the lower bound", 100 * min_use)
         bits = solve_budget(prefs, costs, budget)
-    if not fill:
-        return bits
+    return fill_budget(space, budget, bits) if fill else bits
+
+
+def fill_budget(space: BitSpace, budget: int, bits: Mapping[str, int]) -> dict[str, int]:
+    """Spend the budget ``bits`` leaves unused on upgrades only (no layer gets fewer bits).
+
+    The most of the budget that upgrades can use, ties broken by the search's preference.
+    """
+    prefs = space.preferences()
+    costs = space.cost.cost_table()
     up_costs = {n: {b: c for b, c in costs[n].items() if b >= bits[n]} for n in costs}
     up_scores = {n: {b: c / budget + 1e-4 * prefs[n][b] for b, c in up_costs[n].items()} for n in costs}
     return solve_budget(up_scores, up_costs, budget)
@@ -416,14 +424,13 @@ def _finish(run: _Run) -> SearchResult:
     space = run.space
     space.set_gumbel_(False)
     chosen = derive_bits(space, run.budget, fill=False)
-    bits = derive_bits(space, run.budget) if run.config.fill else chosen
+    bits = fill_budget(space, run.budget, chosen) if run.config.fill else chosen
     upgrades = {n: [int(chosen[n]), int(bits[n])] for n in bits if bits[n] != chosen[n]}
     if upgrades:
         log.info("budget fill: %s", ", ".join(f"{n} {a} -> {b} bits" for n, (a, b) in upgrades.items()))
     return SearchResult(bits=bits, budget_bits=run.budget, multiplier=run.lam, history=run.history,
-                        start_bits=run.start["bits"], movement={**_movement(space, run.start, bits),
-                                                                "fill_upgrades": upgrades},
-                        fill_upgrades=upgrades)
+                        start_bits={k: int(v) for k, v in run.start["bits"].items()},
+                        movement=_movement(space, run.start, bits), fill_upgrades=upgrades)
 
 
 def _preference_probs(space: BitSpace) -> dict[str, list[float]]:
@@ -439,8 +446,7 @@ def _movement(space: BitSpace, start: Mapping[str, Any], bits: Mapping[str, int]
     free = [layer.name for layer in space.layers if not layer.pinned]
     changed = sorted(n for n in free if int(bits[n]) != int(start["bits"][n]))
     return {"changed_layers": changed, "changed_fraction": len(changed) / max(len(free), 1),
-            "mean_tv": sum(tv[n] for n in free) / max(len(free), 1), "max_tv": max((tv[n] for n in free), default=0.0),
-            "start_bits": {k: int(v) for k, v in start["bits"].items()}}
+            "mean_tv": sum(tv[n] for n in free) / max(len(free), 1), "max_tv": max((tv[n] for n in free), default=0.0)}
 
 
 # Snapshots of the mixing probabilities recorded per search epoch, for the report's plots.

@@ -18,5 +18,7 @@ def differentiable_search(ctx: AllocationContext) -> Allocation:
     result = search(ctx.model, ctx.space, ctx.loaders["weights"], ctx.loaders["held_out"], config,
                     device=ctx.device, teacher=ctx.teacher, progress=ctx.progress,
                     resume=ctx.resume, on_checkpoint=ctx.on_checkpoint)
-    return Allocation(bits=result.bits, history=result.history, weight_epochs=float(config.epochs) if config.train_weights else 0.0,
-                      info={"init": config.init, "multiplier": result.multiplier, **result.movement})
+    return Allocation(bits=result.bits, history=result.history,
+                      weight_epochs=float(config.epochs) if config.train_weights else 0.0,
+                      info={"init": config.init, "multiplier": result.multiplier, **result.movement,
+                            "start_bits": result.start_bits, "fill_upgrades": result.fill_upgrades})
