@@ -1,16 +1,20 @@
 """Fuzz ``mixbits.load`` with mutations of a real exported ``.mbits`` file.
 
-One real file (the built-in ``digits_cnn`` at mixed 1..32 bits, exported with its
-zoo recipe) is mutated N times, with a fixed seed:
+One real file (the built-in ``digits_cnn`` at mixed 1..32 bits, three of its four layers
+with bits per structure of 3 output channels, exported with its zoo recipe; format
+version 3) is mutated N times, with a fixed seed:
 
 - ``bytes``: bit flips, random bytes, truncation, appended or deleted or repeated spans;
-- ``stale``: JSON edits of the manifest that keep the old checksum (damage, hand edits);
+- ``stale``: JSON edits of the manifest (and edits of the ``group_bits`` tensor) that keep
+  the old checksum (damage, hand edits);
 - ``forged``: the same edits with the checksum recomputed (a forger's file);
 - ``header``: edits of the safetensors tensor table (dtypes, shapes, offsets), checksum kept.
 
 The edits include the attacks of issue 10: recipes that name ``os:system`` or a canary
 module, widths of 3000 and 8000, swapped BatchNorm names, a deeply nested manifest,
-2 MB layer names, a 5000-digit integer, ``format_version`` true or 1.0.
+2 MB layer names, a 5000-digit integer, ``format_version`` true or 1.0; and edits of the
+structures: bad group sizes, ``layer_groups`` dropped or naming no layer, a version 2
+claim, structure codes out of range, non-zero padding nibbles.
 
 Each file is loaded (and described, as ``mixbits inspect`` does) in a worker
 subprocess under a memory limit; a case that gives no answer within the time limit
@@ -44,7 +48,11 @@ CANARY_MODULE = "fuzz_canary_module"
 
 
 def make_original(path: Path) -> Path:
-    """Export the built-in digits_cnn (width 8) at mixed bits with trained-looking BatchNorm statistics."""
+    """Export the built-in digits_cnn (width 8) at mixed bits with trained-looking BatchNorm statistics.
+
+    ``features.0`` is pinned at 2 bits (one bitwidth); the other layers have bits per structure
+    of 3 output channels, every candidate among them.
+    """
     import torch
     from torch import nn
 
@@ -61,8 +69,11 @@ def make_original(path: Path) -> Path:
             m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
-    space = prepare_(model, PrepareConfig(candidates=(1, 2, 4, 8, 16, 32)))
-    bits = dict(zip([layer.name for layer in space.layers], (2, 1, 4, 32, 16, 8)))
+    space = prepare_(model, PrepareConfig(candidates=(1, 2, 4, 8, 16, 32), granularity="group:3",
+                                          pins={"features.0": 2}))
+    cycle = (1, 4, 32, 16, 8, 2)
+    bits = {layer.name: tuple(cycle[(i + g) % len(cycle)] for g in range(layer.num_groups)) if layer.grouped else 2
+            for i, layer in enumerate(space.layers)}
     space.fix_(bits)
     export_model(model.eval(), space, path, zoo="digits_cnn", model_kwargs=KWARGS, input_shape=(1, 8, 8))
     return path
@@ -82,12 +93,14 @@ def _rebuild(header: dict, body: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + body
 
 
-def _with_manifest(data: bytes, text: str, forged: bool) -> bytes:
+def _with_manifest(data: bytes, text: str, forged: bool, tensor_edit: Callable[[dict], Any] | None = None) -> bytes:
     from safetensors.torch import load, save
 
     from mixbits.export.fileformat import checksum
 
     tensors = load(data)
+    if tensor_edit is not None:
+        tensor_edit(tensors)
     _, meta, _ = _split(data)
     digest = checksum(text, tensors) if forged else meta["mixbits_sha256"]
     return save(tensors, metadata={"mixbits": text, "mixbits_sha256": digest})
@@ -146,7 +159,7 @@ def manifest_edits(canary: Path) -> list[tuple[str, Callable[[dict, random.Rando
         ("format_version true", lambda m, r: m.update(format_version=True)),
         ("format_version 1.0", lambda m, r: m.update(format_version=1.0)),
         ("format_version 2.0", lambda m, r: m.update(format_version=2.0)),
-        ("format_version 3", lambda m, r: m.update(format_version=3)),
+        ("format_version 4", lambda m, r: m.update(format_version=4)),
         ("deeply nested", lambda m, r: json.dumps(m)[:-1] + ',"deep":' + "[" * 100_000 + "]" * 100_000 + "}"),
         ("nested layers", lambda m, r: json.dumps({**m, "layers": None}).replace(
             '"layers":null', '"layers":' + "[" * 900 + "]" * 900)),
@@ -164,7 +177,25 @@ def manifest_edits(canary: Path) -> list[tuple[str, Callable[[dict, random.Rando
         ("random value", lambda m, r: _set(m, r.choice(_random_paths(m)), r.choice(POOL))),
         ("delete a key", lambda m, r: _delete(m, r.choice(_random_paths(m)))),
         ("not an object", lambda m, r: r.choice(["[]", "null", "1", '"mixbits"', "{", ""])),
+        ("change a group size", lambda m, r: m["layer_groups"].__setitem__(
+            r.choice(sorted(m["layer_groups"])), r.choice([0, 1, 2, 4, 15, 16, 100, -1, "3", True, 3.0, None]))),
+        ("drop layer_groups", lambda m, r: m.pop("layer_groups")),
+        ("layer_groups of no layer", lambda m, r: m["layer_groups"].update({"nowhere": 2})),
+        ("grouped layer with bits", lambda m, r: next(
+            row for row in m["layers"] if row[0] in m["layer_groups"]).__setitem__(3, r.choice([1, 2, 4, 8, 32]))),
+        ("format_version 2", lambda m, r: m.update(format_version=2)),
+        ("group code out of range", lambda m, r: _group_edit(r, lambda g, i: g.__setitem__(i, 0xA0 | int(g[i]) & 15))),
+        ("random group byte", lambda m, r: _group_edit(r, lambda g, i: g.__setitem__(i, r.randrange(256)))),
+        ("group padding nibble", lambda m, r: _group_edit(r, lambda g, i: g.__setitem__(-1, int(g[-1]) | 0xF0))),
     ]
+
+
+def _group_edit(r: random.Random, edit: Callable[[Any, int], Any]) -> Callable[[dict], None]:
+    """A tensor edit of the ``group_bits`` bytes (the per-structure bitwidth codes) at a random index."""
+    def apply(tensors: dict) -> None:
+        g = tensors["group_bits"]
+        edit(g, r.randrange(g.numel()))
+    return apply
 
 
 def _swap_layer_names(m: dict, r: random.Random) -> None:
@@ -240,11 +271,12 @@ def mutations(data: bytes, n: int, seed: int, canary: Path) -> list[tuple[str, s
             m = json.loads(meta["mixbits"])
             try:
                 text = edit(m, r)
-            except (KeyError, IndexError, TypeError, ValueError):
+            except (KeyError, IndexError, TypeError, ValueError, StopIteration):
                 text = None
+            tensor_edit = text if callable(text) else None  # an edit of the group_bits tensor
             if not isinstance(text, str):
                 text = json.dumps(m, separators=(",", ":"))
-            mutated = _with_manifest(data, text, forged=family == "forged")
+            mutated = _with_manifest(data, text, forged=family == "forged", tensor_edit=tensor_edit)
         out.append((family, kind, mutated))
     return out
 

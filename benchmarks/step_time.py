@@ -9,6 +9,7 @@ of each is reported, so background load hits both alike.
 
     python benchmarks/step_time.py            # both models, CPU, quick
     python benchmarks/step_time.py --device cuda --rounds 50
+    python benchmarks/step_time.py --granularity layer channel group:8 group:32   # bits per structure
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixbits.models import create_model
-from mixbits.space import prepare_
+from mixbits.space import PrepareConfig, prepare_
 
 
 def conv_stack(width: int = 16, num_classes: int = 10) -> nn.Module:
@@ -47,10 +48,10 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int, held_fraction: float,
-            device: torch.device) -> dict:
+            device: torch.device, granularity: str = "layer") -> dict:
     float_model = model.to(device)
     search_model = copy.deepcopy(model).to(device)
-    space = prepare_(search_model).to(device)
+    space = prepare_(search_model, PrepareConfig(granularity=granularity)).to(device)
     budget = (space.cost.min_quantized_bits() + space.cost.max_quantized_bits()) // 8
     space.project_(budget)
     f_opt = torch.optim.SGD(float_model.parameters(), lr=0.01, momentum=0.9)
@@ -103,6 +104,8 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int, hel
         "ratio_logit_step": med["logit"] / med["float"],
         "ratio_search_step": search_step / med["float"],
         "layers": len(space.layers),
+        "decision_units": space.cost.num_units,
+        "granularity": granularity,
         "candidates": list(space.layers[0].candidates),
     }
 
@@ -114,6 +117,8 @@ def main() -> None:
     ap.add_argument("--held-out-fraction", type=float, default=0.2)
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--granularity", nargs="+", default=["layer"],
+                    help="granularities to measure, each on its own search model (default: layer)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,8 +132,11 @@ def main() -> None:
             conv_stack(), torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))),
     }
     results = {}
-    for name, (model, x, y) in cases.items():
-        r = measure(model, x.to(device), y.to(device), args.rounds, args.held_out_fraction, device)
+    for (name, (model, x, y)), gran in [(c, g) for c in cases.items() for g in args.granularity]:
+        r = measure(copy.deepcopy(model), x.to(device), y.to(device), args.rounds, args.held_out_fraction, device,
+                    gran)
+        if len(args.granularity) > 1:
+            name = f"{name}, granularity {gran} ({r['decision_units']} units)"
         results[name] = r
         print(f"{name}: float step {1000 * r['float_step_s']:.1f} ms, weight step {1000 * r['weight_step_s']:.1f} ms, "
               f"logit step {1000 * r['logit_step_s']:.1f} ms -> search step / float step = "

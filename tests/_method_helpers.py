@@ -17,10 +17,10 @@ def tiny_model() -> nn.Module:
                          nn.Linear(16, 4))
 
 
-def tiny_context(target: str = "16x", *, seed: int = 0, options=None, pins=None, model=None):
+def tiny_context(target: str = "16x", *, seed: int = 0, options=None, pins=None, model=None, granularity="layer"):
     """(context, space) on random 6x6 images with 4 classes; no test split (methods must not use it)."""
     model = model or tiny_model()
-    space = prepare_(model, PrepareConfig(pins=pins or {}))
+    space = prepare_(model, PrepareConfig(pins=pins or {}, granularity=granularity))
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 1, 6, 6, generator=g)
     y = torch.randint(0, 4, (64,), generator=g)

@@ -112,3 +112,41 @@ def test_inspect_into_a_closed_pipe_exits_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_export_and_inspect_a_run_with_bits_per_structure(tmp_path, capsys):
+    """A run searched at ``group:4``: bits are lists in the checkpoint, settings.json names the granularity."""
+    run = tmp_path / "run"
+    run.mkdir()
+    model = create_model("digits_cnn", **KWARGS)
+    space = prepare_(model, PrepareConfig(candidates=(1, 2, 4, 8, 16, 32), granularity="group:4"))
+    assert [(l.name, l.num_groups) for l in space.layers] == [
+        ("features.0", 1), ("features.3", 2), ("features.7", 2), ("classifier", 3)]
+    bits = {"features.0": 8, "features.3": [1, 2], "features.7": [16, 4], "classifier": [2, 32, 1]}
+    space.fix_(bits)
+    write_json(run / "settings.json", {"model": "digits_cnn", "data": "digits", "exclude": [], "pins": {},
+                                       "granularity": "group:4"})
+    save_checkpoint(run / "finetuned.pt", {"model": "digits_cnn", "model_kwargs": KWARGS, "data": "digits",
+                                           "data_root": None, "bits": bits, "candidates": [1, 2, 4, 8, 16, 32],
+                                           "state_dict": model.state_dict(), "test_accuracy": 0.5})
+    out = tmp_path / "g.mbits"
+    assert main(["export", str(run), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "(2% + 4 KiB): ok" in text and "reload max |logit diff|    0 " in text
+    f = read_mbits(out)
+    assert {r.name: r.bits for r in f.layers} == {"features.0": 8, "features.3": (1, 2), "features.7": (16, 4),
+                                                  "classifier": (2, 32, 1)}
+    assert f.manifest["layer_groups"] == {"features.3": 4, "features.7": 4, "classifier": 4}
+    assert 8 * (f.file_bytes - f.header_bytes) == space.cost.model_bits(bits) == 14160  # every run fills its bytes
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(load(out)(x), model.eval()(x))
+    assert main(["inspect", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["layer", "kind", "shape", "bits", "group_size", "structures", "bytes"]
+    assert lines[1].split() == ["features.0", "Conv2d", "4x1x3x3", "8", "-", "1", "44"]
+    # 566 bytes: 32 + 8 (2 bits: codes, scales), 512 (32 bits), 8 + 4 (1 bit), 2 index bytes
+    assert lines[4].split()[3:] == ["mixed", "1-32", "(mean", "13.80)", "1:1", "2:1", "32:1", "4", "3", "566"]
+    assert main(["inspect", "--json", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["layers"][3]["bits"] == [2, 32, 1] and info["layers"][3]["group_size"] == 4

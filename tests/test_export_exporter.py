@@ -18,8 +18,13 @@ def _check_size(result, space, bits):
     """The data part is the promise rounded up per layer; only the header is added."""
     promised_bits = space.cost.model_bits(bits)
     assert result.promised_bytes == promised_bits / 8
-    padding = sum(packed_nbytes(l.num_weights, bits[l.name]) * 8 - l.num_weights * bits[l.name]
-                  for l in space.layers if bits[l.name] <= 8)
+    padding = 0  # each run of one 1..8 bitwidth (a layer, or all its channels at those bits) fills whole bytes
+    for l in space.layers:
+        per = l.num_weights // l.num_channels
+        channels: dict[int, int] = {}
+        for c, b in zip(l.group_channels, l.expand(bits[l.name])):
+            channels[b] = channels.get(b, 0) + c
+        padding += sum(packed_nbytes(c * per, b) * 8 - c * per * b for b, c in channels.items() if b <= 8)
     assert (result.file_bytes - result.header_bytes) * 8 == promised_bits + padding
     assert abs(result.file_bytes - result.promised_bytes) <= size_bound_bytes(result.promised_bytes)
     assert result.within_bound
@@ -65,6 +70,26 @@ def test_resnet_like_every_bitwidth(tmp_path, pattern):
     assert _max_diff(net, model, x) <= 1e-5
     # A fresh instance given by the user gets the same weights.
     assert _max_diff(load(tmp_path / "r.mbits", model=TinyResNet()), net, x) == 0.0
+
+
+@pytest.mark.parametrize("granularity", ["channel", "group:3"])
+def test_resnet_like_bits_per_structure(tmp_path, granularity):
+    every = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
+    model, space, bits = prepared(randomize_bn_(TinyResNet()), lambda i, l: tuple(
+        every[(3 * i + g) % 10] for g in range(l.num_groups)) if l.grouped else every[i % 10], granularity=granularity)
+    assert all(l.grouped for l in space.layers)
+    res = export_model(model, space, tmp_path / "r.mbits", input_shape=(3, 12, 12))
+    _check_size(res, space, bits)
+    f = read_mbits(tmp_path / "r.mbits")
+    assert {r.name: r.bits for r in f.layers} == bits
+    assert sum(r.index_bytes for r in f.layers) == f.blobs["group_bits"].numel() == sum(
+        l.index_bits for l in space.layers) // 8
+    net = load(tmp_path / "r.mbits", model=TinyResNet())
+    x = torch.randn(4, 3, 12, 12)
+    assert _max_diff(net, model, x) <= 1e-5
+    info = describe(tmp_path / "r.mbits")
+    assert info["totals"]["within_bound"] and [r["structures"] for r in info["layers"]] == [
+        l.num_groups for l in space.layers]
 
 
 def test_shared_tied_excluded_scalar_and_conv1d(tmp_path):

@@ -43,9 +43,10 @@ def _rewrite_manifest(src, dst, change, *, rehash=True):
 
 def test_good_file_reads(good):
     f = read_mbits(good)
-    assert f.manifest["format_version"] == FORMAT_VERSION == 2
+    assert f.manifest["format_version"] == FORMAT_VERSION == 3
     assert f.manifest["scale_dtype"] == "float16" and f.manifest["bit_order"] == "little"
-    assert set(f.blobs) == {"codes", "scales", "half", "float"}
+    assert set(f.blobs) == {"codes", "scales", "half", "float", "group_bits"}
+    assert f.blobs["group_bits"].numel() == 0 and "layer_groups" not in f.manifest  # no layer with structures
     assert f.file_bytes == good.stat().st_size
 
 
@@ -94,11 +95,11 @@ def test_garbage_and_plain_safetensors(tmp_path):
 
 
 def test_unknown_format_version(good, tmp_path):
-    newer = _rewrite_manifest(good, tmp_path / "v3.mbits", lambda m: m.update(format_version=3))
-    with pytest.raises(MbitsFormatError, match="format version 3, but this mixbits reads version 2; upgrade mixbits"):
+    newer = _rewrite_manifest(good, tmp_path / "v4.mbits", lambda m: m.update(format_version=4))
+    with pytest.raises(MbitsFormatError, match="format version 4, but this mixbits reads versions 2 and 3; upgrade"):
         read_mbits(newer)
     odd = _rewrite_manifest(good, tmp_path / "vx.mbits", lambda m: m.update(format_version="one"))
-    with pytest.raises(MbitsFormatError, match="format version 'one', but this mixbits reads version 2$"):
+    with pytest.raises(MbitsFormatError, match="format version 'one', but this mixbits reads versions 2 and 3$"):
         load(odd, trust_code=True)
     for fake in (True, 2.0):  # a bool or a float is not a version
         with pytest.raises(MbitsFormatError, match=f"format version {fake!r}, but"):
@@ -114,7 +115,8 @@ def test_version_1_file_asks_for_a_new_export(good, tmp_path):
     manifest["format_version"] = 1
     old = tmp_path / "v1.mbits"
     old.write_bytes(save(st_load(data), metadata={"mixbits": json.dumps(manifest)}))  # version 1: no sha256
-    with pytest.raises(MbitsFormatError, match="format version 1, but this mixbits reads version 2; export it again"):
+    with pytest.raises(MbitsFormatError,
+                       match="format version 1, but this mixbits reads versions 2 and 3; export it again"):
         read_mbits(old)
 
 

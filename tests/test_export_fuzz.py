@@ -38,3 +38,19 @@ def test_the_attacks_of_the_issue_are_in_the_mix(fuzz, tmp_path):
                  "swap weight/bias", "deeply nested", "long layer name", "5000-digit integer", "format_version true",
                  "format_version 1.0"):
         assert name in edits
+    # and the edits of format version 3's structures
+    for name in ("change a group size", "drop layer_groups", "layer_groups of no layer", "grouped layer with bits",
+                 "format_version 2", "group code out of range", "random group byte", "group padding nibble"):
+        assert name in edits
+
+
+def test_the_original_has_layers_with_structures(fuzz, tmp_path):
+    from mixbits.export import read_mbits
+
+    f = read_mbits(fuzz.make_original(tmp_path / "original.mbits"))
+    assert f.manifest["format_version"] == 3
+    assert f.manifest["layer_groups"] == {"features.3": 3, "features.7": 3, "classifier": 3}
+    assert {r.name: r.bits for r in f.layers} == {
+        "features.0": 2, "features.3": (4, 32, 16, 8, 2, 1), "features.7": (32, 16, 8, 2, 1, 4),
+        "classifier": (16, 8, 2, 1)}
+    assert f.blobs["group_bits"].tolist() == [0x93, 0x78, 0x01, 0x89, 0x17, 0x30, 0x78, 0x01]

@@ -52,3 +52,26 @@ def test_needs_an_input_shape(tmp_path):
     with pytest.raises(ValueError, match="records no input shape"):
         export_onnx(tmp_path / "r.mbits", tmp_path / "r.onnx", model=TinyResNet(width=4))
     assert not (tmp_path / "r.onnx").exists()
+
+
+def test_bits_per_structure_in_the_metadata(tmp_path):
+    import onnx
+
+    from mixbits import PrepareConfig, prepare_
+
+    model = TinyResNet(width=4)
+    space = prepare_(model, PrepareConfig(candidates=(1, 2, 3, 4, 8, 16, 32), granularity="group:3"))
+    cycle = (1, 3, 8, 16, 32, 2)
+    bits = {l.name: tuple(cycle[(i + g) % 6] for g in range(l.num_groups)) if l.grouped else 4
+            for i, l in enumerate(space.layers)}
+    space.fix_(bits)
+    assert bits["stem"] == (1, 3) and bits["fc"] == (32, 2, 1, 3)  # 4 channels -> 2 structures; 10 -> 4
+    mb = tmp_path / "g.mbits"
+    export_model(model.eval(), space, mb, input_shape=(3, 8, 8))
+    path = export_onnx(mb, tmp_path / "g.onnx", model=TinyResNet(width=4))
+    assert onnx_bits(path) == bits
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["mixbits.format_version"] == "3"
+    assert props["mixbits.bits.fc"] == "32,2,1,3" and props["mixbits.group_size.fc"] == "3"
+    assert props["mixbits.bits.stem"] == "1,3" and props["mixbits.group_size.stem"] == "3"
+    assert onnx_max_abs_diff(path, model, torch.randn(3, 3, 8, 8)) <= 1e-4

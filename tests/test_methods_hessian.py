@@ -71,3 +71,32 @@ def test_hessian_rejects_the_test_split():
     ctx, _ = tiny_context("16x", options={"split": "test"})
     with pytest.raises(ValueError, match="never the test split"):
         allocate("hessian", ctx)
+
+
+def test_per_channel_traces_add_up_to_the_tensor_trace():
+    """The same probes, reduced per output channel, sum to the whole tensor's estimate."""
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 4)
+    x, y = torch.randn(16, 3), torch.randint(0, 4, (16,))
+    whole = hutchinson_traces(lin, {"w": lin.weight}, [(x, y)], batches=1, samples=5,
+                              generator=torch.Generator().manual_seed(3))["w"]
+    per = hutchinson_traces(lin, {"w": lin.weight}, [(x, y)], batches=1, samples=5,
+                            generator=torch.Generator().manual_seed(3), per_channel={"w": 0})["w"]
+    assert per.shape == (4,)
+    assert float(per.sum()) == pytest.approx(whole, rel=1e-6)  # float32 sums in another order
+
+
+def test_hessian_allocates_per_structure_within_the_budget():
+    ctx, space = tiny_context("16x", granularity="group:4")
+    assert [layer.num_groups for layer in space.layers] == [2, 4, 1]  # Linear(16, 4): one group of 4 channels
+    result = allocate("hessian", ctx)
+    assert [type(result.bits[n]) for n in space.names] == [tuple, tuple, int]
+    assert [len(result.bits[n]) for n in space.names[:2]] == [2, 4]
+    assert space.cost.quantized_bits(result.bits) <= ctx.budget_bits
+    assert result.info["units"] == space.cost.num_units == 7 and result.info["solve_seconds"] >= 0
+    # one sensitivity row per structure, per-channel traces for the layers with structures
+    assert set(result.info["sensitivity"]) == set(space.cost.cost_table())
+    assert len(result.info["traces"]["3"]) == 16 and isinstance(result.info["traces"]["5"], float)
+    for per in result.info["sensitivity"].values():  # more bits never cost more sensitivity
+        vals = [per[str(b)] for b in sorted(int(k) for k in per)]
+        assert vals == sorted(vals, reverse=True)

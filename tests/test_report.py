@@ -34,3 +34,22 @@ def test_size_target_says_it_bounds_the_whole_file():
     assert "OVER the target's 1,536 B" in over
     ratio = format_table(_report(target="8x", budget_bits=5000, packed_file=packed))
     assert "header included" not in ratio and "target's" not in ratio
+
+
+def test_bits_per_structure_are_summarised_in_rows_table_and_markdown():
+    model = nn.Sequential(OrderedDict(encoder=nn.Linear(64, 32), act=nn.ReLU(), classifier=nn.Linear(32, 10)))
+    space = prepare_(model, PrepareConfig(granularity="group:8"))
+    bits = {"encoder": [1, 1, 2, 8], "classifier": (4, 1)}  # a JSON list is accepted
+    report = build_report(space, bits)
+    enc, cls = report["layers"]
+    assert enc["bits"] == [1, 1, 2, 8] and enc["structures"] == 4 and enc["group_size"] == 8
+    assert enc["bits_histogram"] == {"1": 2, "2": 1, "8": 1}
+    assert enc["mean_bits"] == 3.0 and enc["bits_label"] == "1-8 ~3.00"
+    assert cls["bits_label"] == "1-4 ~3.40"  # 8 channels at 4 bits, 2 at 1 bit
+    # 64 weights per channel; one float16 scale per channel; four 4-bit codes in two bytes
+    assert enc["size_bits"] == 16 + 8 * 64 * (1 + 1 + 2 + 8) + 32 * 16
+    table = format_table(report)
+    header, row = table.splitlines()[0], table.splitlines()[1]
+    assert "1-8 ~3.00 (4 x 8ch)" in row and len(row) == len(header)
+    assert "bits per structure from a to b" in table
+    assert "| `encoder` | Linear | 2048 | 1-8 ~3.00 (4 x 8ch) |" in to_markdown(report)

@@ -110,3 +110,29 @@ def test_html_renders_in_headless_chromium(run_folder, sweep_rows, tmp_path):
     assert rows_with_ink > 1500, "the page should be covered by tables and plots, not blank"
     colours = torch.unique((rgb * 15).round().reshape(-1, 3), dim=0)
     assert len(colours) > 50, "plots in colour were drawn"
+
+
+def test_bits_per_structure_get_a_heat_map_with_the_moved_structures(tmp_path):
+    from mixbits.report_html import build_plots, load_run
+
+    out = tmp_path / "run"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_search(RunConfig(method="search", granularity="group:8", float_epochs=1, search_epochs=2,
+                             finetune_epochs=1, train_subset=200, batch_size=40, target="16x", device="cpu",
+                             out=str(out)), progress=False)
+    finally:
+        torch.set_num_threads(n)
+    run = load_run(out)
+    grouped = [r for r in run["report"]["layers"] if "structures" in r]
+    assert grouped and all(len(r["bits"]) == r["structures"] for r in grouped)
+    start = run["search"]["info"]["start_bits"]
+    assert all(len(start[r["name"]]) == r["structures"] for r in grouped)
+    figures = build_plots(run)
+    assert figures["structures"][:8] == b"\x89PNG\r\n\x1a\n"
+    paths = write_run_report(out)
+    page = paths["html"].read_text()
+    assert "<h2>Bits per structure</h2>" in page and "structures of 8 channels" in page
+    assert "moved during the search" not in page  # in the image, not the text; the caption explains the dots
+    assert "a dot marks every structure" in page

@@ -206,3 +206,25 @@ def test_bar_shows_no_number_before_the_first_weight_step():
     assert (empty["loss"], empty["acc"]) == ("-", "-")
     some = _bar_numbers(space, {"loss": 1.5, "correct": 3, "seen": 4}, 2, 0.0, 32 * 32)
     assert (some["loss"], some["acc"]) == ("0.750", "75.0%")
+
+
+def test_search_per_channel_learns_structures_and_reports_them():
+    torch.manual_seed(0)
+    model = Zoo()
+    train, held, test = _loaders()
+    fit(model, train, TrainConfig(epochs=2, lr=0.05))
+    space = prepare_(model, PrepareConfig(granularity="channel"))
+    assert space.cost.num_units == 8 + 8 + 16 + 16 + 16 + 5
+    result = search(model, space, train, held, SearchConfig(target="8x", epochs=3, logit_lr=0.2))
+    assert all(isinstance(result.bits[layer.name], tuple) and len(result.bits[layer.name]) == layer.num_groups
+               for layer in space.layers)
+    assert space.cost.quantized_bits(result.bits) <= result.budget_bits
+    assert set(result.start_bits) == set(space.names)
+    m = result.movement
+    assert m["structures"] == space.cost.num_units and 0 <= m["changed_structures"] <= m["structures"]
+    assert m["units"] == 69 and m["solve_seconds"] > 0
+    # the history keeps one probability row per layer (the mean over its structures), for the plots
+    assert len(result.history[-1]["probs"]["c1"]) == 6
+    assert len(result.history[-1]["argmax_bits"]["c1"]) == 8
+    space.fix_(result.bits)
+    assert 0.0 <= evaluate(model, test) <= 1.0

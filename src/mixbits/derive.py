@@ -53,16 +53,17 @@ def solve_budget(scores: Mapping[str, Mapping[int, float]], costs: Mapping[str, 
         RuntimeError: the solver failed.
     """
     from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_array
 
     _validate(scores, costs, budget, floor)
     names = list(costs)
     index = [(n, b) for n in names for b in sorted(costs[n])]
+    row = np.repeat(np.arange(len(names)), [len(costs[n]) for n in names])  # the unit of every variable
     cost_vec = np.array([costs[n][b] for n, b in index], dtype=np.float64)
     scale = max(float(budget), 1.0)
     objective = -np.array([scores[n][b] + _TIE_BREAK * costs[n][b] / scale for n, b in index])
-    choose_one = np.zeros((len(names), len(index)))
-    for j, (n, _) in enumerate(index):
-        choose_one[names.index(n), j] = 1.0
+    # one choice per unit: a sparse (units, variables) matrix, so tens of thousands of units stay cheap
+    choose_one = csr_array((np.ones(len(index)), (row, np.arange(len(index)))), shape=(len(names), len(index)))
     bound = float(budget)
     for _ in range(5):
         constraints = [LinearConstraint(choose_one, 1.0, 1.0),

@@ -11,8 +11,8 @@ import io
 import math
 from typing import Any, Mapping, Sequence
 
-__all__ = ["bits_png", "probs_png", "progress_png", "pareto_png", "probability_series", "METHOD_COLORS",
-           "method_color"]
+__all__ = ["bits_png", "structures_png", "probs_png", "progress_png", "pareto_png", "probability_series",
+           "METHOD_COLORS", "method_color"]
 
 _BIT_COLORS = {1: "#d62728", 2: "#ff7f0e", 3: "#bcbd22", 4: "#2ca02c", 5: "#17becf", 6: "#1f77b4", 7: "#9467bd",
                8: "#8c564b", 16: "#7f7f7f", 32: "#1b1b1b"}
@@ -70,15 +70,21 @@ def bits_png(layers: Sequence[Mapping[str, Any]]) -> bytes:
     fig, (ax_b, ax_s) = plt.subplots(2, 1, figsize=(max(11.0, 0.32 * n + 2.0), 5.2), sharex=True,
                                      gridspec_kw={"height_ratios": [1.2, 1]})
     xs = list(range(n))
-    colors = [_BIT_COLORS.get(int(r["bits"]), "#444444") for r in layers]
+    # A layer with bits per structure is drawn at its mean code bits, hatched, in the colour of its commonest bits.
+    heights = [float(r.get("mean_bits", r["bits"])) if "structures" in r else r["bits"] for r in layers]
+    colors = [_BIT_COLORS.get(_commonest(r), "#444444") for r in layers]
     width = min(0.8, 0.08 * max(n, 4))  # a handful of layers: narrow bars, not page-wide slabs
-    ax_b.bar(xs, [r["bits"] for r in layers], width=width, color=colors, edgecolor=["black" if r["pinned"] else "none" for r in layers])
+    bars = ax_b.bar(xs, heights, width=width, color=colors,
+                    edgecolor=["black" if r["pinned"] else "none" for r in layers])
+    for bar, r in zip(bars, layers):
+        if "structures" in r:
+            bar.set_hatch("//")
     ax_b.set_yscale("log", base=2)
-    ticks = sorted({int(r["bits"]) for r in layers} | {1, 8, 32})
+    ticks = sorted({_commonest(r) for r in layers} | {1, 8, 32})
     ax_b.set_yticks(ticks, [str(t) for t in ticks])
     ax_b.minorticks_off()
     ax_b.set_ylabel("bits")
-    ax_b.set_title("bits per layer (outlined: pinned)")
+    ax_b.set_title("bits per layer (outlined: pinned; hatched: bits per structure, at their mean)")
     ax_s.bar(xs, [100 * r["share_of_quantized"] for r in layers], width=width, color=colors)
     ax_s.set_xlim(-0.6, n - 0.4)
     ax_s.set_ylabel("share of size (%)")
@@ -86,6 +92,62 @@ def bits_png(layers: Sequence[Mapping[str, Any]]) -> bytes:
     for ax in (ax_b, ax_s):
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
+    return _png(fig)
+
+
+def _commonest(row: Mapping[str, Any]) -> int:
+    """A report row's bits, or for bits per structure the bitwidth most structures have."""
+    if "structures" not in row:
+        return int(row["bits"])
+    hist = row.get("bits_histogram") or {}
+    return int(max(hist, key=lambda b: hist[b])) if hist else int(max(row["bits"]))
+
+
+def structures_png(layers: Sequence[Mapping[str, Any]], start_bits: Mapping[str, Any] | None = None) -> bytes | None:
+    """Heat map of the bits of every structure, one strip per layer with bits per structure.
+
+    Args:
+        layers: ``report.json`` rows; those with ``structures`` are drawn.
+        start_bits: {layer: bits per structure} where the search started; structures whose final
+            bits differ are marked with a dot.
+
+    Returns:
+        the PNG, or None when no layer has bits per structure.
+    """
+    rows = [r for r in layers if "structures" in r]
+    if not rows:
+        return None
+    plt = _plt()
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    levels = sorted(_BIT_COLORS)
+    cmap = ListedColormap([_BIT_COLORS[b] for b in levels])
+    norm = BoundaryNorm([-0.5 + i for i in range(len(levels) + 1)], len(levels))
+    fig, ax = plt.subplots(figsize=(11.0, 0.28 * len(rows) + 1.6), layout="constrained")
+    moved_total = 0
+    for y, r in enumerate(rows):
+        bits = [int(b) for b in r["bits"]]
+        g = len(bits)
+        edges = [i / g for i in range(g + 1)]
+        ax.pcolormesh(edges, [y - 0.4, y + 0.4], [[levels.index(b) for b in bits]], cmap=cmap, norm=norm)
+        start = (start_bits or {}).get(r["name"])
+        if isinstance(start, (list, tuple)) and len(start) == g:
+            moved = [i for i in range(g) if int(start[i]) != bits[i]]
+            moved_total += len(moved)
+            if moved:
+                ax.scatter([(i + 0.5) / g for i in moved], [y] * len(moved), s=6, color="white",
+                           edgecolors="black", linewidths=0.4, zorder=3)
+    ax.set_yticks(range(len(rows)), [f"{_short(r['name'], 28)} ({r['structures']})" for r in rows], fontsize=7)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("structure (output channels in order, each layer's strip spans its channels)")
+    used = sorted({int(b) for r in rows for b in r["bits"]})
+    handles = [plt.Rectangle((0, 0), 1, 1, color=_BIT_COLORS[b]) for b in used]
+    labels = [f"{b} bit" for b in used]
+    if start_bits:
+        handles.append(plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="black"))
+        labels.append(f"moved during the search ({moved_total})")
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     return _png(fig)
 
 
@@ -148,6 +210,9 @@ def probs_png(history: Sequence[Mapping[str, Any]], candidates: Sequence[int],
         up = (fill_upgrades or {}).get(name)
         final = (final_bits or {}).get(name)
         settled = cands[max(range(len(cands)), key=lambda k: s[-1][k])]
+        if isinstance(final, (list, tuple)):  # bits per structure: the panel shows their mean probabilities
+            final = None if not final else round(sum(final) / len(final), 2)
+            up = None
         note = "" if final is None else f"\nfinal {final} bits" + (f" (budget fill from {up[0]})" if up else "")
         ax.set_title(_short(name, 30) + note, fontsize=8,
                      color="#b03000" if final is not None and final != settled else "black")

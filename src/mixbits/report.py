@@ -6,26 +6,49 @@ same dict, so they never disagree.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .budget import parse_target
 from .space import BitSpace
 
-__all__ = ["build_report", "format_table", "to_markdown"]
+__all__ = ["build_report", "format_table", "to_markdown", "bits_label"]
 
 
-def build_report(space: BitSpace, bits: Mapping[str, int], **extra: Any) -> dict[str, Any]:
+def bits_label(bits: Any, channels: Sequence[int] | None = None) -> str:
+    """A layer's bits for a table: ``4``, or for bits per structure ``1-8 ~2.41`` (range, then the mean
+    code bits per weight, structures weighted by their ``channels``)."""
+    if isinstance(bits, int):
+        return str(bits)
+    bits = [int(b) for b in bits]
+    weights = list(channels) if channels is not None else [1] * len(bits)
+    mean = sum(b * c for b, c in zip(bits, weights)) / max(sum(weights), 1)
+    lo, hi = min(bits), max(bits)
+    return f"{lo}~{mean:.2f}" if lo == hi else f"{lo}-{hi} ~{mean:.2f}"
+
+
+def build_report(space: BitSpace, bits: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     """Per-layer rows and totals of ``bits`` on ``space``; ``extra`` keys are added at the top level.
+
+    A layer with structures has ``bits`` as a list (one per structure), ``structures``,
+    ``group_size``, ``bits_histogram`` ({bits: structures}) and ``mean_bits`` (code bits per weight).
 
     Returns:
         {"layers": [...], "float_layers": [...], "totals": {...}, **extra}.
     """
     cost = space.cost
+    bits = cost.normalize(bits)
     q_total = cost.quantized_bits(bits)
     rows = []
     for layer in space.layers:
-        b = int(bits[layer.name])
+        b = bits[layer.name]
         size = layer.size_bits(b)
+        grouped = {}
+        if layer.grouped:
+            per = layer.expand(b)
+            grouped = {"structures": layer.num_groups, "group_size": layer.group_size,
+                       "bits_histogram": {str(k): per.count(k) for k in sorted(set(per))},
+                       "mean_bits": sum(x * c for x, c in zip(per, layer.group_channels)) / layer.num_channels}
+            b = list(per)
         rows.append({
             "name": layer.name,
             "aliases": list(layer.aliases),
@@ -37,9 +60,18 @@ def build_report(space: BitSpace, bits: Mapping[str, int], **extra: Any) -> dict
             "pinned": layer.pinned,
             "size_bits": size,
             "share_of_quantized": size / q_total,
+            "bits_label": bits_label(b, layer.group_channels if layer.grouped else None),
+            **grouped,
         })
     float_layers = [{"name": n, "kind": k, "params": p, "reason": r} for n, k, p, r in space.float_layers]
     return {"layers": rows, "float_layers": float_layers, "totals": cost.summary(bits), **extra}
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    """A row's bits as a table shows them (rows of older reports have no ``bits_label``)."""
+    if "structures" in row:
+        return f"{row['bits_label']} ({row['structures']} x {row['group_size']}ch)"
+    return str(row.get("bits_label", row["bits"]))
 
 
 def _kib(bits: float) -> str:
@@ -100,7 +132,9 @@ def _fill_note(report: Mapping[str, Any]) -> str | None:
     ups = report.get("fill_upgrades") or {}
     if not ups:
         return None
-    moves = ", ".join(f"{n} {a} -> {b}" for n, (a, b) in ups.items())
+    moves = ", ".join(f"{n} {a} -> {b}" if isinstance(a, int) else
+                      f"{n} ({sum(x != y for x, y in zip(a, b))} of {len(a)} structures upgraded)"
+                      for n, (a, b) in ups.items())
     return (f"budget fill: {moves} bits. The search chose the smaller bits; the budget that choice left unused "
             f"was spent on upgrades (no layer gets fewer bits); fill = false under [method_options] keeps "
             f"the search's choice.")
@@ -110,11 +144,14 @@ def format_table(report: Mapping[str, Any]) -> str:
     """Plain-text per-layer table and totals, for a terminal."""
     rows = report["layers"]
     w = max([len("layer")] + [len(r["name"]) + (2 if r["pinned"] else 0) for r in rows])
-    out = [f"{'layer':<{w}}  {'kind':<8} {'weights':>9} {'bits':>4} {'size':>12} {'share':>6}"]
+    bw = max([4] + [len(_label(r)) for r in rows])
+    out = [f"{'layer':<{w}}  {'kind':<8} {'weights':>9} {'bits':>{bw}} {'size':>12} {'share':>6}"]
     for r in rows:
         name = r["name"] + (" *" if r["pinned"] else "")
-        out.append(f"{name:<{w}}  {r['kind']:<8} {r['weights']:>9} {r['bits']:>4} {_kib(r['size_bits']):>12} "
+        out.append(f"{name:<{w}}  {r['kind']:<8} {r['weights']:>9} {_label(r):>{bw}} {_kib(r['size_bits']):>12} "
                    f"{100 * r['share_of_quantized']:>5.1f}%")
+    if any("structures" in r for r in rows):
+        out.append("a-b ~m: bits per structure from a to b, m code bits per weight on average")
     if any(r["pinned"] for r in rows):
         out.append("* pinned")
     if report["float_layers"]:
@@ -138,7 +175,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     for r in report["layers"]:
         pin = " (pinned)" if r["pinned"] else ""
         alias = f" = {', '.join(r['aliases'])}" if r["aliases"] else ""
-        out.append(f"| `{r['name']}`{alias}{pin} | {r['kind']} | {r['weights']} | {r['bits']} | {_kib(r['size_bits'])} | "
+        out.append(f"| `{r['name']}`{alias}{pin} | {r['kind']} | {r['weights']} | {_label(r)} | {_kib(r['size_bits'])} | "
                    f"{100 * r['share_of_quantized']:.1f}% |")
     if report["float_layers"]:
         out += ["", "Kept in float:", ""]

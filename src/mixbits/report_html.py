@@ -89,10 +89,15 @@ def build_plots(run: Mapping[str, Any], sweep: Sequence[Mapping[str, Any]] | Non
     report = run["report"]
     history = (run.get("search") or {}).get("history") or []
     candidates = (run.get("settings") or {}).get("candidates") or sorted(
-        {int(b) for h in history[:1] for b in (h.get("argmax_bits") or {}).values()})
+        {int(x) for h in history[:1] for b in (h.get("argmax_bits") or {}).values()
+         for x in (b if isinstance(b, list) else [b])})
     figures = {"bits": plots.bits_png(report["layers"])}
+    start = ((run.get("search") or {}).get("info") or {}).get("start_bits")
+    structures = plots.structures_png(report["layers"], start)
+    if structures is not None:
+        figures["structures"] = structures
     probs = plots.probs_png(history, candidates, report.get("fill_upgrades"),
-                                                     {r["name"]: int(r["bits"]) for r in report["layers"]}) if candidates else None
+                            {r["name"]: r["bits"] for r in report["layers"]}) if candidates else None
     if probs is not None:
         figures["probabilities"] = probs
     figures["progress"] = plots.progress_png(history, run.get("history") or {}, report)
@@ -106,6 +111,9 @@ def build_plots(run: Mapping[str, Any], sweep: Sequence[Mapping[str, Any]] | Non
 
 _CAPTIONS = {
     "bits": "Bits per layer, and each layer's share of the quantized weights' size.",
+    "structures": "Bits of every structure (a run of output channels with its own bitwidth), one strip per layer "
+                  "with bits per structure, channels in order. With --method search, a dot marks every structure "
+                  "whose final bits differ from the bits derived at the search's start.",
     "probabilities": "How each layer's choice evolved: the probability of every candidate bitwidth during the "
                      "search (with the budget's prices and the temperature; it sharpens as the temperature falls). "
                      "Each panel names the layer's final bits, in red where they differ from where the plotted "
@@ -165,7 +173,11 @@ def render_html(run: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         share = 100 * r["share_of_quantized"]
         name = e(r["name"]) + (" (pinned)" if r["pinned"] else "")
         up = (report.get("fill_upgrades") or {}).get(r["name"])
-        bits = f"{r['bits']}" + (f" <span class=\"sub\">(search {up[0]}, budget fill)</span>" if up else "")
+        label = (f"{r['bits_label']} <span class=\"sub\">({r['structures']} structures of {r['group_size']} "
+                 f"channels)</span>") if "structures" in r else f"{r['bits']}"
+        fill = (f"search {up[0]}, budget fill" if isinstance(up[0], int) else
+                f"{sum(a != b for a, b in zip(*up))} structures raised by the budget fill") if up else ""
+        bits = label + (f" <span class=\"sub\">({fill})</span>" if up else "")
         out.append(f"<tr><td><code>{name}</code></td><td>{e(r['kind'])}</td><td class=\"n\">{r['weights']}</td>"
                    f"<td class=\"n\">{bits}</td><td class=\"n\">{r['size_bits'] / 8192:.2f} KiB</td>"
                    f"<td><span class=\"share\" style=\"width:{share * 2:.1f}px\"></span>{share:.1f}%</td></tr>")
@@ -179,7 +191,8 @@ def render_html(run: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
     out += ["<h2>Totals</h2>", "<table>"]
     out += [f"<tr><td>{e(k.strip())}</td><td class=\"n\">{e(v)}</td></tr>" for k, v in _total_lines(report)]
     out.append("</table>")
-    for name, heading in (("bits", "Bits and size share"), ("probabilities", "Bit probabilities during the search"),
+    for name, heading in (("bits", "Bits and size share"), ("structures", "Bits per structure"),
+                          ("probabilities", "Bit probabilities during the search"),
                           ("progress", "Size and accuracy over epochs"), ("pareto", "Pareto plot of the sweep")):
         if name == "probabilities" and name not in figures:
             out += [f"<h2>{heading}</h2>", f"<p class=\"sub\">None: the method <code>"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -28,6 +29,7 @@ from torch import nn
 
 from .budget import budget_bits, parse_target
 from .derive import InfeasibleError, solve_budget
+from .cost import Bits
 from .space import BitSpace
 from . import distributed
 from .progress import StageProgress
@@ -108,7 +110,8 @@ class SearchResult:
     """Outcome of :func:`search`.
 
     Attributes:
-        bits: derived assignment {layer name: bits}, within the budget.
+        bits: derived assignment {layer name: bits (a tuple, one per structure, for a layer with
+            structures)}, within the budget.
         budget_bits: the budget on the quantized weights, bits.
         multiplier: final Lagrange multiplier.
         history: per-epoch records (losses, expected size, multiplier, temperature, probabilities).
@@ -117,17 +120,19 @@ class SearchResult:
             layer that the fill upgraded (see :func:`derive_bits`).
         movement: how far the search moved from its start: ``changed_layers`` (layers whose
             derived bits differ from ``start_bits``), ``changed_fraction``, and
-            ``mean_tv``/``max_tv``, the total-variation distance between each layer's start and
-            final preference distributions (0: unchanged, 1: disjoint).
+            ``mean_tv``/``max_tv``, the total-variation distance between each unit's start and
+            final preference distributions (0: unchanged, 1: disjoint), ``units`` and ``solve_seconds``
+            (the exact derivation and the budget fill); with structures also
+            ``changed_structures`` of ``structures`` and ``changed_structure_fraction``.
     """
 
-    bits: dict[str, int]
+    bits: dict[str, Bits]
     budget_bits: int
     multiplier: float
     history: list[dict] = field(default_factory=list)
-    start_bits: dict[str, int] = field(default_factory=dict)
+    start_bits: dict[str, Bits] = field(default_factory=dict)
     movement: dict[str, Any] = field(default_factory=dict)
-    fill_upgrades: dict[str, list[int]] = field(default_factory=dict)
+    fill_upgrades: dict[str, list[Bits]] = field(default_factory=dict)
 
 
 def derive_bits(space: BitSpace, budget: int, *, fill: bool = True, min_use: float = 0.95) -> dict[str, int]:
@@ -140,26 +145,28 @@ def derive_bits(space: BitSpace, budget: int, *, fill: bool = True, min_use: flo
     most of the budget that upgrades can use, ties broken by the search's
     preference. The user asked for a size; an unused budget is accuracy given away.
     """
-    prefs = space.preferences()
+    prefs = space.preferences()  # per unit: a layer, or a structure of a layer with structures
     costs = space.cost.cost_table()
     try:
-        bits = solve_budget(prefs, costs, budget, floor=math.ceil(min_use * budget))
+        units = solve_budget(prefs, costs, budget, floor=math.ceil(min_use * budget))
     except InfeasibleError:
         log.info("no assignment uses %.0f%% of the budget; deriving without the lower bound", 100 * min_use)
-        bits = solve_budget(prefs, costs, budget)
+        units = solve_budget(prefs, costs, budget)
+    bits = space.cost.to_layers(units)
     return fill_budget(space, budget, bits) if fill else bits
 
 
-def fill_budget(space: BitSpace, budget: int, bits: Mapping[str, int]) -> dict[str, int]:
-    """Spend the budget ``bits`` leaves unused on upgrades only (no layer gets fewer bits).
+def fill_budget(space: BitSpace, budget: int, bits: Mapping[str, Bits]) -> dict[str, Bits]:
+    """Spend the budget ``bits`` leaves unused on upgrades only (no layer or structure gets fewer bits).
 
     The most of the budget that upgrades can use, ties broken by the search's preference.
     """
     prefs = space.preferences()
     costs = space.cost.cost_table()
-    up_costs = {n: {b: c for b, c in costs[n].items() if b >= bits[n]} for n in costs}
+    start = space.cost.to_units(bits)
+    up_costs = {n: {b: c for b, c in costs[n].items() if b >= start[n]} for n in costs}
     up_scores = {n: {b: c / budget + 1e-4 * prefs[n][b] for b, c in up_costs[n].items()} for n in costs}
-    return solve_budget(up_scores, up_costs, budget)
+    return space.cost.to_layers(solve_budget(up_scores, up_costs, budget))
 
 
 def init_logits_from_hessian_(model: nn.Module, space: BitSpace, loader: Iterable, scale: float = 10.0) -> dict:
@@ -170,11 +177,12 @@ def init_logits_from_hessian_(model: nn.Module, space: BitSpace, loader: Iterabl
     """
     from .methods.hessian import sensitivity  # the methods package imports this module
 
-    omega, traces = sensitivity(model, space, loader)
+    omega, traces = sensitivity(model, space, loader)  # per unit
     top = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
     with torch.no_grad():
         for layer, d in space.items():
-            d.logits.copy_(torch.tensor([-scale * omega[layer.name][b] / top for b in layer.candidates]))
+            rows = [[-scale * omega[u][b] / top for b in layer.candidates] for u in layer.unit_names]
+            d.logits.copy_(torch.tensor(rows).reshape(d.logits.shape))
     return traces
 
 
@@ -401,7 +409,7 @@ def _epoch_record(run: _Run, epoch: int, sums: dict, done_tr: int, done_ho: int,
         "multiplier": run.lam,
         "temperature": space.decision_list[0].temperature,
         "argmax_bits": space.argmax_bits(),
-        "probs": {n: [round(float(v), 5) for v in torch.softmax(d.logits.detach(), -1)] for n, d in
+        "probs": {n: [round(float(v), 5) for v in _layer_mean(torch.softmax(d.logits.detach(), -1))] for n, d in
                   zip(space.names, space.decision_list)},
         "mixing_probs": _mixing_probs(space),
         "trace": trace,
@@ -423,30 +431,56 @@ def _finish(run: _Run) -> SearchResult:
     """The derived bits (budget fill reported), the history and how far the search moved."""
     space = run.space
     space.set_gumbel_(False)
+    t0 = time.perf_counter()
     chosen = derive_bits(space, run.budget, fill=False)
     bits = fill_budget(space, run.budget, chosen) if run.config.fill else chosen
-    upgrades = {n: [int(chosen[n]), int(bits[n])] for n in bits if bits[n] != chosen[n]}
+    solve_seconds = time.perf_counter() - t0
+    upgrades = {n: [chosen[n], bits[n]] for n in bits if bits[n] != chosen[n]}
     if upgrades:
-        log.info("budget fill: %s", ", ".join(f"{n} {a} -> {b} bits" for n, (a, b) in upgrades.items()))
+        log.info("budget fill: %s", ", ".join(f"{n} {_short_bits(a)} -> {_short_bits(b)} bits"
+                                              for n, (a, b) in upgrades.items()))
     return SearchResult(bits=bits, budget_bits=run.budget, multiplier=run.lam, history=run.history,
-                        start_bits={k: int(v) for k, v in run.start["bits"].items()},
-                        movement=_movement(space, run.start, bits), fill_upgrades=upgrades)
+                        start_bits=space.cost.normalize(run.start["bits"]),
+                        movement={**_movement(space, run.start, bits), "units": space.cost.num_units,
+                                  "solve_seconds": solve_seconds}, fill_upgrades=upgrades)
+
+
+def _short_bits(b: Bits) -> str:
+    if isinstance(b, int):
+        return str(b)
+    return f"[{len(b)} structures, mean {sum(b) / len(b):.2f}]"
+
+
+def _layer_mean(p: torch.Tensor) -> torch.Tensor:
+    """A layer's probabilities (K,), averaged over its structures when it has some ((G, K) -> (K,))."""
+    return p if p.dim() == 1 else p.mean(dim=0)
 
 
 def _preference_probs(space: BitSpace) -> dict[str, list[float]]:
-    """{layer: softmax of its logits at temperature 1}, the distribution the derivation follows."""
-    return {n: [float(v) for v in torch.softmax(d.logits.detach().double(), -1)]
-            for n, d in zip(space.names, space.decision_list)}
+    """{unit: softmax of its logits at temperature 1}, the distribution the derivation follows."""
+    out = {}
+    for layer, d in space.items():
+        rows = torch.softmax(d.logits.detach().double(), -1).reshape(layer.num_groups, -1).tolist()
+        out.update(zip(layer.unit_names, rows))
+    return out
 
 
-def _movement(space: BitSpace, start: Mapping[str, Any], bits: Mapping[str, int]) -> dict[str, Any]:
+def _movement(space: BitSpace, start: Mapping[str, Any], bits: Mapping[str, Bits]) -> dict[str, Any]:
     """How far the search moved from its start (see :class:`SearchResult`)."""
     end = _preference_probs(space)
     tv = {n: 0.5 * sum(abs(a - b) for a, b in zip(start["probs"][n], end[n])) for n in end}
-    free = [layer.name for layer in space.layers if not layer.pinned]
-    changed = sorted(n for n in free if int(bits[n]) != int(start["bits"][n]))
-    return {"changed_layers": changed, "changed_fraction": len(changed) / max(len(free), 1),
-            "mean_tv": sum(tv[n] for n in free) / max(len(free), 1), "max_tv": max((tv[n] for n in free), default=0.0)}
+    free_layers = [layer for layer in space.layers if not layer.pinned]
+    free = [u for layer in free_layers for u in layer.unit_names]
+    end_units, start_units = space.cost.to_units(bits), space.cost.to_units(start["bits"])
+    changed = sorted(layer.name for layer in free_layers
+                     if any(end_units[u] != start_units[u] for u in layer.unit_names))
+    out = {"changed_layers": changed, "changed_fraction": len(changed) / max(len(free_layers), 1),
+           "mean_tv": sum(tv[n] for n in free) / max(len(free), 1), "max_tv": max((tv[n] for n in free), default=0.0)}
+    if any(layer.grouped for layer in free_layers):
+        moved = [u for u in free if end_units[u] != start_units[u]]
+        out.update({"changed_structures": len(moved), "structures": len(free),
+                    "changed_structure_fraction": len(moved) / max(len(free), 1)})
+    return out
 
 
 # Snapshots of the mixing probabilities recorded per search epoch, for the report's plots.
@@ -456,7 +490,7 @@ _TRACE_PER_EPOCH = 8
 def _mixing_probs(space: BitSpace) -> dict[str, list[float]]:
     """{layer: the probabilities the layer computes with now (prices and temperature applied)}."""
     with torch.no_grad():
-        return {n: [round(float(v), 5) for v in p] for n, p in space.probs().items()}
+        return {n: [round(float(v), 5) for v in _layer_mean(p)] for n, p in space.probs().items()}
 
 
 def _bar_numbers(space: BitSpace, sums: dict, done_tr: int, lam: float, full_bits: int) -> dict[str, str]:

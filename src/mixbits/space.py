@@ -15,9 +15,13 @@ weights (``model.parameters()``) and the logits (``space.parameters()``) are two
 plain parameter sets for the two optimisers of the search.
 
 A module used in two places, or two modules sharing one weight Parameter, get a
-single decision and are counted once. The unit of decision is a whole weight
-tensor today; a unit is addressed by name and sized by :class:`LayerInfo`, so a
-group of output channels can become a unit without changing the callers.
+single decision and are counted once.
+
+With ``PrepareConfig(granularity=...)`` finer than ``layer``, a decision holds one
+row of logits per structure (a run of output channels, see :mod:`mixbits.granularity`):
+logits of shape (G, K), one mixture per channel, still one matmul per layer. The
+budget solver and the price projection work on units: a layer without structures is
+one unit, a layer with structures one unit per structure (``CostModel.cost_table``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .budget import budget_bits, reachable_range
-from .cost import CostModel, LayerInfo
+from .cost import Bits, CostModel, LayerInfo
+from .granularity import Granularity, parse_granularity
 from .quant import (FLOAT_BITS, HALF_BITS, best_clip, channels_back, channels_first, check_bits, quantize_hard,
                     quantize_int_stack, weight_scale)
 from .targets import (DECISIONS_ATTR, QUANTIZABLE_TYPES, channel_dim, is_swapped, quantized_attrs, restore_class_,
@@ -70,6 +75,9 @@ class PrepareConfig:
             e.g. ``("pos_embedding",)``.
         target: an optional size target (``"16x"``, ``"300KB"``, ``"1.5bits"``) checked against
             what the candidates can reach right in ``prepare_``.
+        granularity: ``"layer"`` (one bitwidth per weight), ``"channel"``, ``"group:N"`` (runs of N
+            output channels) or ``"head"`` (attention heads of the attention projections); see
+            :mod:`mixbits.granularity`. Pinned weights always take one bitwidth.
 
     Every include, exclude and pin pattern must match at least one weight.
     """
@@ -80,8 +88,10 @@ class PrepareConfig:
     pins: Mapping[str, int] = field(default_factory=dict)
     params: tuple[str, ...] = ()
     target: str | None = None
+    granularity: str = "layer"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "granularity", parse_granularity(self.granularity).text)
         for what in ("candidates", "include", "exclude", "params"):
             value = getattr(self, what)
             if isinstance(value, (str, bytes)):
@@ -113,18 +123,32 @@ class Decision(nn.Module):
         candidates: candidate bitwidths, ascending.
         channel_dim: the weight's output-channel dimension, one scale per index (1 for a
             Hugging Face Conv1D's (in, out) weight, else 0).
+        group_channels: output channels of each structure when the bits are chosen per
+            structure (two or more entries); None for one choice for the whole tensor.
+
+    The logits have shape (K,), or (G, K) with one row per structure; ``fixed_bits`` is an
+    int, or a tuple of G ints for a decision with structures.
     """
 
-    def __init__(self, candidates: tuple[int, ...], channel_dim: int = 0) -> None:
+    def __init__(self, candidates: tuple[int, ...], channel_dim: int = 0,
+                 group_channels: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.candidates = tuple(candidates)
         self.channel_dim = int(channel_dim)
-        self.logits = nn.Parameter(torch.zeros(len(self.candidates)))  # (K,)
+        groups = tuple(group_channels or ())
+        self.groups = len(groups) if len(groups) > 1 else 1
+        shape = (self.groups, len(self.candidates)) if self.groups > 1 else (len(self.candidates),)
+        self.logits = nn.Parameter(torch.zeros(shape))  # (K,) or (G, K)
         # Budget price of each candidate, set by BitSpace.project_: probs = softmax((logits - shift) / T).
-        self.register_buffer("shift", torch.zeros(len(self.candidates)))  # (K,)
+        self.register_buffer("shift", torch.zeros(shape))  # like logits
+        if self.groups > 1:  # the structure of every output channel, (C,)
+            self.register_buffer("channel_group", torch.repeat_interleave(
+                torch.arange(self.groups), torch.tensor(groups)), persistent=False)
         self.temperature = 1.0
         self.gumbel = False
-        self.fixed_bits: int | None = self.candidates[0] if len(self.candidates) == 1 else None
+        self.fixed_bits: Bits | None = None
+        if len(self.candidates) == 1:
+            self.fixed_bits = self.candidates[0] if self.groups == 1 else (self.candidates[0],) * self.groups
         self._uniform = tuple(b for b in self.candidates if 2 <= b <= 8)
         # Clipping ratios of the uniform candidates, refreshed every `clip_refresh` mixed forwards.
         self.clip_refresh = 16
@@ -145,15 +169,31 @@ class Decision(nn.Module):
         or a ``load_state_dict`` invalidates it and the result is always exact.
         """
         bits = self.fixed_bits
-        if bits == FLOAT_BITS:
+        if bits == FLOAT_BITS or (isinstance(bits, tuple) and set(bits) == {FLOAT_BITS}):
             return w
         key = (id(w), w._version, bits, w.device, w.dtype)
         if self._hard is None or self._hard[0] != key:
-            self._hard = (key, quantize_hard(w, bits, self.channel_dim))
+            if isinstance(bits, tuple):
+                self._hard = (key, self._structured_hard(w, bits))
+            else:
+                self._hard = (key, quantize_hard(w, bits, self.channel_dim))
         return w + (self._hard[1] - w).detach()
 
+    @torch.no_grad()
+    def _structured_hard(self, w: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
+        """The weight with every structure quantized at its own bits (scales are per channel, so
+        quantizing the whole tensor at b and keeping the channels at b is exact)."""
+        wd = channels_first(w.detach(), self.channel_dim)  # (C, ...)
+        per_channel = torch.tensor(bits, device=w.device)[self.channel_group.to(w.device)]  # (C,)
+        out = wd.clone()
+        for b in sorted(set(bits)):
+            rows = per_channel == b
+            if b != FLOAT_BITS:
+                out[rows] = quantize_hard(wd[rows], b)
+        return channels_back(out, self.channel_dim)
+
     def probs(self) -> torch.Tensor:
-        """Probabilities over the candidates, shape (K,); Gumbel-perturbed when enabled in training."""
+        """Probabilities over the candidates, shape (K,) or (G, K); Gumbel-perturbed when enabled in training."""
         logits = self.logits - self.shift
         if self.gumbel and self.training:
             u = torch.rand_like(logits).clamp_(1e-9, 1 - 1e-9)
@@ -161,17 +201,21 @@ class Decision(nn.Module):
         return F.softmax(logits / self.temperature, dim=-1)
 
     def preference(self) -> torch.Tensor:
-        """Log-probabilities at temperature 1 (what the budget solver maximises), shape (K,)."""
+        """Log-probabilities at temperature 1 (what the budget solver maximises), shape (K,) or (G, K)."""
         return F.log_softmax(self.logits.detach().float(), dim=-1)
 
-    def argmax_bits(self) -> int:
-        return self.candidates[int(self.logits.detach().argmax())]
+    def argmax_bits(self) -> Bits:
+        """The most likely bits: an int, or one per structure."""
+        idx = self.logits.detach().argmax(dim=-1)
+        if self.groups == 1:
+            return self.candidates[int(idx)]
+        return tuple(self.candidates[int(i)] for i in idx)
 
     def mixed_weight(self, w: torch.Tensor) -> torch.Tensor:
         """The weight a layer computes with: fixed bits, or the probability-weighted mixture."""
         if self.fixed_bits is not None:
             return self._fixed_weight(w)
-        p = self.probs().to(w.dtype)  # (K,)
+        p = self.probs().to(w.dtype)  # (K,) or (G, K)
         # sum_k p_k Q_k(w) written as w + sum_k p_k (Q_k(w) - w): the straight-through
         # gradient to w is the identity and the gradient to p_k is Q_k(w) - w, which
         # equals Q_k(w) up to a constant that the softmax Jacobian cancels. The 32-bit
@@ -193,11 +237,18 @@ class Decision(nn.Module):
         if not parts:
             return w
         deltas = (parts[0] if len(parts) == 1 else torch.cat(parts)) - wd  # (K', *wd.shape)
-        return w + channels_back(torch.tensordot(p[: deltas.shape[0]], deltas, dims=1), self.channel_dim)
+        k = deltas.shape[0]
+        if self.groups == 1:
+            mix = torch.tensordot(p[:k], deltas, dims=1)
+        else:  # one mixture per output channel: coefficients (K', C, 1, ...)
+            coef = p[self.channel_group.to(p.device), :k].t().reshape((k, -1) + (1,) * (w.dim() - 1))
+            mix = (coef * deltas).sum(dim=0)
+        return w + channels_back(mix, self.channel_dim)
 
     def extra_repr(self) -> str:
         dim = f", channel_dim={self.channel_dim}" if self.channel_dim else ""
-        return f"candidates={self.candidates}, fixed_bits={self.fixed_bits}{dim}"
+        groups = f", structures={self.groups}" if self.groups > 1 else ""
+        return f"candidates={self.candidates}, fixed_bits={self.fixed_bits}{dim}{groups}"
 
 
 _DECISION_ATTR = DECISIONS_ATTR  # set on every module that computes with a quantized weight
@@ -248,13 +299,13 @@ class BitSpace(nn.Module):
         return [layer.name for layer in self.layers if not layer.pinned]
 
     def probs(self) -> dict[str, torch.Tensor]:
-        """{layer name: probabilities (K,)} with gradients, pinned layers one-hot."""
+        """{layer name: probabilities (K,) or (G, K)} with gradients, fixed layers one-hot."""
         out = {}
         for layer, d in self.items():
             if d.fixed_bits is not None:
-                p = torch.zeros(len(layer.candidates), device=d.logits.device)
-                p[layer.candidates.index(d.fixed_bits)] = 1.0
-                out[layer.name] = p
+                idx = [layer.candidates.index(b) for b in layer.expand(d.fixed_bits)]
+                p = F.one_hot(torch.tensor(idx, device=d.logits.device), len(layer.candidates)).float()
+                out[layer.name] = p.reshape(d.logits.shape)
             else:
                 out[layer.name] = d.probs()
         return out
@@ -280,18 +331,32 @@ class BitSpace(nn.Module):
             return 0.0
         if target <= 0:
             raise ValueError(f"the pinned layers alone ({fixed} bits) exceed the budget of {budget_bits} bits")
+        # One row per unit (a layer, or a structure of a layer with structures).
         k_max = max(len(layer.candidates) for layer, _ in free)
-        a = np.full((len(free), k_max), -np.inf)  # (L, K) logits / T
-        c = np.zeros((len(free), k_max))  # (L, K) sizes in units of the budget
-        for i, (layer, d) in enumerate(free):
+        rows = [layer.num_groups for layer, _ in free]
+        a = np.full((sum(rows), k_max), -np.inf)  # (U, K) logits / T
+        c = np.zeros((sum(rows), k_max))  # (U, K) sizes in units of the budget
+        start = 0
+        for (layer, d), g in zip(free, rows):
             k = len(layer.candidates)
-            a[i, :k] = d.logits.detach().double().cpu().numpy() / d.temperature
-            c[i, :k] = np.array([layer.size_bits(b) for b in layer.candidates], dtype=np.float64) / target
+            a[start:start + g, :k] = d.logits.detach().double().cpu().numpy().reshape(g, k) / d.temperature
+            c[start:start + g, :k] = self._unit_sizes(layer) / target
+            start += g
         nu = _solve_price(a, c)
-        for i, (_, d) in enumerate(free):
+        start = 0
+        for (layer, d), g in zip(free, rows):
             k = len(d.candidates)
-            d.shift.copy_(torch.from_numpy(nu * d.temperature * c[i, :k]).to(d.shift))
+            shift = nu * d.temperature * c[start:start + g, :k]
+            d.shift.copy_(torch.from_numpy(shift.reshape(d.shift.shape)).to(d.shift))
+            start += g
         return nu * free[0][1].temperature
+
+    def _unit_sizes(self, layer: LayerInfo) -> np.ndarray:
+        """``layer.unit_sizes()`` as float64, (G, K), computed once."""
+        cache = self.__dict__.setdefault("_unit_size_cache", {})
+        if layer.name not in cache:
+            cache[layer.name] = layer.unit_sizes().astype(np.float64)
+        return cache[layer.name]
 
     def expected_quantized_bits(self) -> torch.Tensor:
         """Differentiable expected size of the quantized weights, in bits."""
@@ -305,20 +370,18 @@ class BitSpace(nn.Module):
         for d in self.decision_list:
             d.gumbel = bool(on)
 
-    def fix_(self, bits: Mapping[str, int]) -> None:
-        """Fix every layer at the given bits: the model then computes with discrete bits."""
-        self.cost._check(bits)
-        for layer, d in self.items():
-            b = int(bits[layer.name])
-            check_bits(b)
-            d.fixed_bits = b
+    def fix_(self, bits: Mapping[str, Bits]) -> None:
+        """Fix every layer at the given bits (an int, or one per structure; an int applies to every
+        structure): the model then computes with discrete bits."""
+        for name, b in self.cost.normalize(bits).items():
+            self.decision(name).fixed_bits = b
 
     def unfix_(self) -> None:
         """Return every unpinned layer to the mixed (searchable) forward."""
         for layer, d in self.items():
             d.fixed_bits = layer.candidates[0] if layer.pinned else None
 
-    def fixed_bits(self) -> dict[str, int] | None:
+    def fixed_bits(self) -> dict[str, Bits] | None:
         """The fixed assignment, or None if any layer is still mixed."""
         out = {}
         for layer, d in self.items():
@@ -327,15 +390,18 @@ class BitSpace(nn.Module):
             out[layer.name] = d.fixed_bits
         return out
 
-    def argmax_bits(self) -> dict[str, int]:
+    def argmax_bits(self) -> dict[str, Bits]:
         return {layer.name: d.argmax_bits() for layer, d in self.items()}
 
     def preferences(self) -> dict[str, dict[int, float]]:
-        """{layer name: {bits: log-probability}}, the objective of the budget solver."""
-        return {
-            layer.name: {b: float(v) for b, v in zip(layer.candidates, d.preference())}
-            for layer, d in self.items()
-        }
+        """{unit name: {bits: log-probability}}, the objective of the budget solver (units as in
+        ``cost.cost_table()``: a layer, or each structure of a layer with structures)."""
+        out = {}
+        for layer, d in self.items():
+            pref = d.preference().reshape(layer.num_groups, -1).tolist()
+            for u, row in zip(layer.unit_names, pref):
+                out[u] = dict(zip(layer.candidates, row))
+        return out
 
 
 def _expected_sizes(a: np.ndarray, c: np.ndarray, nus: np.ndarray) -> np.ndarray:
@@ -401,10 +467,12 @@ def _file_overhead_bits(model: nn.Module, layers: list[LayerInfo], quantized_ids
     from .export.fileformat import LayerRecord, float_records, header_bytes_bound  # export imports this module
 
     records = [LayerRecord(name=i.name, aliases=i.aliases, kind=i.kind, shape=i.shape, bits=32, keys=i.state_keys,
-                           channel_dim=i.channel_dim) for i in layers]
+                           channel_dim=i.channel_dim, group_size=i.group_size) for i in layers]
     floats = [rec for rec, _ in float_records(model, quantized_ids)]
     float_model_bits = FLOAT_BITS * sum(i.num_weights for i in layers) + rest_bits
-    return 8 * header_bytes_bound(records, floats, float_model_bits) + 7 * len(layers)
+    # Codes are padded to a byte per layer, and per run of one bitwidth in a layer with structures.
+    runs = sum(len([b for b in i.candidates if b <= 8]) if i.grouped else 1 for i in layers)
+    return 8 * header_bytes_bound(records, floats, float_model_bits) + 7 * runs
 
 
 def _check_patterns(config: PrepareConfig, names: list[str]) -> None:
@@ -419,6 +487,38 @@ def _check_patterns(config: PrepareConfig, names: list[str]) -> None:
 
 
 _Use = tuple[str, nn.Module, str]  # (module name, module, attribute)
+
+# Children of an attention module (one with an integer ``head_dim`` or ``attention_head_size``)
+# whose output features are laid out head by head.
+HEAD_PROJECTIONS = frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "query", "key", "value", "c_attn", "qkv",
+                              "Wqkv", "in_proj", "q", "k", "v", "query_key_value", "W_pack", "to_q", "to_k", "to_v"})
+_MHA_ATTRS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def _head_dim(model: nn.Module, uses: list[_Use]) -> int:
+    """Output channels per attention head of a weight, or 0 when it is not an attention projection."""
+    for name, module, attr in uses:
+        if isinstance(module, nn.MultiheadAttention) and attr in _MHA_ATTRS:
+            return int(module.head_dim)
+        parent_name, _, leaf = name.rpartition(".")
+        if not name or leaf not in HEAD_PROJECTIONS or attr != "weight":
+            continue
+        parent = model.get_submodule(parent_name) if parent_name else model
+        hd = getattr(parent, "head_dim", getattr(parent, "attention_head_size", None))
+        if isinstance(hd, int) and not isinstance(hd, bool) and hd > 0:
+            return hd
+    return 0
+
+
+def _structure_size(granularity: Granularity, model: nn.Module, uses: list[_Use], channels: int) -> int:
+    """``LayerInfo.group_size`` of a weight with ``channels`` output channels: 0 for one bitwidth."""
+    if granularity.kind == "head":
+        size = _head_dim(model, uses)
+        if size and channels % size:
+            size = 0  # not laid out head by head
+    else:
+        size = granularity.size
+    return size if 0 < size < channels else 0
 
 
 def _find_targets(model: nn.Module, config: PrepareConfig) -> dict[int, list[_Use]]:
@@ -470,6 +570,7 @@ def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
             to quantize, or a ``config.target`` this model cannot reach.
     """
     config = config or PrepareConfig()
+    granularity = parse_granularity(config.granularity)
     if any(is_swapped(m) for m in model.modules()):
         raise ValueError("model is already prepared: call unprepare_(model) first or use a fresh model")
     targets = _find_targets(model, config)
@@ -506,10 +607,13 @@ def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
                              f"one scale per channel cannot serve both; exclude it")
         cdim = next(iter(dims.values()), 0)
         cands = (pin,) if pin is not None else config.candidates
+        gsize = 0 if pin is not None else _structure_size(granularity, model, uses, w.shape[cdim])
         info = LayerInfo(name=names[0], aliases=tuple(names[1:]), kind=type(owner).__name__, shape=tuple(w.shape),
                          candidates=cands, pinned=pin is not None,
-                         keys=tuple(dict.fromkeys(_key(n, a) for n, _, a in uses)), channel_dim=cdim)
-        decision = Decision(cands, channel_dim=cdim).to(w.device)
+                         keys=tuple(dict.fromkeys(_key(n, a) for n, _, a in uses)), channel_dim=cdim,
+                         group_size=gsize)
+        decision = Decision(cands, channel_dim=cdim,
+                            group_channels=info.group_channels if info.grouped else None).to(w.device)
         layers.append(info)
         decisions.append(decision)
         owners[info.name] = (module, attr)
@@ -538,9 +642,13 @@ def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
     space = BitSpace(layers, decisions, cost, float_layers, owners)
     share = cost.num_quantized_weights / max(num_params, 1)
     reach = reachable_range(cost)
-    log.info("prepared %d weights (%.1f%% of the parameters); reachable: weight compression %.3gx..%.4gx, "
-             "whole-model compression %.3gx..%.4gx", len(layers), 100 * share, *reach["compression"],
-             *reach["model_compression"])
+    log.info("prepared %d weights (%.1f%% of the parameters) as %d decision units; reachable: weight compression "
+             "%.3gx..%.4gx, whole-model compression %.3gx..%.4gx", len(layers), 100 * share, cost.num_units,
+             *reach["compression"], *reach["model_compression"])
+    if granularity.kind != "layer" and not any(layer.grouped for layer in layers):
+        log.warning("granularity %s: no weight has more than one structure (%s), so every weight takes one "
+                    "bitwidth", granularity.text, "no attention projection was found" if granularity.kind == "head"
+                    else "every weight has at most that many output channels")
     if share < 0.75:
         log.warning("only %.1f%% of the parameters are quantized; %d stay float (largest: %s): whole-model "
                     "compression stays below %.2fx whatever the target", 100 * share, num_params - cost.num_quantized_weights,

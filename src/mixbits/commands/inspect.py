@@ -1,4 +1,8 @@
-"""``mixbits inspect``: per-layer bits, sizes and totals of a ``.mbits`` file, without building the model."""
+"""``mixbits inspect``: per-layer bits, sizes and totals of a ``.mbits`` file, without building the model.
+
+A layer with bits per structure shows a summary of its structures' bits, its group size and its
+number of structures; ``--json`` prints :func:`mixbits.export.describe`'s dict (every structure's bits).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 
 NAME = "inspect"
 HELP = "show the per-layer bits, sizes and totals of a .mbits file (checks it, builds no model)"
@@ -16,16 +21,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def bits_text(row: dict) -> str:
+    """The bits column of one layer: its bits, or for a layer with bits per structure a summary such as
+    ``mixed 1-8 (mean 2.41) 1:40 2:12 8:2`` (range, weight-weighted mean, structures per bitwidth)."""
+    bits = row["bits"]
+    if not isinstance(bits, list):
+        return str(bits)
+    counts = " ".join(f"{b}:{n}" for b, n in sorted(Counter(int(b) for b in bits).items()))
+    lo, hi = min(bits), max(bits)
+    summary = str(lo) if lo == hi else f"mixed {lo}-{hi} (mean {row['average_bits']:.2f})"
+    return f"{summary} {counts}"
+
+
 def format_summary(info: dict) -> str:
-    """The table ``mixbits inspect`` prints."""
-    rows = [("layer", "kind", "shape", "bits", "bytes")]
+    """The table ``mixbits inspect`` prints (with group size and structure columns when a layer has structures)."""
+    grouped = any(isinstance(r["bits"], list) for r in info["layers"])
+    rows = [("layer", "kind", "shape", "bits") + (("group_size", "structures") if grouped else ()) + ("bytes",)]
     for r in info["layers"]:
         name = r["name"] + (f" (= {', '.join(r['aliases'])})" if r["aliases"] else "")
         shape = "x".join(str(s) for s in r["shape"]) + (f" (scales along dim {r['channel_dim']})"
                                                          if r.get("channel_dim") else "")
-        rows.append((name, r["kind"], shape, str(r["bits"]), f"{r['stored_bytes']:,}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        structure = ((str(r["group_size"]) if r.get("group_size") else "-", str(r.get("structures", 1)))
+                     if grouped else ())
+        rows.append((name, r["kind"], shape, bits_text(r)) + structure + (f"{r['stored_bytes']:,}",))
+    left = 4 if grouped else 3  # columns written left-aligned; numbers are right-aligned
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
              for row in rows]
     t = info["totals"]
     model = info["model"] or {}

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-__all__ = ["parse_bits", "parse_pin", "parse_target_text", "load_toml", "resolve_config"]
+__all__ = ["parse_bits", "parse_pin", "parse_target_text", "parse_granularity_text", "load_toml", "resolve_config"]
 
 
 def parse_bits(text: str) -> tuple[int, ...]:
@@ -32,6 +32,16 @@ def parse_target_text(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def parse_granularity_text(text: str) -> str:
+    """Check ``layer``, ``channel``, ``group:N`` or ``head`` while parsing arguments; the canonical text."""
+    from ..granularity import parse_granularity  # torch-free
+
+    try:
+        return parse_granularity(text).text
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_pin(text: str) -> tuple[str, int]:

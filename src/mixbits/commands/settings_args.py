@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import parse_bits, parse_pin
+from .options import parse_bits, parse_granularity_text, parse_pin
 
 __all__ = ["add_settings_arguments"]
 
@@ -19,6 +19,9 @@ def add_settings_arguments(p: argparse.ArgumentParser, d, *, out_default: str) -
     p.add_argument("--pin", type=parse_pin, action="append", dest="pins", metavar="LAYER=BITS",
                    help="fix layers matching a glob pattern at BITS (repeatable)")
     p.add_argument("--exclude", action="append", metavar="PATTERN", help="keep layers matching PATTERN in float (repeatable)")
+    p.add_argument("--granularity", type=parse_granularity_text, metavar="G",
+                   help=f"one bitwidth per: layer, channel, group:N (N output channels) or head (attention heads) "
+                        f"(default {d.granularity})")
     p.add_argument("--float-epochs", type=int, help=f"float training epochs when no checkpoint is given (default {d.float_epochs})")
     p.add_argument("--search-epochs", type=int, help=f"search epochs (default {d.search_epochs})")
     p.add_argument("--finetune-epochs", type=int, help=f"fine-tuning epochs (default {d.finetune_epochs})")

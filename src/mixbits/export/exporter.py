@@ -2,8 +2,10 @@
 
 The file holds what the cost model counts and nothing else, so its size on disk
 is the promised ``space.cost.model_bits(bits) / 8`` plus the safetensors header
-and at most one byte of padding per quantized layer; ``space.cost.file_overhead_bits``
-bounds those two before any bits are chosen, so a size target bounds the whole file.
+and at most one byte of padding per quantized layer (per distinct 1..8 bitwidth of a
+layer with bits per structure, whose 4-bit structure codes the cost model counts);
+``space.cost.file_overhead_bits`` bounds those two before any bits are chosen, so a
+size target bounds the whole file.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from ..cost import Bits
 from ..space import BitSpace
 from .fileformat import (FORMAT_VERSION, SCALE_DTYPE, LayerRecord, encode_tensors, float_records, records_to_json,
                          write_mbits)
@@ -44,7 +47,8 @@ class ExportResult:
         promised_bytes: ``space.cost.model_bits(bits) / 8``.
         file_bytes: size on disk.
         header_bytes: safetensors header (tensor table and JSON manifest) within ``file_bytes``.
-        quantized_weight_bytes: bytes the file spends on the quantized layers' weights (codes and scales).
+        quantized_weight_bytes: bytes the file spends on the quantized layers' weights (codes and scales,
+            and the 4-bit bitwidth codes of layers with bits per structure).
         float_quantized_bytes: the same weights in float32.
         float_model_bytes: the whole float32 model.
         file_bound_bytes: the most the file may take, the promise plus the cost model's header bound
@@ -123,7 +127,8 @@ def _mixbits_version() -> str:
 
 
 @torch.no_grad()
-def export_model(model: nn.Module, space: BitSpace, path: str | Path, *, bits: Mapping[str, int] | None = None,
+def export_model(model: nn.Module, space: BitSpace, path: str | Path, *,
+                 bits: Mapping[str, Bits | Sequence[int]] | None = None,
                  zoo: str | None = None, import_path: str | None = None,
                  model_kwargs: Mapping[str, Any] | None = None,
                  input_shape: tuple[int, ...] | None = None) -> ExportResult:
@@ -133,7 +138,9 @@ def export_model(model: nn.Module, space: BitSpace, path: str | Path, *, bits: M
         model: the prepared model (``prepare_``), e.g. after ``finetune_``.
         space: its BitSpace.
         path: the file to write; its folder must exist.
-        bits: {layer name: bits}; default the bits fixed on ``space`` (``space.fix_``).
+        bits: {layer name: bits}: an int, or for a layer with structures (``LayerInfo.group_size``)
+            one int per structure (a tuple or list; an int applies to all of them); default the
+            bits fixed on ``space`` (``space.fix_``).
         zoo, import_path, model_kwargs: how :func:`mixbits.load` rebuilds the model without
             being given one (see :func:`model_source`); without them, ``load`` needs ``model=``.
         input_shape: one sample's shape without the batch dimension, e.g. (3, 32, 32); kept in
@@ -151,8 +158,9 @@ def export_model(model: nn.Module, space: BitSpace, path: str | Path, *, bits: M
         bits = space.fixed_bits()
         if bits is None:
             raise ValueError("the model's bits are not fixed: pass bits= or call space.fix_(bits) first")
-    bits = {str(k): int(v) for k, v in bits.items()}
-    promised_bits = space.cost.model_bits(bits)  # also checks bits against the layers
+    # canonical bits, checked against the layers: ints, tuples for layers with structures
+    bits = space.cost.normalize({str(k): v for k, v in bits.items()})
+    promised_bits = space.cost.model_bits(bits)
 
     model_params = {id(p) for p in model.parameters()}
     layers: list[tuple[LayerRecord, torch.Tensor]] = []
@@ -163,7 +171,8 @@ def export_model(model: nn.Module, space: BitSpace, path: str | Path, *, bits: M
             raise ValueError(f"layer {info.name!r} of the BitSpace is not in the model: pass the space that "
                              f"prepare_ returned for this model")
         layers.append((LayerRecord(name=info.name, aliases=info.aliases, kind=info.kind, shape=tuple(w.shape),
-                                   bits=bits[info.name], keys=info.state_keys, channel_dim=info.channel_dim), w))
+                                   bits=bits[info.name], keys=info.state_keys, channel_dim=info.channel_dim,
+                                   group_size=info.group_size if info.grouped else 0), w))
         quantized_ids.add(id(w))
 
     # Everything else that is floating, once per tensor, under all its state-dict keys.

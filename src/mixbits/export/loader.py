@@ -2,7 +2,10 @@
 
 The module computes exactly what the fake-quantized model computed: 1..8-bit
 weights are ``dequantize(codes, scales)`` as in :mod:`mixbits.quant`, 16-bit
-weights the float16 values, everything else the stored float32 values.
+weights the float16 values, everything else the stored float32 values; a layer
+with bits per structure (format version 3) gets each structure's output channels
+at that structure's bits, as ``quantize_hard`` of the whole weight computes them.
+Files of format versions 2 and 3 load.
 
 Loading cannot run code the file names: nothing is unpickled, and a manifest's
 model recipe is only looked up by name in the built-in model registry, built first

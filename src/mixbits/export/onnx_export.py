@@ -3,7 +3,10 @@
 ONNX has no 1..7-bit weight type that every runtime executes, so the graph holds
 the dequantized float weights (the values :func:`mixbits.load` rebuilds) and the
 bits stay in the metadata (``mixbits.bits.<layer>``), for a deployment tool that
-re-quantizes. Uses the TorchScript-based exporter (``dynamo=False``): it needs
+re-quantizes. A layer with bits per structure has its structures' bits there as a
+comma-separated list (``"2,2,8,1"``) and its group size (output channels per
+structure, along its channel dimension) in ``mixbits.group_size.<layer>``.
+Uses the TorchScript-based exporter (``dynamo=False``): it needs
 ``onnx`` only, not ``onnxscript``. ``onnxruntime`` is needed only to check.
 """
 
@@ -18,7 +21,7 @@ import torch
 from torch import nn
 
 from ..runfiles import atomic_write
-from .fileformat import FORMAT_VERSION, MbitsFile, read_mbits
+from .fileformat import FORMAT_VERSION, Bits, MbitsFile, read_mbits
 from .loader import load
 
 __all__ = ["export_onnx", "compare_onnx", "onnx_max_abs_diff", "onnx_bits"]
@@ -71,7 +74,10 @@ def export_onnx(mbits: str | Path | MbitsFile, onnx_path: str | Path, *, model: 
                               dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
         proto = onnx.load(tmp)
         props = {"mixbits.format_version": str(FORMAT_VERSION)}
-        props.update({f"mixbits.bits.{rec.name}": str(rec.bits) for rec in f.layers})
+        for rec in f.layers:
+            props[f"mixbits.bits.{rec.name}"] = ",".join(str(b) for b in rec.group_bits)
+            if rec.grouped:
+                props[f"mixbits.group_size.{rec.name}"] = str(rec.group_size)
         for key, value in props.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -80,12 +86,20 @@ def export_onnx(mbits: str | Path | MbitsFile, onnx_path: str | Path, *, model: 
     return atomic_write(onnx_path, writer)
 
 
-def onnx_bits(onnx_path: str | Path) -> dict[str, int]:
-    """{layer name: bits} from an exported ONNX file's metadata."""
+def onnx_bits(onnx_path: str | Path) -> dict[str, Bits]:
+    """{layer name: bits} from an exported ONNX file's metadata: an int, or for a layer with
+    bits per structure (one with ``mixbits.group_size.<layer>``) a tuple, one per structure."""
     onnx = _import("onnx")
     proto = onnx.load(str(onnx_path), load_external_data=False)
-    prefix = "mixbits.bits."
-    return {p.key[len(prefix):]: int(p.value) for p in proto.metadata_props if p.key.startswith(prefix)}
+    prefix, group_prefix = "mixbits.bits.", "mixbits.group_size."
+    grouped = {p.key[len(group_prefix):] for p in proto.metadata_props if p.key.startswith(group_prefix)}
+    out: dict[str, Bits] = {}
+    for p in proto.metadata_props:
+        if p.key.startswith(prefix):
+            name = p.key[len(prefix):]
+            per = tuple(int(b) for b in p.value.split(","))
+            out[name] = per if name in grouped else per[0]
+    return out
 
 
 @torch.no_grad()

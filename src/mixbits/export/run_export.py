@@ -1,20 +1,22 @@
 """Export from a run folder (``mixbits search --out RUN``): rebuild the fine-tuned model, then export.
 
 The run folder's ``finetuned.pt`` names the zoo model and its arguments, the bits
-and the weights; ``settings.json`` the excluded layers and pins, so the rebuilt
-BitSpace (and its promised size) is the one the run reported.
+and the weights; ``settings.json`` the excluded layers, pins and granularity, so the
+rebuilt BitSpace (and its promised size) is the one the run reported. A layer's bits
+are an int, or a list (JSON) / tuple of one int per structure.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..cost import Bits
 from ..runfiles import load_checkpoint
 from ..space import BitSpace, PrepareConfig, prepare_
 from .exporter import ExportResult, export_model
@@ -31,14 +33,14 @@ class RunModel:
     Attributes:
         model: the prepared model at the run's bits, in eval mode, on the CPU.
         space: its BitSpace, fixed at ``bits``.
-        bits: {layer name: bits}.
+        bits: {layer name: bits}: an int, or a tuple per structure for a layer with structures.
         info: the checkpoint's fields other than the weights (model, model_kwargs, data, test_accuracy...).
         report_model_bits: the model size ``report.json`` promised, if the folder has one.
     """
 
     model: nn.Module
     space: BitSpace
-    bits: dict[str, int]
+    bits: dict[str, Bits]
     info: dict[str, Any]
     report_model_bits: int | None
 
@@ -88,11 +90,17 @@ def load_run_model(run_dir: str | Path) -> RunModel:
     except RuntimeError as exc:
         raise ValueError(f"{str(ckpt_path)!r} does not fit model {ckpt['model']!r}: "
                          f"{' '.join(str(exc).splitlines()[:3])}") from None
-    bits = {str(k): int(v) for k, v in ckpt["bits"].items()}
-    candidates = tuple(ckpt.get("candidates") or settings.get("candidates") or sorted(set(bits.values())))
-    prep = PrepareConfig(candidates=tuple(sorted(set(candidates) | set(bits.values()))),
-                         exclude=tuple(settings.get("exclude") or ()), pins=dict(settings.get("pins") or {}))
+    bits: dict[str, Bits] = {str(k): int(v) if isinstance(v, (int, float)) else tuple(int(b) for b in v)
+                             for k, v in ckpt["bits"].items()}
+    used = {b for v in bits.values() for b in ((v,) if isinstance(v, int) else v)}
+    candidates = tuple(ckpt.get("candidates") or settings.get("candidates") or sorted(used))
+    extra: dict[str, Any] = {}
+    if settings.get("granularity") and "granularity" in {f.name for f in fields(PrepareConfig)}:
+        extra["granularity"] = str(settings["granularity"])
+    prep = PrepareConfig(candidates=tuple(sorted(set(candidates) | used)),
+                         exclude=tuple(settings.get("exclude") or ()), pins=dict(settings.get("pins") or {}), **extra)
     space = prepare_(model, prep)
+    bits = space.cost.normalize(bits)
     space.fix_(bits)
     report = _read_json(run / "report.json") or {}
     promised = (report.get("totals") or {}).get("model_bits")

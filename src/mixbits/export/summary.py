@@ -1,7 +1,9 @@
-"""What ``mixbits inspect`` shows: per-layer bits and sizes and the totals of a ``.mbits`` file."""
+"""What ``mixbits inspect`` shows: per-layer bits (per structure where a layer has structures), sizes and the
+totals of a ``.mbits`` file."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,13 @@ def describe(path: str | Path | MbitsFile) -> dict[str, Any]:
     """Per-layer rows and totals of a ``.mbits`` file, read and checked without building the model.
 
     Returns:
-        {"path", "format_version", "model", "input_shape", "layers": [{name, kind, shape, channel_dim,
-        weights, bits, stored_bytes}], "totals": {...}}; sizes in bytes (a 1..8-bit layer stores one
-        float16 scale per index of ``shape[channel_dim]``).
+        {"path", "format_version", "model", "input_shape", "layers": [row], "totals": {...}}; sizes in
+        bytes (a 1..8-bit layer stores one float16 scale per index of ``shape[channel_dim]``). A row is
+        {name, aliases, kind, shape, channel_dim, weights, bits, group_size, structures, structure_bits,
+        average_bits, stored_bytes}: ``bits`` is an int, or for a layer with bits per structure the list
+        of its structures' bits; ``group_size`` is 0 and ``structures`` 1 for a layer with one bitwidth;
+        ``structure_bits`` is {bits: structures at those bits}, ascending; ``average_bits`` the
+        weight-weighted mean bitwidth (scales not included).
 
     Raises:
         FileNotFoundError, ValueError: as :func:`read_mbits`.
@@ -25,8 +31,11 @@ def describe(path: str | Path | MbitsFile) -> dict[str, Any]:
     f = path if isinstance(path, MbitsFile) else read_mbits(path)
     m = f.manifest
     rows = [{"name": rec.name, "aliases": list(rec.aliases), "kind": rec.kind, "shape": list(rec.shape),
-             "channel_dim": rec.channel_dim, "weights": rec.num_weights, "bits": rec.bits,
-             "stored_bytes": rec.stored_bytes} for rec in f.layers]
+             "channel_dim": rec.channel_dim, "weights": rec.num_weights,
+             "bits": list(rec.group_bits) if rec.grouped else rec.bits,
+             "group_size": rec.group_size if rec.grouped else 0, "structures": rec.num_groups,
+             "structure_bits": dict(sorted(Counter(rec.group_bits).items())),
+             "average_bits": rec.average_bits, "stored_bytes": rec.stored_bytes} for rec in f.layers]
     quantized_bytes = sum(r["stored_bytes"] for r in rows)
     num_weights = sum(r["weights"] for r in rows)
     float_rest_bytes = 4 * sum(rec.numel for rec in f.floats)  # stored as float32

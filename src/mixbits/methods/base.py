@@ -59,7 +59,7 @@ class Allocation:
     give every method the same total: the fine-tuning makes up the difference.
     """
 
-    bits: dict[str, int]
+    bits: dict[str, Any]  # {layer: int, or a tuple of one int per structure}
     history: list[dict] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     weight_epochs: float = 0.0

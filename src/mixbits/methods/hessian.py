@@ -19,6 +19,7 @@ vectors per batch (default 8), ``split`` (``"held_out"`` or ``"weights"``).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -38,9 +39,17 @@ log = logging.getLogger(__name__)
 _OPTIONS = {"batches", "samples", "split"}
 
 
+def _reduce(t: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """Sum of ``t``: over everything (a scalar), or over all dims but ``dim`` (one value per channel)."""
+    if dim is None:
+        return t.sum()
+    return t.movedim(dim, 0).reshape(t.shape[dim], -1).sum(dim=1)
+
+
 def hutchinson_traces(model: nn.Module, params: Mapping[str, torch.Tensor], loader: Iterable, *,
                       batches: int = 4, samples: int = 8, loss_fn=F.cross_entropy,
-                      generator: torch.Generator | None = None) -> dict[str, float]:
+                      generator: torch.Generator | None = None,
+                      per_channel: Mapping[str, int] | None = None) -> dict[str, float | torch.Tensor]:
     """Hutchinson estimates of the trace of the loss Hessian with respect to each tensor.
 
     Args:
@@ -51,9 +60,12 @@ def hutchinson_traces(model: nn.Module, params: Mapping[str, torch.Tensor], load
         samples: Rademacher vectors per batch.
         loss_fn: loss(outputs, labels), mean-reduced.
         generator: CPU generator of the Rademacher vectors (seeded by the caller).
+        per_channel: {name: channel dimension} of tensors whose trace is wanted per output
+            channel (the diagonal blocks of each channel's rows).
 
     Returns:
-        {name: estimate of tr(H_name)}, the average of v^T H v over batches and vectors.
+        {name: estimate of tr(H_name)}, the average of v^T H v over batches and vectors; a float,
+        or a CPU float64 tensor (C,) of per-channel traces for the names in ``per_channel``.
 
     Raises:
         ValueError: the loader yields no batch, or batches/samples below 1.
@@ -62,7 +74,8 @@ def hutchinson_traces(model: nn.Module, params: Mapping[str, torch.Tensor], load
         raise ValueError(f"hessian: batches and samples must be >= 1, got {batches} and {samples}")
     names = list(params)
     tensors = [params[n] for n in names]
-    sums = [0.0] * len(names)
+    dims = [(per_channel or {}).get(n) for n in names]
+    sums: list = [0.0] * len(names)
     taken = _first_batches(loader, batches)
     for x, y in taken:
         loss = loss_fn(model(x), y)
@@ -71,8 +84,9 @@ def hutchinson_traces(model: nn.Module, params: Mapping[str, torch.Tensor], load
             vs = [(torch.randint(0, 2, t.shape, generator=generator) * 2 - 1).to(t) for t in tensors]
             hvs = torch.autograd.grad(grads, tensors, grad_outputs=vs, retain_graph=s < samples - 1)
             for i, (v, hv) in enumerate(zip(vs, hvs)):
-                sums[i] += float((v * hv).sum())
-    return {n: s / (len(taken) * samples) for n, s in zip(names, sums)}
+                sums[i] = sums[i] + _reduce(v * hv, dims[i]).detach().double().cpu()
+    return {n: (s / (len(taken) * samples)) if d is not None else float(s) / (len(taken) * samples)
+            for n, s, d in zip(names, sums, dims)}
 
 
 def _first_batches(loader: Iterable, batches: int) -> list:
@@ -88,38 +102,57 @@ def _first_batches(loader: Iterable, batches: int) -> list:
 
 
 def fisher_traces(model: nn.Module, params: Mapping[str, torch.Tensor], loader: Iterable, *, batches: int = 4,
-                  loss_fn=F.cross_entropy) -> dict[str, float]:
+                  loss_fn=F.cross_entropy, per_channel: Mapping[str, int] | None = None
+                  ) -> dict[str, float | torch.Tensor]:
     """First-order stand-in for :func:`hutchinson_traces`: the trace of the empirical Fisher.
 
     ``tr(F) = E_x ||g(x)||^2`` over single-example gradients; approximated here with batch
     gradients scaled by the batch size (needs one backward per batch, no double backward).
 
     Returns:
-        {name: estimate of tr(H_name)}.
+        {name: estimate of tr(H_name)}, per channel for the names in ``per_channel`` (as
+        :func:`hutchinson_traces`).
     """
     names = list(params)
     tensors = [params[n] for n in names]
-    sums = [0.0] * len(names)
+    dims = [(per_channel or {}).get(n) for n in names]
+    sums: list = [0.0 if d is None else torch.zeros(t.shape[d], dtype=torch.float64) for t, d in zip(tensors, dims)]
     taken = _first_batches(loader, batches)
     for x, y in taken:
         grads = torch.autograd.grad(loss_fn(model(x), y), tensors, allow_unused=True)
         n = len(y) if hasattr(y, "__len__") else 1
         for i, g in enumerate(grads):
             if g is not None:
-                sums[i] += float(g.pow(2).sum()) * n
-    return {n: s / len(taken) for n, s in zip(names, sums)}
+                sums[i] = sums[i] + _reduce(g.pow(2), dims[i]).detach().double().cpu() * n
+    return {n: (s / len(taken)) if d is not None else float(s) / len(taken) for n, s, d in zip(names, sums, dims)}
 
 
 @torch.no_grad()
 def hessian_sensitivity(space: BitSpace, weights: Mapping[str, torch.Tensor],
-                        traces: Mapping[str, float]) -> dict[str, dict[int, float]]:
-    """omega[layer][bits] = max(tr, 0) / n * ||Q_bits(W) - W||^2 (a negative estimate counts as 0)."""
+                        traces: Mapping[str, float | torch.Tensor]) -> dict[str, dict[int, float]]:
+    """omega[unit][bits] = max(tr, 0) / n * ||Q_bits(W) - W||^2 (a negative estimate counts as 0).
+
+    A unit is a layer (its trace a float), or one structure of a layer with structures (the
+    layer's trace a per-channel tensor, summed over the structure's channels; n and the error
+    are the structure's).
+    """
     out = {}
     for layer in space.layers:
         w = weights[layer.name].detach()
-        mean_trace = max(float(traces[layer.name]), 0.0) / layer.num_weights
-        out[layer.name] = {b: mean_trace * float((quantize_hard(w, b, layer.channel_dim) - w).pow(2).sum())
-                           for b in layer.candidates}
+        if not layer.grouped:
+            mean_trace = max(float(traces[layer.name]), 0.0) / layer.num_weights
+            out[layer.name] = {b: mean_trace * float((quantize_hard(w, b, layer.channel_dim) - w).pow(2).sum())
+                               for b in layer.candidates}
+            continue
+        bounds = torch.tensor((0,) + layer.group_channels).cumsum(0).tolist()
+        per = layer.num_weights // layer.num_channels
+        tr = torch.as_tensor(traces[layer.name], dtype=torch.float64)  # (C,)
+        errs = {b: _reduce((quantize_hard(w, b, layer.channel_dim) - w).pow(2), layer.channel_dim).double().cpu()
+                for b in layer.candidates}  # (C,) each
+        for g, u in enumerate(layer.unit_names):
+            lo, hi = bounds[g], bounds[g + 1]
+            mean_trace = max(float(tr[lo:hi].sum()), 0.0) / (per * (hi - lo))
+            out[u] = {b: mean_trace * float(errs[b][lo:hi].sum()) for b in layer.candidates}
     return out
 
 
@@ -138,7 +171,8 @@ def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
 
 def sensitivity(model: nn.Module, space: BitSpace, loader: Iterable, *, seed: int = 0, batches: int = 4,
                 samples: int = 8) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
-    """(omega {layer: {bits: sensitivity}}, traces {layer: Hessian trace}) of a prepared model at its float weights.
+    """(omega {unit: {bits: sensitivity}}, traces {layer: Hessian trace, per channel for a layer with
+    structures}) of a prepared model at its float weights.
 
     Args:
         model: the prepared model; it computes in float while the traces are estimated.
@@ -148,6 +182,7 @@ def sensitivity(model: nn.Module, space: BitSpace, loader: Iterable, *, seed: in
         batches, samples: batches used, probes per batch.
     """
     weights = {layer.name: space.float_weight(layer.name) for layer in space.layers}
+    per_channel = {layer.name: layer.channel_dim for layer in space.layers if layer.grouped}
     was_training = model.training
     space.fix_({layer.name: 32 for layer in space.layers})  # the float forward: Q_32 is the identity
     model.eval()
@@ -156,17 +191,18 @@ def sensitivity(model: nn.Module, space: BitSpace, loader: Iterable, *, seed: in
         # The fused attention kernels have no double backward; the math kernel has.
         with sdpa_kernel(SDPBackend.MATH):
             try:
-                traces = hutchinson_traces(model, weights, loader, batches=batches, samples=samples, generator=g)
+                traces = hutchinson_traces(model, weights, loader, batches=batches, samples=samples, generator=g,
+                                           per_channel=per_channel)
             except RuntimeError as exc:
                 if not any(k in str(exc) for k in ("derivative", "double backward", "differentiate twice")):
                     raise
                 log.warning("hessian: the model has no second derivative (%s); using the first-order "
                             "(empirical Fisher) estimate of the Hessian traces", str(exc).splitlines()[0][:120])
-                traces = fisher_traces(model, weights, loader, batches=batches)
+                traces = fisher_traces(model, weights, loader, batches=batches, per_channel=per_channel)
     finally:
         space.unfix_()
         model.train(was_training)
-    negative = [n for n, t in traces.items() if t <= 0]
+    negative = [n for n, t in traces.items() if float(torch.as_tensor(t).sum()) <= 0]
     if negative:
         log.warning("hessian: non-positive trace estimates for %s (counted as insensitive)", negative[:5])
     return hessian_sensitivity(space, weights, traces), traces
@@ -183,7 +219,11 @@ def hessian_allocation(ctx: AllocationContext) -> Allocation:
     # Scale to O(1) so the solver's tolerances and tie-break act on comparable numbers.
     scale = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
     scores = {n: {b: -v / scale for b, v in per.items()} for n, per in omega.items()}
-    bits = solve_budget(scores, ctx.space.cost.cost_table(), ctx.budget_bits)
+    t0 = time.perf_counter()
+    units = solve_budget(scores, ctx.space.cost.cost_table(), ctx.budget_bits)
+    solve_seconds = time.perf_counter() - t0
+    traces = {n: (t.tolist() if isinstance(t, torch.Tensor) else t) for n, t in traces.items()}
     info = {"traces": traces, "sensitivity": {n: {str(b): v for b, v in per.items()} for n, per in omega.items()},
-            "objective": sum(omega[n][b] for n, b in bits.items())}
-    return Allocation(bits=bits, info=info)
+            "objective": sum(omega[n][b] for n, b in units.items()), "units": len(units),
+            "solve_seconds": solve_seconds}
+    return Allocation(bits=ctx.space.cost.to_layers(units), info=info)

@@ -86,5 +86,5 @@ def random_allocation(ctx: AllocationContext) -> Allocation:
     unknown = sorted(set(options) - {"band"})
     if unknown:
         raise ValueError(f"random: unknown options {unknown}; known: band")
-    bits = random_bits(ctx.space.cost.cost_table(), ctx.budget_bits, ctx.seed, band=float(options.get("band", 0.05)))
-    return Allocation(bits=bits, info={"seed": ctx.seed})
+    units = random_bits(ctx.space.cost.cost_table(), ctx.budget_bits, ctx.seed, band=float(options.get("band", 0.05)))
+    return Allocation(bits=ctx.space.cost.to_layers(units), info={"seed": ctx.seed})

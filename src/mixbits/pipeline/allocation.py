@@ -44,7 +44,8 @@ class Row:
 
 def prepare_config(settings: Settings) -> PrepareConfig:
     """The model surgery the settings ask for (candidates, pins, excluded layers)."""
-    return PrepareConfig(candidates=settings.candidates, pins=settings.pins, exclude=settings.exclude)
+    return PrepareConfig(candidates=settings.candidates, pins=settings.pins, exclude=settings.exclude,
+                         granularity=settings.granularity)
 
 
 def start_row(settings: Settings, data: Data, float_state: Mapping[str, torch.Tensor], seed: int) -> Row:
@@ -61,7 +62,8 @@ def allocate_bits(row: Row, settings: Settings, method: str, *, budget: int, tar
                   options: Mapping[str, Any] | None = None, allocator: Allocator | None = None,
                   progress: bool = False, resume: Mapping[str, Any] | None = None,
                   on_checkpoint: Callable[[dict], None] | None = None) -> Allocation:
-    """Run the method ``method`` (or ``allocator``) on the row; the bits it returns, as ints.
+    """Run the method ``method`` (or ``allocator``) on the row; the bits it returns, in canonical form
+    (ints, one tuple per layer with structures).
 
     Raises:
         RuntimeError: the method returned bits over the budget.
@@ -71,7 +73,7 @@ def allocate_bits(row: Row, settings: Settings, method: str, *, budget: int, tar
                             teacher=row.teacher, progress=progress, options=dict(options or {}), resume=resume,
                             on_checkpoint=on_checkpoint)
     result = allocator(ctx) if allocator is not None else allocate(method, ctx)
-    result.bits = {k: int(v) for k, v in result.bits.items()}
+    result.bits = row.space.cost.normalize(result.bits)
     size = row.space.cost.quantized_bits(result.bits)
     if size > budget:
         raise RuntimeError(f"{method} returned {size} bits, over the budget of {budget} bits")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..budget import parse_target
+from ..granularity import parse_granularity
 from ..methods import METHODS
 from ..space import DEFAULT_CANDIDATES
 
@@ -28,6 +29,8 @@ class Settings:
         data, data_root, model: the data set, where it lives, the model name.
         candidates: the bitwidths a layer may take.
         pins: {layer glob: bits} fixed before the allocation; exclude: layer globs kept in float.
+        granularity: one bitwidth per ``layer``, ``channel``, ``group:N`` or ``head`` (see
+            :mod:`mixbits.granularity`).
         float_epochs, float_lr: the float training (skipped with ``checkpoint``).
         search_epochs: epochs the allocation may spend (the ``search`` method trains weights in them).
         finetune_epochs, finetune_lr: the fine-tuning at the fixed bits.
@@ -51,6 +54,7 @@ class Settings:
     candidates: tuple[int, ...] = DEFAULT_CANDIDATES
     pins: Mapping[str, int] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
+    granularity: str = "layer"
     float_epochs: int = 30
     search_epochs: int = 10
     finetune_epochs: int = 10
@@ -72,6 +76,7 @@ class Settings:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.candidates:
             raise ValueError("candidates is empty; give at least one bitwidth")
+        object.__setattr__(self, "granularity", parse_granularity(self.granularity).text)
         for name in ("float_epochs", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

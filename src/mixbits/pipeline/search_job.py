@@ -274,7 +274,7 @@ def _allocation_stage(job: _Job, row: Row, state: dict | None, *, progress: bool
 def _finetune_stage(job: _Job, row: Row, state: dict | None, *, progress: bool, command: str | None) -> dict[str, Any]:
     """Fine-tune, evaluate, export and report."""
     c, carry = job.config, job.carry
-    bits = {k: int(v) for k, v in carry["bits"].items()}
+    bits = row.space.cost.normalize(carry["bits"])
     tuned = finetune_and_evaluate(row, c, bits, carry.get("method_weight_epochs", 0.0), progress=progress,
                                   resume=state, on_checkpoint=lambda s: job.checkpoint("finetune", s))
     seconds = carry["seconds"]

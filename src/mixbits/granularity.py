@@ -1,0 +1,59 @@
+"""Granularity: how finely bitwidths are chosen inside one weight tensor (torch-free).
+
+* ``layer``: one bitwidth per weight tensor (the default);
+* ``channel``: one bitwidth per output channel (per row of scales);
+* ``group:N``: one per run of N consecutive output channels (the last run may be shorter);
+* ``head``: one per attention head of the attention projections (MultiheadAttention's
+  ``in_proj_weight`` and ``q/k/v_proj_weight``, and Conv/Linear/Conv1D children of a module
+  with an integer ``head_dim``); every other weight keeps one bitwidth.
+
+A structure is always a run of whole output channels, because scales are per output
+channel: a channel's codes, scale and bits stay together in the file.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["Granularity", "parse_granularity", "GRANULARITY_HELP"]
+
+GRANULARITY_HELP = "write layer, channel, group:N (N output channels per structure, e.g. group:8) or head"
+_GROUP = re.compile(r"^group:([0-9]+)$")
+
+
+class Granularity(tuple):
+    """(kind, channels per structure): ("layer", 0), ("channel", 1), ("group", N) or ("head", 0)."""
+
+    @property
+    def kind(self) -> str:
+        return self[0]
+
+    @property
+    def size(self) -> int:
+        return self[1]
+
+    @property
+    def text(self) -> str:
+        return f"group:{self[1]}" if self[0] == "group" else self[0]
+
+
+def parse_granularity(text: str) -> Granularity:
+    """Parse ``"layer"``, ``"channel"``, ``"group:N"`` or ``"head"``.
+
+    Raises:
+        ValueError: anything else, or a group of zero channels.
+    """
+    s = str(text).strip().lower()
+    if s == "layer":
+        return Granularity(("layer", 0))
+    if s == "channel":
+        return Granularity(("channel", 1))
+    if s == "head":
+        return Granularity(("head", 0))
+    m = _GROUP.match(s)
+    if m:
+        n = int(m.group(1))
+        if n < 1:
+            raise ValueError(f"granularity {text!r}: a group needs at least one channel; {GRANULARITY_HELP}")
+        return Granularity(("channel", 1)) if n == 1 else Granularity(("group", n))
+    raise ValueError(f"unknown granularity {text!r}: {GRANULARITY_HELP}")
