@@ -413,27 +413,36 @@ def _expected_sizes(a: np.ndarray, c: np.ndarray, nus: np.ndarray) -> np.ndarray
 
 
 def _solve_price(a: np.ndarray, c: np.ndarray) -> float:
-    """The price nu with expected size == 1 (budget units), by vectorised bracketing.
+    """The price nu with expected size == 1 (budget units): bracket, then bisect.
 
-    The expected size is non-increasing in nu. Each round evaluates 129 prices across the
-    current bracket and keeps the sub-interval where the size crosses 1; the first round
-    spans +-1e6 on a sinh-spaced grid, so both tiny and huge prices are resolved.
+    The expected size is non-increasing in nu. The bracket grows fourfold from [-1, 1] until it
+    holds the crossing (at most +-1e6, returned when the size stays above or below 1 there);
+    bisection then halves it to a relative width of 1e-12, about 50 evaluations of one (U, K)
+    array each, so the cost grows with the number of units, not with a grid of prices.
     Returns the upper end of the bracket: the side that does not overspend.
     """
-    nus = np.sinh(np.linspace(-np.arcsinh(1e6), np.arcsinh(1e6), 257))
-    for _ in range(6):
-        e = _expected_sizes(a, c, nus)
-        above = e > 1.0
-        if above.all():
-            return float(nus[-1])
-        if not above.any():
-            return float(nus[0])
-        j = int(np.argmin(above))  # first price at which the size is within budget
-        lo, hi = nus[j - 1], nus[j]
-        if hi - lo < 1e-12 * max(1.0, abs(hi)):
+    def size(nu: float) -> float:
+        return float(_expected_sizes(a, c, np.array([nu]))[0])
+
+    limit = 1e6
+    lo, hi = -1.0, 1.0
+    while size(hi) > 1.0:  # the crossing lies above hi
+        if hi >= limit:
+            return limit
+        lo, hi = hi, min(4.0 * hi, limit)
+    while size(lo) <= 1.0:  # lo is within the budget already: the crossing lies below it
+        if lo <= -limit:
+            return -limit
+        lo, hi = max(4.0 * lo, -limit), lo
+    for _ in range(200):
+        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
             break
-        nus = np.linspace(lo, hi, 129)
-    return float(nus[j])
+        mid = 0.5 * (lo + hi)
+        if size(mid) > 1.0:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
