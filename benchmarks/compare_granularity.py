@@ -154,6 +154,15 @@ def report(out: Path, header: list[str], rows_dirs: list[Path] | None = None) ->
                     cells.append(f"{mean:.2f} ± {std:.2f} ({comp:.1f}x, n={len(rr)})")
                 units = next((r["units"] for r in rr_m if r["granularity"] == g and r.get("units")), "-")
                 lines.append(f"| {g} | {units} | " + " | ".join(cells) + " |")
+            lines += ["", "Test accuracy at the derived bits before any fine-tuning (BatchNorm statistics "
+                      "re-estimated), mean over seeds:", "", "| granularity | " + " | ".join(targets) + " |",
+                      "|---|" + "---|" * len(targets)]
+            for g in grans:
+                cells = []
+                for t in targets:
+                    rr = [100 * r["derived_accuracy"] for r in rr_m if r["granularity"] == g and r["target"] == t]
+                    cells.append(f"{statistics.fmean(rr):.2f}" if rr else "-")
+                lines.append(f"| {g} | " + " | ".join(cells) + " |")
             lines += ["", "Per-seed difference against `layer` (points, mean ± std over paired seeds), and the "
                       "median time of the exact budget solve:", "",
                       "| granularity | " + " | ".join(targets) + " | solve time |",

@@ -211,3 +211,20 @@ def test_head_granularity_without_attention_warns(caplog):
         space = prepare_(_net(), PrepareConfig(granularity="head"))
     assert space.cost.num_units == 3
     assert "no attention projection was found" in caplog.text
+
+
+def test_head_granularity_on_gpt2_groups_c_attn_columns_by_head():
+    transformers = pytest.importorskip("transformers")
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=97, n_positions=16, n_embd=32, n_layer=1,
+                                                                 n_head=4))
+    space = prepare_(model, PrepareConfig(granularity="head"))
+    info = {layer.name: layer for layer in space.layers}
+    attn = info["transformer.h.0.attn.c_attn"]
+    # Conv1D (in, out): output features on dim 1, 3 * 32 of them, 8 per head
+    assert (attn.channel_dim, attn.num_groups, attn.group_size) == (1, 12, 8)
+    assert info["transformer.h.0.attn.c_proj"].num_groups == 1
+    bits = {n: (tuple([1, 8] * 6) if n == attn.name else 4) for n in info}
+    space.fix_(bits)
+    w, got = space.float_weight(attn.name), model.transformer.h[0].attn.c_attn.weight
+    assert torch.equal(got[:, :8], quantize_hard(w, 1, channel_dim=1)[:, :8])
+    assert torch.equal(got[:, 8:16], quantize_hard(w, 8, channel_dim=1)[:, 8:16])

@@ -12,8 +12,14 @@ backward. The trace is taken at the float weights, on a few batches of the
 held-out split (never the test split). The bits then minimise ``sum_l omega_lb``
 under the budget with the same exact solver and cost model as every method.
 
+With bits per structure, omega is per structure: the structure's Hessian trace
+(``structure_traces="structure"``, the per-channel diagonal blocks summed over its
+channels) or its layer's mean trace (``"layer"``), times the structure's own
+quantization error.
+
 Options (``ctx.options``): ``batches`` (default 4), ``samples`` Hutchinson
-vectors per batch (default 8), ``split`` (``"held_out"`` or ``"weights"``).
+vectors per batch (default 8), ``split`` (``"held_out"`` or ``"weights"``),
+``structure_traces`` (``"structure"`` or ``"layer"``, default ``"structure"``).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ __all__ = ["hutchinson_traces", "fisher_traces", "hessian_sensitivity", "hessian
 
 log = logging.getLogger(__name__)
 
-_OPTIONS = {"batches", "samples", "split"}
+_OPTIONS = {"batches", "samples", "split", "structure_traces"}
 
 
 def _reduce(t: torch.Tensor, dim: int | None) -> torch.Tensor:
@@ -146,7 +152,9 @@ def hessian_sensitivity(space: BitSpace, weights: Mapping[str, torch.Tensor],
             continue
         bounds = torch.tensor((0,) + layer.group_channels).cumsum(0).tolist()
         per = layer.num_weights // layer.num_channels
-        tr = torch.as_tensor(traces[layer.name], dtype=torch.float64)  # (C,)
+        tr = torch.as_tensor(traces[layer.name], dtype=torch.float64)  # (C,), or the layer's trace
+        if tr.dim() == 0:  # one trace for the layer: every channel gets its share
+            tr = tr.expand(layer.num_channels) / layer.num_channels
         errs = {b: _reduce((quantize_hard(w, b, layer.channel_dim) - w).pow(2), layer.channel_dim).double().cpu()
                 for b in layer.candidates}  # (C,) each
         for g, u in enumerate(layer.unit_names):
@@ -160,17 +168,23 @@ def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
                       ) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
     """(omega {layer: {bits: sensitivity}}, traces {layer: Hessian trace}) at the float weights.
 
-    Options: ``split`` ("held_out" or "weights", never the test split), ``batches``, ``samples``.
+    Options: ``split`` ("held_out" or "weights", never the test split), ``batches``, ``samples``,
+    ``structure_traces``.
     """
     split = options.get("split", "held_out")
     if split not in ("held_out", "weights"):
         raise ValueError(f"hessian: split must be 'held_out' or 'weights' (never the test split), got {split!r}")
+    per = options.get("structure_traces", "structure")
+    if per not in ("structure", "layer"):
+        raise ValueError(f"hessian: structure_traces must be 'structure' or 'layer', got {per!r}")
     return sensitivity(ctx.model, ctx.space, ctx.loaders[split], seed=ctx.seed,
-                       batches=int(options.get("batches", 4)), samples=int(options.get("samples", 8)))
+                       batches=int(options.get("batches", 4)), samples=int(options.get("samples", 8)),
+                       structure_traces=per)
 
 
 def sensitivity(model: nn.Module, space: BitSpace, loader: Iterable, *, seed: int = 0, batches: int = 4,
-                samples: int = 8) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
+                samples: int = 8, structure_traces: str = "structure"
+                ) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
     """(omega {unit: {bits: sensitivity}}, traces {layer: Hessian trace, per channel for a layer with
     structures}) of a prepared model at its float weights.
 
@@ -180,9 +194,12 @@ def sensitivity(model: nn.Module, space: BitSpace, loader: Iterable, *, seed: in
         loader: batches for the estimate (never the test split).
         seed: seed of the Rademacher probes.
         batches, samples: batches used, probes per batch.
+        structure_traces: ``"structure"``: each structure's own trace; ``"layer"``: every structure
+            of a layer takes the layer's mean trace (less noisy, blind to differences within a layer).
     """
     weights = {layer.name: space.float_weight(layer.name) for layer in space.layers}
-    per_channel = {layer.name: layer.channel_dim for layer in space.layers if layer.grouped}
+    per_channel = ({layer.name: layer.channel_dim for layer in space.layers if layer.grouped}
+                   if structure_traces == "structure" else {})
     was_training = model.training
     space.fix_({layer.name: 32 for layer in space.layers})  # the float forward: Q_32 is the identity
     model.eval()
