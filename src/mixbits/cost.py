@@ -24,13 +24,13 @@ compression divides the whole float model by the whole quantized model.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
 
 import numpy as np
 import torch
 
+from .granularity import structure_channels
 from .quant import FLOAT_BITS, INT_BITS, SCALE_BITS, check_bits
 
 __all__ = ["LayerInfo", "CostModel", "weight_size_bits", "Bits", "UNIT_SEP"]
@@ -107,7 +107,7 @@ class LayerInfo:
     @property
     def num_groups(self) -> int:
         """Structures with their own bitwidth (1 when the whole tensor takes one)."""
-        return math.ceil(self.num_channels / self.group_size) if self.group_size else 1
+        return len(self.group_channels)
 
     @property
     def grouped(self) -> bool:
@@ -116,10 +116,7 @@ class LayerInfo:
     @property
     def group_channels(self) -> tuple[int, ...]:
         """Output channels of each structure."""
-        if not self.group_size:
-            return (self.num_channels,)
-        c, g = self.num_channels, self.group_size
-        return tuple(min(g, c - lo) for lo in range(0, c, g))
+        return structure_channels(self.num_channels, self.group_size)
 
     @property
     def index_bits(self) -> int:

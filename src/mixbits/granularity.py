@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["Granularity", "parse_granularity", "GRANULARITY_HELP"]
+__all__ = ["Granularity", "parse_granularity", "structure_channels", "GRANULARITY_HELP"]
 
 GRANULARITY_HELP = "write layer, channel, group:N (N output channels per structure, e.g. group:8) or head"
 _GROUP = re.compile(r"^group:([0-9]+)$")
@@ -57,3 +57,11 @@ def parse_granularity(text: str) -> Granularity:
             raise ValueError(f"granularity {text!r}: a group needs at least one channel; {GRANULARITY_HELP}")
         return Granularity(("channel", 1)) if n == 1 else Granularity(("group", n))
     raise ValueError(f"unknown granularity {text!r}: {GRANULARITY_HELP}")
+
+
+def structure_channels(channels: int, group_size: int) -> tuple[int, ...]:
+    """Output channels of each structure of a weight with ``channels`` output channels: runs of
+    ``group_size`` (the last one possibly shorter), or one structure when ``group_size`` is 0."""
+    if not group_size:
+        return (channels,)
+    return tuple(min(group_size, channels - lo) for lo in range(0, channels, group_size))

@@ -79,6 +79,7 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 import torch
 
+from ..granularity import structure_channels
 from ..quant import (FLOAT_BITS, HALF_BITS, INT_BITS, VALID_BITS, channels_back, channels_first, dequantize,
                      weight_codes)
 from ..runfiles import atomic_write
@@ -202,7 +203,7 @@ class LayerRecord:
     @property
     def num_groups(self) -> int:
         """Structures with their own bitwidth (1 when the whole weight takes one)."""
-        return -(-self.num_channels // self.group_size) if self.group_size else 1
+        return len(self.group_channels)
 
     @property
     def grouped(self) -> bool:
@@ -212,10 +213,7 @@ class LayerRecord:
     @property
     def group_channels(self) -> tuple[int, ...]:
         """Output channels of each structure, shape (num_groups,)."""
-        if not self.group_size:
-            return (self.num_channels,)
-        c, g = self.num_channels, self.group_size
-        return tuple(min(g, c - lo) for lo in range(0, c, g))
+        return structure_channels(self.num_channels, self.group_size)
 
     @property
     def group_bits(self) -> tuple[int, ...]:
