@@ -96,7 +96,23 @@ def test_hessian_allocates_per_structure_within_the_budget():
     assert result.info["units"] == space.cost.num_units == 7 and result.info["solve_seconds"] >= 0
     # one sensitivity row per structure, per-channel traces for the layers with structures
     assert set(result.info["sensitivity"]) == set(space.cost.cost_table())
-    assert len(result.info["traces"]["3"]) == 16 and isinstance(result.info["traces"]["5"], float)
+    assert isinstance(result.info["traces"]["3"], float)  # by default a structure takes its layer's trace
     for per in result.info["sensitivity"].values():  # more bits never cost more sensitivity
         vals = [per[str(b)] for b in sorted(int(k) for k in per)]
         assert vals == sorted(vals, reverse=True)
+    # structures of one layer then differ only by their quantization errors: same ratio of omega to error
+    omega = result.info["sensitivity"]
+    w = space.float_weight("3").detach()
+    err = [(quantize_hard(w, 1)[4 * g:4 * g + 4] - w[4 * g:4 * g + 4]).pow(2).sum() for g in range(4)]
+    ratios = [omega[f"3#{g}"]["1"] / float(err[g]) for g in range(4)]
+    assert max(ratios) == pytest.approx(min(ratios), rel=1e-6)
+
+
+def test_structure_traces_option_takes_each_structures_own_trace():
+    ctx, space = tiny_context("16x", granularity="group:4", options={"structure_traces": "structure"})
+    result = allocate("hessian", ctx)
+    assert len(result.info["traces"]["3"]) == 16 and isinstance(result.info["traces"]["5"], float)
+    assert space.cost.quantized_bits(result.bits) <= ctx.budget_bits
+    ctx.options = {"structure_traces": "channel"}
+    with pytest.raises(ValueError, match="structure_traces must be 'structure' or 'layer'"):
+        allocate("hessian", ctx)
