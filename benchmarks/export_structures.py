@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    commit = _commit()  # the code that runs, even if HEAD moves while it runs
     torch.set_num_threads(args.threads)
     data = build_data(args.data, root=args.data_root, device=torch.device("cpu"))
     state = load_checkpoint(args.checkpoint)["state_dict"]
@@ -87,12 +88,16 @@ def main() -> None:
               f"{diff:.3g}, loaded test accuracy {100 * acc:.2f}% (no fine-tuning)", flush=True)
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
             "checkpoint": Path(args.checkpoint).name, "target": args.target,
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True, cwd=HERE).stdout.strip()}
+            "commit": commit}
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=2)
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent).stdout.strip()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
+    commit = _commit()  # the code that runs, even if HEAD moves while it runs
     targets = [t for t in args.targets.split(",") if t]
     torch.manual_seed(0)
     cases = [("resnet20", g) for g in ("layer", "group:32", "group:8", "channel")]
@@ -76,12 +78,16 @@ def main() -> None:
                           f"({100 * v['budget_used']:.2f}% of the budget)" for t, v in r["targets"].items())
         print(f"{name:>9} {gran:>9}: {r['units']:>6} units; {cells}", flush=True)
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True).stdout.strip(), "repeats": args.repeats}
+            "commit": commit, "repeats": args.repeats}
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=2)
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent).stdout.strip()
 
 
 if __name__ == "__main__":

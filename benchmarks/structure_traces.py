@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    commit = _commit()  # the code that runs, even if HEAD moves while it runs
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     data = build_data(args.data, root=args.data_root, device=device)
@@ -82,12 +83,16 @@ def main() -> None:
         print(f"  {gran:>8} traces {mode:>9}: " + ", ".join(cells))
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
             "checkpoint": Path(args.checkpoint).name,
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True, cwd=HERE).stdout.strip()}
+            "commit": commit}
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent).stdout.strip()
 
 
 if __name__ == "__main__":
