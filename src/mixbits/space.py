@@ -412,36 +412,56 @@ def _expected_sizes(a: np.ndarray, c: np.ndarray, nus: np.ndarray) -> np.ndarray
     return ((e * c[None]).sum(axis=2) / e.sum(axis=2)).sum(axis=1)
 
 
+def _size_and_slope(a: np.ndarray, c: np.ndarray, nu: float) -> tuple[float, float]:
+    """Expected size (budget units) at price ``nu`` and its derivative, ``-sum_u Var_u(c)`` (<= 0)."""
+    z = a - nu * c  # (U, K)
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    m1 = (p * c).sum(axis=1)  # (U,)
+    m2 = (p * c * c).sum(axis=1)
+    return float(m1.sum()), -float((m2 - m1 * m1).sum())
+
+
 def _solve_price(a: np.ndarray, c: np.ndarray) -> float:
-    """The price nu with expected size == 1 (budget units): bracket, then bisect.
+    """The price nu with expected size == 1 (budget units): bracket, then safeguarded Newton.
 
-    The expected size is non-increasing in nu. The bracket grows fourfold from [-1, 1] until it
-    holds the crossing (at most +-1e6, returned when the size stays above or below 1 there);
-    bisection then halves it to a relative width of 1e-12, about 50 evaluations of one (U, K)
-    array each, so the cost grows with the number of units, not with a grid of prices.
-    Returns the upper end of the bracket: the side that does not overspend.
+    The expected size is non-increasing in nu, with derivative minus the summed variance of the
+    sizes. The bracket grows fourfold from [-1, 1] until it holds the crossing (at most +-1e6,
+    returned when the size stays above or below 1 there); Newton steps then shrink it, with a
+    bisection step whenever Newton would leave the bracket, until it is 1e-12 wide (relative):
+    a handful of evaluations of one (U, K) array each. Returns the upper end of the bracket:
+    the side that does not overspend.
     """
-    def size(nu: float) -> float:
-        return float(_expected_sizes(a, c, np.array([nu]))[0])
-
     limit = 1e6
     lo, hi = -1.0, 1.0
-    while size(hi) > 1.0:  # the crossing lies above hi
+    while _size_and_slope(a, c, hi)[0] > 1.0:  # the crossing lies above hi
         if hi >= limit:
             return limit
         lo, hi = hi, min(4.0 * hi, limit)
-    while size(lo) <= 1.0:  # lo is within the budget already: the crossing lies below it
+    while _size_and_slope(a, c, lo)[0] <= 1.0:  # lo is within the budget already: the crossing lies below it
         if lo <= -limit:
             return -limit
         lo, hi = max(4.0 * lo, -limit), lo
+    nu = 0.5 * (lo + hi)
     for _ in range(200):
-        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
-            break
-        mid = 0.5 * (lo + hi)
-        if size(mid) > 1.0:
-            lo = mid
+        tol = 1e-12 * max(1.0, abs(nu))
+        size, slope = _size_and_slope(a, c, nu)
+        if size > 1.0:
+            lo = nu
         else:
-            hi = mid
+            hi = nu
+        if hi - lo <= 2 * tol:
+            break
+        newton = nu - (size - 1.0) / slope if slope < 0 else 0.5 * (lo + hi)
+        if not lo < newton < hi:
+            nu = 0.5 * (lo + hi)  # Newton would leave the bracket: bisect
+        elif abs(newton - nu) > tol:
+            nu = newton
+        else:  # Newton has converged from one side: probe just across the root to close the bracket
+            nu = min(max(newton + (tol if size > 1.0 else -tol), lo), hi)
+            if nu in (lo, hi):
+                nu = 0.5 * (lo + hi)
     return hi
 
 
