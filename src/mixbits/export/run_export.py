@@ -9,7 +9,7 @@ are an int, or a list (JSON) / tuple of one int per structure.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +94,9 @@ def load_run_model(run_dir: str | Path) -> RunModel:
                              for k, v in ckpt["bits"].items()}
     used = {b for v in bits.values() for b in ((v,) if isinstance(v, int) else v)}
     candidates = tuple(ckpt.get("candidates") or settings.get("candidates") or sorted(used))
-    extra: dict[str, Any] = {}
-    if settings.get("granularity") and "granularity" in {f.name for f in fields(PrepareConfig)}:
-        extra["granularity"] = str(settings["granularity"])
     prep = PrepareConfig(candidates=tuple(sorted(set(candidates) | used)),
-                         exclude=tuple(settings.get("exclude") or ()), pins=dict(settings.get("pins") or {}), **extra)
+                         exclude=tuple(settings.get("exclude") or ()), pins=dict(settings.get("pins") or {}),
+                         granularity=str(settings.get("granularity") or "layer"))
     space = prepare_(model, prep)
     bits = space.cost.normalize(bits)
     space.fix_(bits)
