@@ -45,6 +45,8 @@ def test_config_file_and_command_line_override(tmp_path, capsys):
     (["--data", "nodata"], "unknown data set 'nodata'; known:"),
     (["--method", "nomethod"], "unknown method 'nomethod'; known:"),
     (["--checkpoint", "/nonexistent/float.pt"], "does not exist"),
+    (["--granularity", "rows"], "unknown granularity 'rows': write layer, channel, group:N"),
+    (["--granularity", "group:0"], "a group needs at least one channel"),
 ])
 def test_bad_input_fails_fast_with_a_clear_message(tmp_path, capsys, args, message):
     out = tmp_path / "run"
@@ -59,3 +61,26 @@ def test_unknown_config_key(tmp_path, capsys):
     cfg.write_text('targett = "8x"\n')
     assert main(["search", "-c", str(cfg), "-q"]) == 2
     assert "unknown keys ['targett']" in capsys.readouterr().err
+
+
+def test_granularity_from_a_config_file_is_checked_before_any_work(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('granularity = "group:x"\n')
+    out = tmp_path / "run"
+    assert main(["search", "-c", str(cfg), "--out", str(out), *FAST]) == 2
+    assert "unknown granularity 'group:x'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_search_per_structure_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", "--out", str(out), "--granularity", "group:8", "--target", "20x", *FAST]) == 0
+    bits = json.loads((out / "bits.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert [len(bits[n]) for n in ("features.0", "features.3", "features.7", "classifier")] == [4, 8, 8, 2]
+    assert report["totals"]["quantized_bits"] <= report["budget_bits"]
+    assert json.loads((out / "settings.json").read_text())["granularity"] == "group:8"
+    printed = capsys.readouterr().out
+    assert "(8 x 8ch)" in printed and "bits per structure from a to b" in printed
+    packed = report["packed_file"]
+    assert packed["file_bytes"] <= packed["promised_bytes"] + packed["header_bytes"]
