@@ -30,7 +30,7 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from .granularity import structure_channels
+from .granularity import Structures
 from .quant import FLOAT_BITS, INT_BITS, SCALE_BITS, check_bits
 
 __all__ = ["LayerInfo", "CostModel", "weight_size_bits", "Bits", "UNIT_SEP"]
@@ -48,7 +48,7 @@ def weight_size_bits(num_weights: int, num_channels: int, bits: int) -> int:
 
 
 @dataclass(frozen=True)
-class LayerInfo:
+class LayerInfo(Structures):
     """One decision unit: a weight tensor whose bitwidth is chosen as a whole.
 
     Attributes:
@@ -80,12 +80,7 @@ class LayerInfo:
     group_size: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.channel_dim < len(self.shape):
-            raise ValueError(f"layer {self.name!r}: channel_dim {self.channel_dim} is not a dimension of shape "
-                             f"{self.shape}")
-        if self.group_size < 0 or (self.group_size and self.group_size >= self.shape[self.channel_dim]):
-            raise ValueError(f"layer {self.name!r}: group_size {self.group_size} must be 0 (one bitwidth) or "
-                             f"below its {self.shape[self.channel_dim]} channels")
+        self.check_structures()
 
     @property
     def state_keys(self) -> tuple[str, ...]:
@@ -98,25 +93,6 @@ class LayerInfo:
         for s in self.shape:
             n *= s
         return n
-
-    @property
-    def num_channels(self) -> int:
-        """Output channels: one float16 scale each at 1..8 bits."""
-        return self.shape[self.channel_dim]
-
-    @property
-    def num_groups(self) -> int:
-        """Structures with their own bitwidth (1 when the whole tensor takes one)."""
-        return len(self.group_channels)
-
-    @property
-    def grouped(self) -> bool:
-        return self.num_groups > 1
-
-    @property
-    def group_channels(self) -> tuple[int, ...]:
-        """Output channels of each structure."""
-        return structure_channels(self.num_channels, self.group_size)
 
     @property
     def index_bits(self) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["Granularity", "parse_granularity", "structure_channels", "GRANULARITY_HELP"]
+__all__ = ["Granularity", "parse_granularity", "structure_channels", "Structures", "GRANULARITY_HELP"]
 
 GRANULARITY_HELP = "write layer, channel, group:N (N output channels per structure, e.g. group:8) or head"
 _GROUP = re.compile(r"^group:([0-9]+)$")
@@ -65,3 +65,38 @@ def structure_channels(channels: int, group_size: int) -> tuple[int, ...]:
     if not group_size:
         return (channels,)
     return tuple(min(group_size, channels - lo) for lo in range(0, channels, group_size))
+
+
+class Structures:
+    """The structures of a weight, for a class with ``name``, ``shape``, ``channel_dim`` and
+    ``group_size`` (the cost model's ``LayerInfo`` and the file's ``LayerRecord``)."""
+
+    def check_structures(self) -> None:
+        """Raise ValueError for a channel dimension outside the shape or a group size outside 0..C-1."""
+        if not 0 <= self.channel_dim < len(self.shape):
+            raise ValueError(f"layer {self.name!r}: channel_dim {self.channel_dim} is not a dimension of shape "
+                             f"{self.shape}")
+        g, c = self.group_size, self.shape[self.channel_dim]
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0 or (g and g >= c):
+            raise ValueError(f"layer {self.name!r}: group_size {g!r} must be 0 (one bitwidth) or below its {c} "
+                             f"channels")
+
+    @property
+    def num_channels(self) -> int:
+        """Output channels (along ``channel_dim``): one float16 scale each at 1..8 bits."""
+        return self.shape[self.channel_dim]
+
+    @property
+    def group_channels(self) -> tuple[int, ...]:
+        """Output channels of each structure, shape (num_groups,)."""
+        return structure_channels(self.num_channels, self.group_size)
+
+    @property
+    def num_groups(self) -> int:
+        """Structures with their own bitwidth (1 when the whole weight takes one)."""
+        return len(self.group_channels)
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the weight has bits per structure (two or more structures)."""
+        return self.num_groups > 1

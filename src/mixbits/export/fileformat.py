@@ -79,7 +79,7 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from ..granularity import structure_channels
+from ..granularity import Structures
 from ..quant import (FLOAT_BITS, HALF_BITS, INT_BITS, VALID_BITS, channels_back, channels_first, dequantize,
                      weight_codes)
 from ..runfiles import atomic_write
@@ -143,7 +143,7 @@ def _is_int(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class LayerRecord:
+class LayerRecord(Structures):
     """One quantized weight as stored: its name(s), shape, bits and state-dict keys.
 
     Attributes:
@@ -171,13 +171,7 @@ class LayerRecord:
     group_size: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.channel_dim < len(self.shape):
-            raise ValueError(f"layer {self.name!r}: channel_dim {self.channel_dim} is not a dimension of shape "
-                             f"{self.shape}")
-        c = self.shape[self.channel_dim]
-        if not _is_int(self.group_size) or self.group_size < 0 or (self.group_size and self.group_size >= c):
-            raise ValueError(f"layer {self.name!r}: group_size {self.group_size!r} must be 0 (one bitwidth) or "
-                             f"below its {c} channels")
+        self.check_structures()
         bits = self.bits
         if _is_int(bits):
             canonical: Bits = (int(bits),) * self.num_groups if self.grouped else int(bits)
@@ -190,30 +184,10 @@ class LayerRecord:
         object.__setattr__(self, "bits", canonical)
 
     @property
-    def num_channels(self) -> int:
-        """Scales a 1..8-bit weight stores: one per index of ``channel_dim``."""
-        return self.shape[self.channel_dim]
-
-    @property
     def codes_shape(self) -> tuple[int, ...]:
         """The shape the codes are stored in: ``shape`` with ``channel_dim`` moved first."""
         d = self.channel_dim
         return (self.shape[d],) + self.shape[:d] + self.shape[d + 1:]
-
-    @property
-    def num_groups(self) -> int:
-        """Structures with their own bitwidth (1 when the whole weight takes one)."""
-        return len(self.group_channels)
-
-    @property
-    def grouped(self) -> bool:
-        """Whether the layer has bits per structure (two or more structures)."""
-        return self.num_groups > 1
-
-    @property
-    def group_channels(self) -> tuple[int, ...]:
-        """Output channels of each structure, shape (num_groups,)."""
-        return structure_channels(self.num_channels, self.group_size)
 
     @property
     def group_bits(self) -> tuple[int, ...]:
