@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> None:
     if not jobs:
         print(f"{path}: every job done")
         return
+    commit = _git_head()  # the code this process runs, even if HEAD moves while it runs
     base = prepare_sweep(config)
     setups = {g: dataclasses.replace(base, config=dataclasses.replace(config, granularity=g)) for g in grans}
     search_options = _options(args.search_option)
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
             continue
         info = row.get("info") or {}
         row.update(method=label, granularity=gran, search_epochs=args.search_epochs, device=str(base.device),
-                   float_accuracy=base.float_accuracy, commit=_git_head(), solve_seconds=_solve_seconds(row),
+                   float_accuracy=base.float_accuracy, commit=commit, solve_seconds=_solve_seconds(row),
                    units=info.get("units"))
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
