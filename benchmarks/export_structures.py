@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 import mixbits
+from compare_fair import _git_head  # benchmarks/ is on sys.path when run as a script
 from mixbits.budget import budget_bits
 from mixbits.export.exporter import size_bound_bytes
 from mixbits.methods import AllocationContext, allocate
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    commit = _commit()  # the code that runs, even if HEAD moves while it runs
+    commit = _git_head()  # the code that runs, even if HEAD moves while it runs
     torch.set_num_threads(args.threads)
     data = build_data(args.data, root=args.data_root, device=torch.device("cpu"))
     state = load_checkpoint(args.checkpoint)["state_dict"]
@@ -93,11 +93,6 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=2)
-
-
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent).stdout.strip()
 
 
 if __name__ == "__main__":

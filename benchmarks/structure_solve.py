@@ -16,13 +16,12 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from compare_fair import _git_head  # benchmarks/ is on sys.path when run as a script
 from mixbits.budget import budget_bits
 from mixbits.models import create_model
 from mixbits.search import derive_bits
@@ -64,7 +63,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
-    commit = _commit()  # the code that runs, even if HEAD moves while it runs
+    commit = _git_head()  # the code that runs, even if HEAD moves while it runs
     targets = [t for t in args.targets.split(",") if t]
     torch.manual_seed(0)
     cases = [("resnet20", g) for g in ("layer", "group:32", "group:8", "channel")]
@@ -83,11 +82,6 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=2)
-
-
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent).stdout.strip()
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
+from compare_fair import _git_head  # benchmarks/ is on sys.path when run as a script
 from mixbits.budget import budget_bits
 from mixbits.derive import solve_budget
 from mixbits.methods.hessian import sensitivity
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    commit = _commit()  # the code that runs, even if HEAD moves while it runs
+    commit = _git_head()  # the code that runs, even if HEAD moves while it runs
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     data = build_data(args.data, root=args.data_root, device=device)
@@ -88,11 +88,6 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
-
-
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent).stdout.strip()
 
 
 if __name__ == "__main__":

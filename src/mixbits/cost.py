@@ -24,6 +24,7 @@ compression divides the whole float model by the whole quantized model.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
 
@@ -136,12 +137,17 @@ class LayerInfo(Structures):
                                      for c, b in zip(self.group_channels, self.expand(bits)))
 
     def unit_sizes(self) -> np.ndarray:
-        """Size in bits of every structure at every candidate, shape (num_groups, K); the
+        """Size in bits of every structure at every candidate, shape (num_groups, K), read-only; the
         per-structure index is charged to the first structure (it is paid whatever the bits)."""
+        return self._unit_sizes
+
+    @functools.cached_property
+    def _unit_sizes(self) -> np.ndarray:  # computed once: the projection and the solver read it often
         per = self.num_weights // self.num_channels
         out = np.array([[weight_size_bits(per * c, c, b) for b in self.candidates] for c in self.group_channels],
                        dtype=np.int64)
         out[0] += self.index_bits
+        out.flags.writeable = False
         return out
 
 

@@ -340,7 +340,7 @@ class BitSpace(nn.Module):
         for (layer, d), g in zip(free, rows):
             k = len(layer.candidates)
             a[start:start + g, :k] = d.logits.detach().double().cpu().numpy().reshape(g, k) / d.temperature
-            c[start:start + g, :k] = self._unit_sizes(layer) / target
+            c[start:start + g, :k] = layer.unit_sizes() / target
             start += g
         nu = _solve_price(a, c)
         start = 0
@@ -350,13 +350,6 @@ class BitSpace(nn.Module):
             d.shift.copy_(torch.from_numpy(shift.reshape(d.shift.shape)).to(d.shift))
             start += g
         return nu * free[0][1].temperature
-
-    def _unit_sizes(self, layer: LayerInfo) -> np.ndarray:
-        """``layer.unit_sizes()`` as float64, (G, K), computed once."""
-        cache = self.__dict__.setdefault("_unit_size_cache", {})
-        if layer.name not in cache:
-            cache[layer.name] = layer.unit_sizes().astype(np.float64)
-        return cache[layer.name]
 
     def expected_quantized_bits(self) -> torch.Tensor:
         """Differentiable expected size of the quantized weights, in bits."""
