@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixbits.methods import allocate
-from mixbits.methods.hessian import hessian_sensitivity, hutchinson_traces
+from mixbits.sensitivity import hessian_sensitivity, hutchinson_traces
 from mixbits.quant import quantize_hard
 
 from ._method_helpers import tiny_context

@@ -92,11 +92,11 @@ def test_chunked_clip_search_equals_the_one_shot_grid(monkeypatch):
 
 
 def test_fixed_bits_quantize_once_per_weight_version(monkeypatch):
-    from mixbits import space as sp
+    from mixbits import mixture, space as sp
 
     calls = []
-    real = sp.quantize_hard
-    monkeypatch.setattr(sp, "quantize_hard", lambda w, b, d=0: calls.append(b) or real(w, b, d))
+    real = mixture.quantize_hard
+    monkeypatch.setattr(mixture, "quantize_hard", lambda w, b, d=0: calls.append(b) or real(w, b, d))
     m = torch.nn.Linear(8, 4)
     space = sp.prepare_(m)
     space.fix_({"": 4})

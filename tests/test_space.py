@@ -149,17 +149,17 @@ def test_projection_meets_budget_exactly():
 
 
 def test_price_solve_never_overspends_and_stops_at_its_limits():
-    from mixbits.space import _size_and_slope, _solve_price
+    from mixbits.price import size_and_slope, solve_price
 
     rng = np.random.default_rng(0)
     a = rng.normal(0, 4, size=(300, 6))  # logits of 300 units
     c = np.sort(rng.uniform(0.0005, 0.02, size=(300, 6)), axis=1)  # sizes in budget units, ascending
-    nu = _solve_price(a, c)
-    size, slope = _size_and_slope(a, c, nu)
+    nu = solve_price(a, c)
+    size, slope = size_and_slope(a, c, nu)
     assert size <= 1.0 and size == pytest.approx(1.0, abs=1e-9) and slope < 0
     # a budget every assignment fits, and one none fits: the price stops at its limits
-    assert _solve_price(a, c * 1e-3) == -1e6
-    assert _solve_price(a, c * 1e3) == 1e6
+    assert solve_price(a, c * 1e-3) == -1e6
+    assert solve_price(a, c * 1e3) == 1e6
 
 
 @pytest.mark.parametrize("cands", [(1, 2, 4, 8, 16, 32), (1, 3, 5), (2, 4), (16, 32), (1,), (1, 32)])

@@ -13,7 +13,7 @@ import mixbits
 from mixbits.commands.inspect import format_summary
 from mixbits.export import MbitsFormatError, describe, export_model, read_mbits
 from mixbits.export import fileformat
-from mixbits.methods.hessian import sensitivity
+from mixbits.sensitivity import sensitivity
 from mixbits.quant import quantize_hard, weight_codes
 from mixbits.space import PrepareConfig, prepare_, unprepare_
 
@@ -210,7 +210,7 @@ def test_hessian_falls_back_to_first_order_without_double_backward(caplog):
     model.forward = lambda x: model[1](_OnceReLU.apply(model[0](x)))
     space = prepare_(model)
     data = [(torch.randn(5, 4), torch.randint(0, 3, (5,)))]
-    with caplog.at_level("WARNING", logger="mixbits.methods.hessian"):
+    with caplog.at_level("WARNING", logger="mixbits.sensitivity"):
         _, traces = sensitivity(model, space, data, batches=1, samples=2)
     assert "first-order" in caplog.text and all(t > 0 for t in traces.values())
 

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from .quant import fake_quantize, weight_codes
     from .report import build_report, format_table, to_markdown
     from .search import SearchConfig, SearchResult, derive_bits, search
-    from .space import BitSpace, Decision, PrepareConfig, prepare_, unprepare_
+    from .bitspace import BitSpace
+    from .mixture import Decision
+    from .space import PrepareConfig, prepare_, unprepare_
     from .train import NonFiniteLossError, TrainConfig, evaluate, fit, recalibrate_bn_
 
 # Public names resolve on first use (PEP 562): `import mixbits` and `mixbits --help` stay free of torch.

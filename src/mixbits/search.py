@@ -30,7 +30,8 @@ from torch import nn
 from .budget import budget_bits, parse_target
 from .derive import InfeasibleError, solve_budget
 from .cost import Bits
-from .space import BitSpace
+from .bitspace import BitSpace
+from .sensitivity import sensitivity
 from . import distributed
 from .progress import StageProgress
 from .train import (NonFiniteLossError, autocast, channels_last_, check_teacher, cosine_lr, distill_loss, global_mean,
@@ -175,8 +176,6 @@ def init_logits_from_hessian_(model: nn.Module, space: BitSpace, loader: Iterabl
     The softmax with the budget price then starts at the Lagrangian relaxation of the Hessian
     allocation. Returns the Hessian traces per layer.
     """
-    from .methods.hessian import sensitivity  # the methods package imports this module
-
     omega, traces = sensitivity(model, space, loader)  # per unit
     top = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
     with torch.no_grad():

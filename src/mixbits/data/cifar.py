@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .datasets import TensorDataset, register_dataset
+from .base import TensorDataset, register_dataset
 from .imagefolder import looks_like_image_folder, read_image_folder
 
 __all__ = ["cifar10", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD"]

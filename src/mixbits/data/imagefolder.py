@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .cache import cached, source_key
-from .datasets import TensorDataset, channel_stats, register_dataset
+from .base import TensorDataset, channel_stats, register_dataset
 
 __all__ = ["read_image_folder", "looks_like_image_folder", "image_folder_dataset", "IMAGE_EXTENSIONS"]
 

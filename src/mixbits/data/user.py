@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .._imports import call_with_accepted, import_callable
-from .datasets import TensorDataset, channel_stats
+from .base import TensorDataset, channel_stats
 
 __all__ = ["load_user_dataset", "to_tensors"]
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..targets import DECISIONS_ATTR
 from .fileformat import MbitsFile, MbitsFormatError, decode_state_dict, path_repr, read_mbits, short_repr
 
 __all__ = ["load", "build_model", "CodeNotTrustedError"]
@@ -147,13 +148,12 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
         CodeNotTrustedError: (a ValueError) the recipe names code and ``trust_code`` is False.
         ValueError: a prepared model.
     """
-    from ..space import _DECISION_ATTR
 
     f = path if isinstance(path, MbitsFile) else read_mbits(path)
     where = path_repr(f.path)
     if model is not None and not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    if model is not None and any(hasattr(m, _DECISION_ATTR) for m in model.modules()):
+    if model is not None and any(hasattr(m, DECISIONS_ATTR) for m in model.modules()):
         raise ValueError("model is prepared (mixbits.prepare_): pass a plain instance of the architecture, "
                          "or call mixbits.unprepare_(model) first")
     state = decode_state_dict(f)

@@ -1,0 +1,155 @@
+"""The candidate mixture: one learnable choice of bitwidth for one weight tensor.
+
+A :class:`Decision` holds logits over the candidate bitwidths (one row per structure
+when bits are chosen per structure) and computes the weight a layer runs with: the
+quantized weight at fixed bits, or the probability-weighted mixture
+``sum_b p_b Q_b(W)`` while the search is on. Pure per-tensor arithmetic lives in
+:mod:`mixbits.quant`; model surgery in :mod:`mixbits.space`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cost import Bits
+from .quant import (FLOAT_BITS, HALF_BITS, best_clip, channels_back, channels_first, quantize_hard,
+                    quantize_int_stack, weight_scale)
+
+__all__ = ["Decision"]
+
+
+class Decision(nn.Module):
+    """Learnable choice of one bitwidth among ``candidates`` for one weight tensor.
+
+    Args:
+        candidates: candidate bitwidths, ascending.
+        channel_dim: the weight's output-channel dimension, one scale per index (1 for a
+            Hugging Face Conv1D's (in, out) weight, else 0).
+        group_channels: output channels of each structure when the bits are chosen per
+            structure (two or more entries); None for one choice for the whole tensor.
+
+    The logits have shape (K,), or (G, K) with one row per structure; ``fixed_bits`` is an
+    int, or a tuple of G ints for a decision with structures.
+    """
+
+    def __init__(self, candidates: tuple[int, ...], channel_dim: int = 0,
+                 group_channels: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.candidates = tuple(candidates)
+        self.channel_dim = int(channel_dim)
+        groups = tuple(group_channels or ())
+        self.groups = len(groups) if len(groups) > 1 else 1
+        shape = (self.groups, len(self.candidates)) if self.groups > 1 else (len(self.candidates),)
+        self.logits = nn.Parameter(torch.zeros(shape))  # (K,) or (G, K)
+        # Budget price of each candidate, set by BitSpace.project_: probs = softmax((logits - shift) / T).
+        self.register_buffer("shift", torch.zeros(shape))  # like logits
+        if self.groups > 1:  # the structure of every output channel, (C,)
+            self.register_buffer("channel_group", torch.repeat_interleave(
+                torch.arange(self.groups), torch.tensor(groups)), persistent=False)
+        self.temperature = 1.0
+        self.gumbel = False
+        self.fixed_bits: Bits | None = None
+        if len(self.candidates) == 1:
+            self.fixed_bits = self.candidates[0] if self.groups == 1 else (self.candidates[0],) * self.groups
+        self._uniform = tuple(b for b in self.candidates if 2 <= b <= 8)
+        # Clipping ratios of the uniform candidates, refreshed every `clip_refresh` mixed forwards.
+        self.clip_refresh = 16
+        self._clip: torch.Tensor | None = None
+        self._clip_age = 0
+        self._hard: tuple | None = None  # (key, quantized weight) at the fixed bits
+
+    def reset_cache_(self) -> None:
+        """Forget the cached clipping ratios (recomputed at the next mixed forward)."""
+        self._clip = None
+        self._clip_age = 0
+        self._hard = None
+
+    def _fixed_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """``fake_quantize(w, fixed_bits)``, its grid search done once per weight version.
+
+        The cache is keyed on the tensor's in-place version counter, so an optimiser step
+        or a ``load_state_dict`` invalidates it and the result is always exact.
+        """
+        bits = self.fixed_bits
+        if bits == FLOAT_BITS or (isinstance(bits, tuple) and set(bits) == {FLOAT_BITS}):
+            return w
+        key = (id(w), w._version, bits, w.device, w.dtype)
+        if self._hard is None or self._hard[0] != key:
+            if isinstance(bits, tuple):
+                self._hard = (key, self._structured_hard(w, bits))
+            else:
+                self._hard = (key, quantize_hard(w, bits, self.channel_dim))
+        return w + (self._hard[1] - w).detach()
+
+    @torch.no_grad()
+    def _structured_hard(self, w: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
+        """The weight with every structure quantized at its own bits (scales are per channel, so
+        quantizing the whole tensor at b and keeping the channels at b is exact)."""
+        wd = channels_first(w.detach(), self.channel_dim)  # (C, ...)
+        per_channel = torch.tensor(bits, device=w.device)[self.channel_group.to(w.device)]  # (C,)
+        out = wd.clone()
+        for b in sorted(set(bits)):
+            rows = per_channel == b
+            if b != FLOAT_BITS:
+                out[rows] = quantize_hard(wd[rows], b)
+        return channels_back(out, self.channel_dim)
+
+    def probs(self) -> torch.Tensor:
+        """Probabilities over the candidates, shape (K,) or (G, K); Gumbel-perturbed when enabled in training."""
+        logits = self.logits - self.shift
+        if self.gumbel and self.training:
+            u = torch.rand_like(logits).clamp_(1e-9, 1 - 1e-9)
+            logits = logits - torch.log(-torch.log(u))
+        return F.softmax(logits / self.temperature, dim=-1)
+
+    def preference(self) -> torch.Tensor:
+        """Log-probabilities at temperature 1 (what the budget solver maximises), shape (K,) or (G, K)."""
+        return F.log_softmax(self.logits.detach().float(), dim=-1)
+
+    def argmax_bits(self) -> Bits:
+        """The most likely bits: an int, or one per structure."""
+        idx = self.logits.detach().argmax(dim=-1)
+        if self.groups == 1:
+            return self.candidates[int(idx)]
+        return tuple(self.candidates[int(i)] for i in idx)
+
+    def mixed_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight a layer computes with: fixed bits, or the probability-weighted mixture."""
+        if self.fixed_bits is not None:
+            return self._fixed_weight(w)
+        p = self.probs().to(w.dtype)  # (K,) or (G, K)
+        # sum_k p_k Q_k(w) written as w + sum_k p_k (Q_k(w) - w): the straight-through
+        # gradient to w is the identity and the gradient to p_k is Q_k(w) - w, which
+        # equals Q_k(w) up to a constant that the softmax Jacobian cancels. The 32-bit
+        # candidate adds nothing (Q_32(w) = w) and is skipped.
+        wd = channels_first(w.detach(), self.channel_dim)  # output channels on dim 0
+        parts = []  # quantized weights in ascending candidate order, 32 excluded
+        if self.candidates[0] == 1:
+            view = (-1,) + (1,) * (w.dim() - 1)
+            s = weight_scale(wd, 1).view(view)
+            parts.append(torch.where(wd >= 0, s, -s)[None])
+        if self._uniform:
+            if self._clip is None or self._clip_age >= self.clip_refresh or self._clip.device != w.device:
+                self._clip = best_clip(wd, self._uniform)
+                self._clip_age = 0
+            self._clip_age += 1
+            parts.append(quantize_int_stack(wd, self._uniform, self._clip))
+        if HALF_BITS in self.candidates:
+            parts.append(wd.half().to(w.dtype)[None])
+        if not parts:
+            return w
+        deltas = (parts[0] if len(parts) == 1 else torch.cat(parts)) - wd  # (K', *wd.shape)
+        k = deltas.shape[0]
+        if self.groups == 1:
+            mix = torch.tensordot(p[:k], deltas, dims=1)
+        else:  # one mixture per output channel: coefficients (K', C, 1, ...)
+            coef = p[self.channel_group.to(p.device), :k].t().reshape((k, -1) + (1,) * (w.dim() - 1))
+            mix = (coef * deltas).sum(dim=0)
+        return w + channels_back(mix, self.channel_dim)
+
+    def extra_repr(self) -> str:
+        dim = f", channel_dim={self.channel_dim}" if self.channel_dim else ""
+        groups = f", structures={self.groups}" if self.groups > 1 else ""
+        return f"candidates={self.candidates}, fixed_bits={self.fixed_bits}{dim}{groups}"
