@@ -16,7 +16,13 @@ def test_readme_python_example_runs():
     bits = scope["bits"]
     space = scope["space"]
     assert bits["0"] == 8
-    assert space.cost.quantized_bits(bits) <= scope["result"].budget_bits
+    import mixbits
+
+    assert space.cost.quantized_bits(bits) <= mixbits.budget_bits("16x", space.cost)
+    # The first example is the product's default path: mixbits.allocate with no method named, and a seed.
+    (call,) = re.findall(r"mixbits\.allocate\((.*?)\)\n", code, flags=re.S)
+    assert "method=" not in call and "seed=" in call
+    assert scope["allocation"].info["units"] == len(space.names)  # hessian's record: one solve over every layer
 
 
 def _option_strings():

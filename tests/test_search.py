@@ -50,8 +50,12 @@ def test_zoo_model_goes_through_search_finetune_evaluate():
         search(model, space, train, held, SearchConfig(target="8x", epochs=3), teacher=teacher)
     assert len(hist) == 2
     assert space.fixed_bits() == result.bits
-    acc = evaluate(model, test)
-    assert 0.0 <= acc <= 1.0 and 0.0 <= float_acc <= 1.0
+    # evaluate() at the fixed bits counts what the quantized model predicts (two paths, one machine)
+    model.eval()
+    with torch.no_grad():
+        hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in test)
+    assert evaluate(model, test) == hits / 128
+    assert teacher is not model and evaluate(teacher, test) == float_acc
     # the searched history records an expected size at the budget after every search epoch
     for rec in result.history[1:]:
         assert rec["expected_quantized_bits"] == pytest.approx(result.budget_bits, rel=1e-4)
@@ -147,7 +151,9 @@ def test_the_logits_learn_and_the_movement_is_reported():
         change = max(float((d.logits.detach() - start[n]).abs().max()) for n, d in zip(space.names, space.decision_list))
         moved[lr] = (change, result.movement)
         assert set(result.start_bits) == set(space.names)
-        assert 0.0 <= result.movement["changed_fraction"] <= 1.0
+        changed = [n for n in space.searchable() if result.start_bits[n] != result.bits[n]]
+        assert result.movement["changed_layers"] == sorted(changed)
+        assert result.movement["changed_fraction"] == pytest.approx(len(changed) / len(space.searchable()))
     change, movement = moved[0.2]
     # 3 epochs, 2 of them learning the logits with one step per weight step (6 batches): 12 Adam steps
     assert change > 0.5
@@ -185,7 +191,8 @@ def test_fill_upgrades_are_reported_and_can_be_turned_off():
     space, filled = runs[True]
     _, chosen = runs[False]
     assert chosen.fill_upgrades == {}
-    assert filled.fill_upgrades == {"c1": [2, 4]}
+    # The fill reports exactly the layers it changed (which ones depends on the trained logits, so on the CPU).
+    assert set(filled.fill_upgrades) == {n for n in space.names if filled.bits[n] != chosen.bits[n]}
     # the fill only upgrades: every layer keeps at least the search's bits, and says so
     for name, (before, after) in filled.fill_upgrades.items():
         assert after > before and chosen.bits[name] == before and filled.bits[name] == after
@@ -221,10 +228,13 @@ def test_search_per_channel_learns_structures_and_reports_them():
     assert space.cost.quantized_bits(result.bits) <= result.budget_bits
     assert set(result.start_bits) == set(space.names)
     m = result.movement
-    assert m["structures"] == space.cost.num_units and 0 <= m["changed_structures"] <= m["structures"]
+    expand = lambda layer, b: list(layer.expand(b))
+    moved = sum(s != e for layer in space.layers if not layer.pinned
+                for s, e in zip(expand(layer, result.start_bits[layer.name]), expand(layer, result.bits[layer.name])))
+    assert m["structures"] == space.cost.num_units and m["changed_structures"] == moved
     assert m["units"] == 69 and m["solve_seconds"] > 0
     # the history keeps one probability row per layer (the mean over its structures), for the plots
     assert len(result.history[-1]["probs"]["c1"]) == 6
     assert len(result.history[-1]["argmax_bits"]["c1"]) == 8
     space.fix_(result.bits)
-    assert 0.0 <= evaluate(model, test) <= 1.0
+    assert space.fixed_bits() == space.cost.normalize(result.bits)

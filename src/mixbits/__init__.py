@@ -3,7 +3,11 @@
 Module map:
 
 - ``quant``     pure tensor quantizers (binary, uniform 2..8, half, float), straight-through.
-- ``space``     model surgery: ``prepare_`` gives each Conv/Linear weight a bitwidth Decision.
+- ``space``     model surgery: ``prepare_`` gives each Conv/Linear weight a bitwidth Decision
+                (``mixture``: the Decision; ``bitspace``: all decisions and their cost; ``price``: the budget price).
+- ``allocate``  the default path: ``allocate(model, space, train, held_out, target=...)`` with any method.
+- ``methods``   the allocation methods by name (``hessian``, ``search``, ``random``, ``uniform``);
+                ``sensitivity``: the Hessian-trace estimate they share.
 - ``cost``      the one cost model: exact/expected sizes, compressions, average bits.
 - ``budget``    size targets ("24x", "300KB", "1.5bits") -> a budget in bits.
 - ``search``    the differentiable search under the budget (Lagrange price solved exactly).
@@ -21,6 +25,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .allocate import DEFAULT_METHOD, allocate
     from .budget import Target, budget_bits, parse_target
     from .cost import CostModel, LayerInfo
     from .derive import solve_budget
@@ -36,6 +41,9 @@ if TYPE_CHECKING:
 
 # Public names resolve on first use (PEP 562): `import mixbits` and `mixbits --help` stay free of torch.
 _LAZY = {
+    "allocate": "allocate",
+    "DEFAULT_METHOD": "allocate",
+    "Allocation": "methods",
     "Target": "budget",
     "budget_bits": "budget",
     "parse_target": "budget",
@@ -58,8 +66,8 @@ _LAZY = {
     "SearchResult": "search",
     "derive_bits": "search",
     "search": "search",
-    "BitSpace": "space",
-    "Decision": "space",
+    "BitSpace": "bitspace",
+    "Decision": "mixture",
     "PrepareConfig": "space",
     "prepare_": "space",
     "unprepare_": "space",
@@ -73,7 +81,7 @@ _LAZY = {
 __version__ = "0.1.0"
 
 __all__ = [
-    "BitSpace", "CostModel", "Decision", "LayerInfo", "NonFiniteLossError", "PrepareConfig", "SearchConfig",
+    "Allocation", "DEFAULT_METHOD", "allocate", "BitSpace", "CostModel", "Decision", "LayerInfo", "NonFiniteLossError", "PrepareConfig", "SearchConfig",
     "SearchResult", "Target", "TrainConfig", "budget_bits", "build_report", "derive_bits", "evaluate",
     "fake_quantize", "finetune_", "fit", "format_table", "parse_target", "prepare_", "recalibrate_bn_", "search", "solve_budget",
     "to_markdown", "unprepare_", "weight_codes",

@@ -11,8 +11,8 @@ exact budget solver of :mod:`mixbits.derive`, so every method meets the same
 budget under the same cost model). ``mixbits search --method NAME`` picks one.
 """
 
-from .base import METHODS, Allocation, AllocationContext, allocate, register_method
+from .base import DEFAULT_METHOD, METHODS, Allocation, AllocationContext, allocate, register_method
 from . import differentiable  # noqa: F401  (registers "search")
 from . import hessian, random, uniform  # noqa: F401  (register "hessian", "random", "uniform")
 
-__all__ = ["METHODS", "Allocation", "AllocationContext", "allocate", "register_method"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "Allocation", "AllocationContext", "allocate", "register_method"]

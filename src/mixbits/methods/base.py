@@ -11,7 +11,11 @@ from torch import nn
 from ..registry import Registry
 from ..space import BitSpace
 
-__all__ = ["AllocationContext", "Allocation", "METHODS", "register_method", "allocate"]
+__all__ = ["AllocationContext", "Allocation", "METHODS", "DEFAULT_METHOD", "register_method", "allocate"]
+
+# What `mixbits search`, `mixbits.allocate` and RunConfig use unless told otherwise; the winner of the
+# compute-matched comparison (benchmarks/results/compare_fair.md).
+DEFAULT_METHOD = "hessian"
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from ..budget import parse_target
 from ..granularity import parse_granularity
-from ..methods import METHODS
+from ..methods import DEFAULT_METHOD, METHODS
 from ..space import DEFAULT_CANDIDATES
 
 __all__ = ["Settings", "RunConfig", "SweepConfig", "parse_method"]
@@ -103,7 +103,7 @@ class RunConfig(Settings):
         seed: seeds the model, the shuffling and the method.
     """
 
-    method: str = "hessian"
+    method: str = DEFAULT_METHOD
     method_options: Mapping[str, Any] = field(default_factory=dict)
     target: str = "24x"
     seed: int = 0
