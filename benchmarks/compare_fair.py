@@ -34,21 +34,16 @@ in OUT into ``compare_fair.csv`` and ``compare_fair.md``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
-import platform
-import shlex
 import statistics
-import subprocess
-import sys
-import time
-import traceback
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from _comparison import (accuracy_cell, load_rows, log_command, paired_cell, parse_options, pending_jobs, run_jobs,
+                         table, target_key, write_csv)  # benchmarks/ is on sys.path when run as a script
+from _provenance import describe
 from mixbits.methods import Allocation
 from mixbits.pipeline import SweepConfig
 from mixbits.sweep import prepare_sweep, run_row
@@ -59,46 +54,34 @@ METHODS = {
     "random": ("random", {}),
     "search": ("search", {}),
     "search_uniform": ("search", {"init": "uniform"}),
-    "search_frozen": ("search", {"logit_lr": 1e-12}),
+    "search_frozen": ("search", {"train_logits": False}),
     "search_logits": ("search", {"train_weights": False, "warmup_epochs": 0}),
     "search_nofill": ("search", {"fill": False}),
 }
 CSV_FIELDS = ("model", "method", "target", "seed", "weight_compression", "test_accuracy", "weight_epochs",
               "float_accuracy", "derived_accuracy", "model_compression", "average_bits", "size_bits", "budget_bits",
               "finetune_epochs", "distill", "search_epochs", "changed_fraction", "mean_tv", "search_seconds",
-              "finetune_seconds", "device")
+              "finetune_seconds", "device", "commit", "dirty")
 
 
-def _git_head() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001 - a copy without git still runs
-        return "unknown"
-
-
-def _options(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--search-option {pair!r}: write KEY=VALUE")
-        out[key] = json.loads(value) if value[:1] in "-0123456789[{tf" else value
-    return out
-
-
-def run(args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    fixed: dict[tuple[str, str], dict[str, int]] = {}
-    for spec in args.fixed:
+def _fixed_bits(specs: list[str]) -> dict[tuple[str, str], dict[str, int]]:
+    """``--fixed LABEL:TARGET=PATH`` -> {(label, target): bits}."""
+    fixed = {}
+    for spec in specs:
         head, sep, path = spec.partition("=")
         label, sep2, target = head.partition(":")
         if not (sep and sep2):
             raise SystemExit(f"--fixed {spec!r}: write LABEL:TARGET=PATH")
         obj = json.loads(Path(path).read_text())
         fixed[(label, target)] = {k: int(v) for k, v in obj.get("bits", obj).items()}
+    return fixed
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    fixed = _fixed_bits(args.fixed)
     for m in methods:
         if m not in METHODS and not any(label == m for label, _ in fixed):
             raise SystemExit(f"unknown method {m!r}; known: {', '.join(METHODS)}, or a --fixed label")
@@ -108,118 +91,72 @@ def run(args: argparse.Namespace) -> None:
                          methods=("hessian",), targets=tuple(targets), seeds=tuple(seeds),
                          search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
                          batch_size=args.batch_size, finetune_lr=args.finetune_lr, distill=args.distill,
-                         train_subset=args.train_subset, test_subset=args.test_subset, device=args.device, compute_matched=True, plot=False,
-                         binary_point=False, out=str(out))
+                         train_subset=args.train_subset, test_subset=args.test_subset, device=args.device,
+                         compute_matched=True, plot=False, binary_point=False, out=str(out))
     jobs = [(m, t, s) for s in seeds for t in targets for m in methods if m in METHODS or (m, t) in fixed]
     index, count = args.shard
-    jobs = jobs[index::count]
     path = out / f"rows-{args.model}-{index}of{count}.jsonl"
-    done = set()
-    if path.is_file():  # a rerun continues where a killed one stopped
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["method"], r["target"], r["seed"]))
-    jobs = [j for j in jobs if j not in done]
+    jobs = pending_jobs(path, jobs[index::count], key=lambda r: (r["method"], r["target"], r["seed"]))
     if not jobs:
         print(f"{path}: every job done")
         return
     setup = prepare_sweep(config)
-    search_options = _options(args.search_option)
-    for label, target, seed in jobs:
-        t0 = time.time()
-        try:
-            if (label, target) in fixed:
-                given = fixed[(label, target)]
-                row = run_row(setup, label, target, seed, allocator=lambda ctx, b=given: Allocation(bits=dict(b)))
-            else:
-                name, opts = METHODS[label]
-                if name == "search":
-                    opts = {**search_options, **opts}
-                row = run_row(setup, name, target, seed, options=opts)
-        except Exception as exc:  # noqa: BLE001 - one failed row must not stop the others; it is recorded
-            with open(out / f"errors-{args.model}-{index}of{count}.txt", "a") as f:
-                f.write(f"{label} {target} seed {seed}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}\n")
-            print(f"{label:>15} {target:>4} seed {seed}: FAILED {type(exc).__name__}: {exc}", flush=True)
-            continue
+    search_options = parse_options(args.search_option)
+
+    def run_one(job: tuple) -> dict:
+        label, target, seed = job
+        if (label, target) in fixed:
+            given = fixed[(label, target)]
+            row = run_row(setup, label, target, seed, allocator=lambda ctx, b=given: Allocation(bits=dict(b)))
+        else:
+            name, opts = METHODS[label]
+            row = run_row(setup, name, target, seed, options={**search_options, **opts} if name == "search" else opts)
+        info = row.get("info") or {}
         row.update(method=label, search_epochs=args.search_epochs, device=str(setup.device),
-                   float_accuracy=setup.float_accuracy, commit=_git_head(),
-                   changed_fraction=(row.get("info") or {}).get("changed_fraction"),
-                   mean_tv=(row.get("info") or {}).get("mean_tv"))
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"{label:>15} {target:>4} seed {seed}: {row['weight_compression']:.2f}x  "
-              f"derived {100 * row['derived_accuracy']:.2f}%  final {100 * row['test_accuracy']:.2f}%  "
-              f"({time.time() - t0:.0f} s)", flush=True)
+                   float_accuracy=setup.float_accuracy, changed_fraction=info.get("changed_fraction"),
+                   mean_tv=info.get("mean_tv"))
+        return row
 
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    run_jobs(jobs, run_one, rows_path=path, errors_path=out / f"errors-{args.model}-{index}of{count}.txt",
+             describe_row=lambda job, row: (f"{job[0]:>15} {job[1]:>4} seed {job[2]}: {row['weight_compression']:.2f}x  "
+                                            f"derived {100 * row['derived_accuracy']:.2f}%  "
+                                            f"final {100 * row['test_accuracy']:.2f}%"))
 
 
 def report(out: Path, header: list[str], rows_dirs: list[Path] | None = None) -> str:
-    files = [p for d in (rows_dirs or [out]) for p in sorted(Path(d).glob("rows-*.jsonl"))]
-    rows = [json.loads(line) for p in files for line in p.read_text().splitlines() if line]
-    if not rows:
-        raise SystemExit(f"no rows-*.jsonl in {', '.join(str(d) for d in (rows_dirs or [out]))}")
-    with open(out / "compare_fair.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
-        w.writeheader()
-        for r in sorted(rows, key=lambda r: (r["model"], not r["distill"], r["method"], float(r["target"].rstrip("x")),
-                                             r["seed"])):
-            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k)) for k in CSV_FIELDS})
+    rows = load_rows(rows_dirs or [out])
+    write_csv(out / "compare_fair.csv", rows, CSV_FIELDS,
+              order=lambda r: (r["model"], not r["distill"], r["method"], target_key(r["target"]), r["seed"]))
     lines = list(header)
     for model, distill in sorted({(r["model"], bool(r["distill"])) for r in rows}, key=lambda k: (k[0], not k[1])):
         mr = [r for r in rows if r["model"] == model and bool(r["distill"]) == distill]
-        targets = sorted({r["target"] for r in mr}, key=lambda t: float(t.rstrip("x")))
+        targets = sorted({r["target"] for r in mr}, key=target_key)
         methods = [m for m in METHODS if any(r["method"] == m for r in mr)]
         methods += sorted({r["method"] for r in mr} - set(methods))
+        pick = lambda m, t: [r for r in mr if r["method"] == m and r["target"] == t]  # noqa: E731
         first = mr[0]
         lines += [f"## {model}, distillation {'on' if distill else 'off'}", "",
                   f"Float test accuracy {100 * first['float_accuracy']:.2f}%; {first['weight_epochs']:g} weight epochs "
                   f"for every row ({first['search_epochs']} search + the rest fine-tuning for the search; all "
                   f"fine-tuning for the others); distillation {'on' if first['distill'] else 'off'}; device "
-                  f"{first['device']}; seeds {sorted({r['seed'] for r in mr})}.", "",
-                  "Final test accuracy (%), mean ± std over seeds, and the mean weight compression reached:", "",
-                  "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
-        for m in methods:
-            cells = []
-            for t in targets:
-                rr = [r for r in mr if r["method"] == m and r["target"] == t]
-                if not rr:
-                    cells.append("-")
-                    continue
-                mean, std = _mean_std([100 * r["test_accuracy"] for r in rr])
-                comp = statistics.fmean(r["weight_compression"] for r in rr)
-                cells.append(f"{mean:.2f} ± {std:.2f} ({comp:.1f}x, n={len(rr)})")
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        lines += ["", "Per-seed difference against `hessian` (points, mean ± std over the paired seeds):", "",
-                  "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
-        for m in methods:
-            if m == "hessian":
-                continue
-            cells = []
-            for t in targets:
-                base = {r["seed"]: r["test_accuracy"] for r in mr if r["method"] == "hessian" and r["target"] == t}
-                diffs = [100 * (r["test_accuracy"] - base[r["seed"]]) for r in mr
-                         if r["method"] == m and r["target"] == t and r["seed"] in base]
-                if diffs:
-                    mean, std = _mean_std(diffs)
-                    cells.append(f"{mean:+.2f} ± {std:.2f}")
-                else:
-                    cells.append("-")
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+                  f"{first['device']}; seeds {sorted({r['seed'] for r in mr})}; commits "
+                  f"{', '.join(sorted({str(r.get('commit')) + (' (dirty)' if r.get('dirty') else '') for r in mr}))}.",
+                  "", "Final test accuracy (%), mean ± std over seeds, and the mean weight compression reached:", ""]
+        lines += table("method", targets, [(m, [accuracy_cell(pick(m, t)) for t in targets]) for m in methods])
+        lines += ["", "Per-seed difference against `hessian` (points, mean ± std over the paired seeds):", ""]
+        lines += table("method", targets, [(m, [paired_cell(pick(m, t), pick("hessian", t)) for t in targets])
+                                           for m in methods if m != "hessian"])
         moved = [m for m in methods if m.startswith("search")]
         if moved:
             lines += ["", "How far the search moved from its start (derived bits that differ from the bits of the "
-                          "start logits; total-variation distance of the preference distributions), mean over seeds:",
-                      "", "| method | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
-            for m in moved:
-                cells = []
-                for t in targets:
-                    rr = [r for r in mr if r["method"] == m and r["target"] == t and r.get("changed_fraction") is not None]
-                    cells.append(f"{100 * statistics.fmean(r['changed_fraction'] for r in rr):.0f}% layers, "
-                                 f"TV {statistics.fmean(r['mean_tv'] for r in rr):.2f}" if rr else "-")
-                lines.append(f"| {m} | " + " | ".join(cells) + " |")
+                          "start logits; total-variation distance of the preference distributions), mean over seeds:", ""]
+
+            def movement(rr: list[dict]) -> str:
+                rr = [r for r in rr if r.get("changed_fraction") is not None]
+                return (f"{100 * statistics.fmean(r['changed_fraction'] for r in rr):.0f}% layers, "
+                        f"TV {statistics.fmean(r['mean_tv'] for r in rr):.2f}" if rr else "-")
+
+            lines += table("method", targets, [(m, [movement(pick(m, t)) for t in targets]) for m in moved])
         lines.append("")
     text = "\n".join(lines)
     (out / "compare_fair.md").write_text(text)
@@ -261,17 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     args.shard = (int(i), int(n))
     logging.basicConfig(level=logging.WARNING)
     if args.report:
-        header = ["# Every method at equal compute", "",
-                  f"Merged by `python benchmarks/compare_fair.py --report --out {args.out}` at commit `{_git_head()}`.",
-                  *args.note, ""]
+        header = ["# Every method at equal compute", "", f"Merged by {describe()}.", *args.note, ""]
         print(report(Path(args.out), header, args.rows))
         return 0
-    cmd = "python benchmarks/compare_fair.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    with open(Path(args.out) / "commands.txt", "a") as f:
-        f.write(f"{cmd}\n  commit {_git_head()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-                f"{platform.machine()}, torch {torch.__version__}, "
-                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}\n")
+    log_command(Path(args.out))
     run(args)
     return 0
 

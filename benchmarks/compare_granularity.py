@@ -20,28 +20,26 @@ where a killed one stopped); ``--report`` merges them into ``compare_granularity
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
 import logging
-import platform
-import shlex
 import statistics
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import torch
 
-from compare_fair import METHODS, _git_head, _mean_std, _options  # benchmarks/ is on sys.path when run as a script
+# benchmarks/ is on sys.path when run as a script
+from _comparison import (accuracy_cell, load_rows, log_command, paired_cell, parse_options, pending_jobs, run_jobs,
+                         table, target_key, write_csv)
+from _provenance import describe
+from compare_fair import METHODS
 from mixbits.pipeline import SweepConfig
 from mixbits.sweep import prepare_sweep, run_row
 
 GRANULARITIES = ("layer", "group:32", "group:8", "channel")
 CSV_FIELDS = ("model", "method", "granularity", "target", "seed", "units", "weight_compression", "test_accuracy",
               "derived_accuracy", "float_accuracy", "weight_epochs", "average_bits", "size_bits", "budget_bits",
-              "solve_seconds", "search_seconds", "finetune_seconds", "distill", "device")
+              "solve_seconds", "search_seconds", "finetune_seconds", "distill", "device", "commit", "dirty")
 
 
 def _solve_seconds(row: dict) -> float | None:
@@ -69,43 +67,30 @@ def run(args: argparse.Namespace) -> None:
         dataclasses.replace(config, granularity=g)
     jobs = [(m, g, t, s) for s in seeds for t in targets for m in methods for g in grans]
     index, count = args.shard
-    jobs = jobs[index::count]
     path = out / f"rows-{args.model}-{index}of{count}.jsonl"
-    done = set()
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["method"], r["granularity"], r["target"], r["seed"]))
-    jobs = [j for j in jobs if j not in done]
+    jobs = pending_jobs(path, jobs[index::count],
+                        key=lambda r: (r["method"], r["granularity"], r["target"], r["seed"]))
     if not jobs:
         print(f"{path}: every job done")
         return
-    commit = _git_head()  # the code this process runs, even if HEAD moves while it runs
     base = prepare_sweep(config)
     setups = {g: dataclasses.replace(base, config=dataclasses.replace(config, granularity=g)) for g in grans}
-    search_options = _options(args.search_option)
-    for label, gran, target, seed in jobs:
-        t0 = time.time()
-        try:
-            name, opts = METHODS[label]
-            if name == "search":
-                opts = {**search_options, **opts}
-            row = run_row(setups[gran], name, target, seed, options=opts)
-        except Exception as exc:  # noqa: BLE001 - one failed row must not stop the others; it is recorded
-            with open(out / f"errors-{args.model}-{index}of{count}.txt", "a") as f:
-                f.write(f"{label} {gran} {target} seed {seed}: {type(exc).__name__}: {exc}\n"
-                        f"{traceback.format_exc()}\n")
-            print(f"{label:>8} {gran:>9} {target:>4} seed {seed}: FAILED {type(exc).__name__}: {exc}", flush=True)
-            continue
-        info = row.get("info") or {}
+    search_options = parse_options(args.search_option)
+
+    def run_one(job: tuple) -> dict:
+        label, gran, target, seed = job
+        name, opts = METHODS[label]
+        row = run_row(setups[gran], name, target, seed, options={**search_options, **opts} if name == "search" else opts)
         row.update(method=label, granularity=gran, search_epochs=args.search_epochs, device=str(base.device),
-                   float_accuracy=base.float_accuracy, commit=commit, solve_seconds=_solve_seconds(row),
-                   units=info.get("units"))
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"{label:>8} {gran:>9} {target:>4} seed {seed}: {row['weight_compression']:.2f}x  "
-              f"derived {100 * row['derived_accuracy']:.2f}%  final {100 * row['test_accuracy']:.2f}%  "
-              f"units {row['units']}  solve {row['solve_seconds'] or 0:.2f} s  ({time.time() - t0:.0f} s)", flush=True)
+                   float_accuracy=base.float_accuracy, solve_seconds=_solve_seconds(row),
+                   units=(row.get("info") or {}).get("units"))
+        return row
+
+    run_jobs(jobs, run_one, rows_path=path, errors_path=out / f"errors-{args.model}-{index}of{count}.txt",
+             describe_row=lambda job, row: (f"{job[0]:>8} {job[1]:>9} {job[2]:>4} seed {job[3]}: "
+                                            f"{row['weight_compression']:.2f}x  derived {100 * row['derived_accuracy']:.2f}%  "
+                                            f"final {100 * row['test_accuracy']:.2f}%  units {row['units']}  "
+                                            f"solve {row['solve_seconds'] or 0:.2f} s"))
 
 
 def _gran_key(g: str) -> tuple[int, int]:
@@ -118,20 +103,13 @@ def _gran_key(g: str) -> tuple[int, int]:
 
 
 def report(out: Path, header: list[str], rows_dirs: list[Path] | None = None) -> str:
-    files = [p for d in (rows_dirs or [out]) for p in sorted(Path(d).glob("rows-*.jsonl"))]
-    rows = [json.loads(line) for p in files for line in p.read_text().splitlines() if line]
-    if not rows:
-        raise SystemExit(f"no rows-*.jsonl in {', '.join(str(d) for d in (rows_dirs or [out]))}")
-    with open(out / "compare_granularity.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
-        w.writeheader()
-        for r in sorted(rows, key=lambda r: (r["model"], r["method"], _gran_key(r["granularity"]),
-                                             float(r["target"].rstrip("x")), r["seed"])):
-            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k)) for k in CSV_FIELDS})
+    rows = load_rows(rows_dirs or [out])
+    write_csv(out / "compare_granularity.csv", rows, CSV_FIELDS,
+              order=lambda r: (r["model"], r["method"], _gran_key(r["granularity"]), target_key(r["target"]), r["seed"]))
     lines = list(header)
     for model in sorted({r["model"] for r in rows}):
         mr = [r for r in rows if r["model"] == model]
-        targets = sorted({r["target"] for r in mr}, key=lambda t: float(t.rstrip("x")))
+        targets = sorted({r["target"] for r in mr}, key=target_key)
         first = mr[0]
         lines += [f"## {model}", "",
                   f"Float test accuracy {100 * first['float_accuracy']:.2f}%; {first['weight_epochs']:g} weight epochs "
@@ -140,49 +118,26 @@ def report(out: Path, header: list[str], rows_dirs: list[Path] | None = None) ->
         for method in [m for m in METHODS if any(r["method"] == m for r in mr)]:
             rr_m = [r for r in mr if r["method"] == method]
             grans = sorted({r["granularity"] for r in rr_m}, key=_gran_key)
+            pick = lambda g, t: [r for r in rr_m if r["granularity"] == g and r["target"] == t]  # noqa: E731
+            units = {g: next((r["units"] for r in rr_m if r["granularity"] == g and r.get("units")), "-") for g in grans}
             lines += [f"### {method}", "", "Final test accuracy (%), mean ± std over seeds (weight compression "
-                      "reached, seeds):", "", "| granularity | units | " + " | ".join(targets) + " |",
-                      "|---|---:|" + "---|" * len(targets)]
-            for g in grans:
-                cells = []
-                for t in targets:
-                    rr = [r for r in rr_m if r["granularity"] == g and r["target"] == t]
-                    if not rr:
-                        cells.append("-")
-                        continue
-                    mean, std = _mean_std([100 * r["test_accuracy"] for r in rr])
-                    comp = statistics.fmean(r["weight_compression"] for r in rr)
-                    cells.append(f"{mean:.2f} ± {std:.2f} ({comp:.1f}x, n={len(rr)})")
-                units = next((r["units"] for r in rr_m if r["granularity"] == g and r.get("units")), "-")
-                lines.append(f"| {g} | {units} | " + " | ".join(cells) + " |")
+                      "reached, seeds):", ""]
+            lines += table("granularity | units", targets,
+                           [(f"{g} | {units[g]}", [accuracy_cell(pick(g, t)) for t in targets]) for g in grans])
             lines += ["", "Test accuracy at the derived bits before any fine-tuning (BatchNorm statistics "
-                      "re-estimated), mean over seeds:", "", "| granularity | " + " | ".join(targets) + " |",
-                      "|---|" + "---|" * len(targets)]
-            for g in grans:
-                cells = []
-                for t in targets:
-                    rr = [100 * r["derived_accuracy"] for r in rr_m if r["granularity"] == g and r["target"] == t]
-                    cells.append(f"{statistics.fmean(rr):.2f}" if rr else "-")
-                lines.append(f"| {g} | " + " | ".join(cells) + " |")
+                      "re-estimated), mean over seeds:", ""]
+            derived = lambda rr: f"{statistics.fmean(100 * r['derived_accuracy'] for r in rr):.2f}" if rr else "-"  # noqa: E731
+            lines += table("granularity", targets, [(g, [derived(pick(g, t)) for t in targets]) for g in grans])
             lines += ["", "Per-seed difference against `layer` (points, mean ± std over paired seeds), and the "
-                      "median time of the exact budget solve:", "",
-                      "| granularity | " + " | ".join(targets) + " | solve time |",
-                      "|---|" + "---|" * len(targets) + "---:|"]
-            for g in grans:
-                cells = []
-                for t in targets:
-                    base = {r["seed"]: r["test_accuracy"] for r in rr_m if r["granularity"] == "layer"
-                            and r["target"] == t}
-                    diffs = [100 * (r["test_accuracy"] - base[r["seed"]]) for r in rr_m
-                             if r["granularity"] == g and r["target"] == t and r["seed"] in base]
-                    if g == "layer" or not diffs:
-                        cells.append("-" if g != "layer" else "0")
-                        continue
-                    mean, std = _mean_std(diffs)
-                    cells.append(f"{mean:+.2f} ± {std:.2f}")
-                solve = [r["solve_seconds"] for r in rr_m if r["granularity"] == g and r.get("solve_seconds") is not None]
-                lines.append(f"| {g} | " + " | ".join(cells) + f" | {statistics.median(solve):.3f} s |" if solve
-                             else f"| {g} | " + " | ".join(cells) + " | - |")
+                      "median time of the exact budget solve:", ""]
+
+            def solve(g: str) -> str:
+                times = [r["solve_seconds"] for r in rr_m if r["granularity"] == g and r.get("solve_seconds") is not None]
+                return f"{statistics.median(times):.3f} s" if times else "-"
+
+            lines += table("granularity", targets + ["solve time"],
+                           [(g, [("0" if g == "layer" else paired_cell(pick(g, t), pick("layer", t))) for t in targets]
+                             + [solve(g)]) for g in grans])
             lines.append("")
     text = "\n".join(lines)
     (out / "compare_granularity.md").write_text(text)
@@ -220,23 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     args.shard = (int(i), int(n))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.report:
-        header = ["# Bits per layer or per structure, at equal compute", "",
-                  f"Generated by `python {' '.join(shlex.quote(a) for a in sys.argv)}`.", ""] + args.note
+        header = ["# Bits per layer or per structure, at equal compute", "", f"Generated by {describe()}.", ""] + args.note
         print(report(Path(args.out), header + [""], args.rows))
         return 0
     torch.set_num_threads(args.threads)
-    cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    with open(Path(args.out).joinpath("commands.txt") if Path(args.out).is_dir() else _mk(args.out), "a") as f:
-        f.write(f"{cmd}\n  commit {_git_head()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-                f"{platform.machine()}, torch {torch.__version__}, "
-                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}\n")
+    log_command(Path(args.out))
     run(args)
     return 0
-
-
-def _mk(out: str) -> Path:
-    Path(out).mkdir(parents=True, exist_ok=True)
-    return Path(out) / "commands.txt"
 
 
 if __name__ == "__main__":

@@ -26,11 +26,12 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 
 import numpy as np
 import torch
+
+from _provenance import stamp  # benchmarks/ is on sys.path when run as a script
 import torch.nn.functional as F
 
 from mixbits.data import TensorLoader
@@ -169,7 +170,7 @@ def main() -> None:
         "loader_only_ratio_tensor_over_dataloader": med["tensor"]["loader_only"] / med["dataloader"]["loader_only"],
         "loader_cpu_ms_per_batch_in_process": cpu_ms,
         "torch": torch.__version__, "python": platform.python_version(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        **stamp(),
     }
     print(f"ResNet-20, {source}, batch {args.batch_size}, {args.batches} timed steps x {args.rounds} rounds on "
           f"{device} ({torch.get_num_threads()} threads); DataLoader with {args.workers} workers")

@@ -9,12 +9,11 @@ fine-tune -> evaluate from that checkpoint at each target and prints one row per
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import tempfile
 from pathlib import Path
 
-import torch
+
+from _provenance import describe  # benchmarks/ is on sys.path when run as a script
 
 from mixbits.pipeline import RunConfig
 from mixbits.run import run_search
@@ -40,12 +39,11 @@ def main() -> None:
                              r["float_test_accuracy"], r["final_test_accuracy"],
                              " ".join(f"{b}" for b in [row["bits"] for row in r["layers"]])))
                 print(rows[-1])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [
         "# Default model (digits_cnn on scikit-learn digits) at several targets",
         "",
         f"Command: `python benchmarks/default_targets.py --targets {args.targets} --seeds {args.seeds}`  ",
-        f"Commit: {commit}; machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"Run: {describe()}; "
         "default recipe (30 float epochs, 10 search, 10 fine-tune, distillation).",
         "",
         "| target | seed | budget (bits) | derived (bits) | budget used | weight compr. | model compr. | avg bits "

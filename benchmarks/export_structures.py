@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import mixbits
-from compare_fair import _git_head  # benchmarks/ is on sys.path when run as a script
+from _provenance import stamp  # benchmarks/ is on sys.path when run as a script
 from mixbits.budget import budget_bits
 from mixbits.export.exporter import size_bound_bytes
 from mixbits.methods import AllocationContext, allocate
@@ -47,7 +47,6 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    commit = _git_head()  # the code that runs, even if HEAD moves while it runs
     torch.set_num_threads(args.threads)
     data = build_data(args.data, root=args.data_root, device=torch.device("cpu"))
     state = load_checkpoint(args.checkpoint)["state_dict"]
@@ -88,7 +87,7 @@ def main() -> None:
               f"{diff:.3g}, loaded test accuracy {100 * acc:.2f}% (no fine-tuning)", flush=True)
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
             "checkpoint": Path(args.checkpoint).name, "target": args.target,
-            "commit": commit}
+            **stamp()}
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:

@@ -19,10 +19,11 @@ import copy
 import json
 import platform
 import statistics
-import subprocess
 import time
 
 import torch
+
+from _provenance import stamp  # benchmarks/ is on sys.path when run as a script
 import torch.nn.functional as F
 from torch import nn
 
@@ -145,7 +146,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(),
         "torch": torch.__version__,
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        **stamp(),
         "rounds": args.rounds,
     }
     print(json.dumps(meta))

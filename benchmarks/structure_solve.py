@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from compare_fair import _git_head  # benchmarks/ is on sys.path when run as a script
+from _provenance import stamp  # benchmarks/ is on sys.path when run as a script
 from mixbits.budget import budget_bits
 from mixbits.models import create_model
 from mixbits.search import derive_bits
@@ -63,7 +63,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
-    commit = _git_head()  # the code that runs, even if HEAD moves while it runs
     targets = [t for t in args.targets.split(",") if t]
     torch.manual_seed(0)
     cases = [("resnet20", g) for g in ("layer", "group:32", "group:8", "channel")]
@@ -77,7 +76,7 @@ def main() -> None:
                           f"({100 * v['budget_used']:.2f}% of the budget)" for t, v in r["targets"].items())
         print(f"{name:>9} {gran:>9}: {r['units']:>6} units; {cells}", flush=True)
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
-            "commit": commit, "repeats": args.repeats}
+            **stamp(), "repeats": args.repeats}
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:

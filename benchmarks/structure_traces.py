@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from compare_fair import _git_head  # benchmarks/ is on sys.path when run as a script
+from _provenance import stamp  # benchmarks/ is on sys.path when run as a script
 from mixbits.budget import budget_bits
 from mixbits.derive import solve_budget
 from mixbits.methods.hessian import sensitivity
@@ -47,7 +47,6 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    commit = _git_head()  # the code that runs, even if HEAD moves while it runs
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     data = build_data(args.data, root=args.data_root, device=device)
@@ -83,7 +82,7 @@ def main() -> None:
         print(f"  {gran:>8} traces {mode:>9}: " + ", ".join(cells))
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
             "checkpoint": Path(args.checkpoint).name,
-            "commit": commit}
+            **stamp()}
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:

@@ -26,7 +26,6 @@ import copy
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+from _provenance import stamp  # benchmarks/ is on sys.path when run as a script
 
 import mixbits
 import mixbits.data
@@ -180,15 +181,11 @@ def main() -> None:
 
     import torchvision
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=Path(__file__).parent).stdout.strip()
     cmd = "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "(unset)") + " python " + " ".join(
         [Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     env = {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
            "machine": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "commit": commit + ("+uncommitted changes" if dirty else "")}
+           **stamp()}
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     lines = [
         "# torchvision models through prepare -> allocate -> fine-tune -> export -> load",
@@ -196,7 +193,7 @@ def main() -> None:
         f"Command: `{cmd}`  ",
         f"Environment: torch {env['torch']}, torchvision {env['torchvision']}, Python {env['python']}; "
         f"{env['machine']} CPU container with {env['cpu_count']} cores shared with other jobs, "
-        f"{env['torch_threads']} torch thread; commit {env['commit']}.  ",
+        f"{env['torch_threads']} torch thread; commit {env['commit']}{' (tree dirty)' if env['dirty'] else ''}.  ",
         f"Data: CIFAR-10 (`cifar10-jpeg.zip`), seeded training subset of {len(ds.train_y)} images "
         f"(hessian traces on a held-out 20% of it), seeded random test subset of {len(ds.test_y)} images. "
         f"Recipe: {args.float_epochs} float epochs (lr {args.float_lr}, batch {args.batch_size}, crop+flip), "

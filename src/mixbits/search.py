@@ -56,6 +56,9 @@ class SearchConfig:
         train_weights: train the weights during the search (on the weight split, through the
             mixed weights). False: only the logits learn, on the float weights; the search then
             spends no weight epochs, and the fine-tuning at the derived bits gets them all.
+        train_logits: let the logits learn. False: they stay at their start (the Hessian start,
+            or zero) while the temperature anneals and the price follows the budget as usual; a
+            control that measures what the search's weight training alone brings.
         fill: spend the budget the derivation leaves unused on upgrades (no layer gets fewer
             bits than the search's choice); the upgrades are reported (``SearchResult.fill_upgrades``).
         logit_ratio: logit steps per weight step in the epochs where the logits learn; the
@@ -80,6 +83,7 @@ class SearchConfig:
     logit_lr: float = 0.05
     logit_ratio: float = 1.0
     train_weights: bool = True
+    train_logits: bool = True
     fill: bool = True
     temperature_start: float = 1.0
     temperature_end: float = 0.05
@@ -360,7 +364,8 @@ def _logit_step(run: _Run, batch: tuple[torch.Tensor, torch.Tensor], temperature
     run.w_opt.zero_grad(set_to_none=True)
     (task * scale).backward()
     distributed.average_gradients_(run.logits)
-    run.a_opt.step()
+    if config.train_logits:
+        run.a_opt.step()
     distributed.broadcast_(run.logits)  # identical logits on every rank, whatever the reduction order of the backend
     run.lam = space.project_(run.budget)
     return task_value
