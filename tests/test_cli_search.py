@@ -84,3 +84,58 @@ def test_search_per_structure_end_to_end(tmp_path, capsys):
     assert "(8 x 8ch)" in printed and "bits per structure from a to b" in printed
     packed = report["packed_file"]
     assert packed["file_bytes"] <= packed["promised_bytes"] + packed["header_bytes"]
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mixbits", "search", "-q", "--float-epochs", "200",
+                             "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "settings.json").is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err.splitlines()[-1] == f"mixbits search: interrupted; continue it with: mixbits search --resume {out}"
+
+
+def test_version(capsys):
+    from mixbits import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"mixbits {__version__}"
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('pins = ["features.0=8"]\nfloat_epochs = 0', None),
+    ("pins = [3]", 'pins in config file .*: 3 is not a pin; write a table, pins = {"features.0" = 8}'),
+    ('pins = ["features.0"]', "a pin is LAYER=BITS"),
+])
+def test_pins_in_a_config_file(tmp_path, capsys, toml, message):
+    from mixbits.commands.options import resolve_config
+    from mixbits.cli import build_parser
+    from mixbits.run import RunConfig
+
+    (tmp_path / "c.toml").write_text(toml)
+    args = build_parser().parse_args(["search", "-c", str(tmp_path / "c.toml")])
+    if message is None:
+        assert resolve_config(RunConfig, args, skip=set()).pins == {"features.0": 8}
+    else:
+        with pytest.raises(ValueError, match=message):
+            resolve_config(RunConfig, args, skip=set())
+
+
+def test_a_pin_that_is_not_a_candidate_fails_before_any_work(tmp_path, capsys):
+    assert main(["search", "--pin", "features.0=3", "--out", str(tmp_path / "run")]) == 2
+    assert "3 bits is not a candidate (1,2,4,8,16,32)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

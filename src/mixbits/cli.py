@@ -14,6 +14,8 @@ import logging
 import sys
 from typing import NoReturn, Sequence
 
+from . import __version__
+
 __all__ = ["main"]
 
 COMMAND_MODULES = (
@@ -36,6 +38,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mixbits", description="Automatic mixed-precision search for PyTorch models.")
     parser.add_argument("--log-level", default="WARNING", help="logging level on stderr (default WARNING)")
+    parser.add_argument("--version", action="version", version=f"mixbits {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         mod = importlib.import_module(module_name)
@@ -95,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mixbits {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # A new line: the interrupt usually lands in the middle of a progress bar.
+        hint = getattr(args, "resume_hint", None)
+        print(f"\nmixbits {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
 
 

@@ -54,6 +54,24 @@ def parse_pin(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"pin {text!r}: bits must be an integer") from None
 
 
+def _pins_from_list(items: list, where: str) -> dict[str, int]:
+    """Pins given as a list: ``("features.0", 8)`` pairs (the command line) or ``"features.0=8"`` strings (TOML)."""
+    out: dict[str, int] = {}
+    for item in items:
+        if isinstance(item, str):
+            try:
+                name, bits = parse_pin(item)
+            except argparse.ArgumentTypeError as exc:
+                raise ValueError(f"pins in {where}: {exc}") from None
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            name, bits = item
+        else:
+            raise ValueError(f"pins in {where}: {item!r} is not a pin; write a table, pins = {{\"features.0\" = 8}}, "
+                             f"or a list of \"LAYER=BITS\" strings, pins = [\"features.0=8\"]")
+        out[str(name)] = bits
+    return out
+
+
 def load_toml(path: str) -> dict[str, Any]:
     try:
         import tomllib  # type: ignore[import-not-found]
@@ -94,7 +112,7 @@ def resolve_config(cls, args: argparse.Namespace, skip: set[str]) -> Any:
             values[name] = v
             sources[name] = "the command line"
     if "pins" in values and isinstance(values["pins"], list):
-        values["pins"] = dict(values["pins"])
+        values["pins"] = _pins_from_list(values["pins"], sources.get("pins", "the settings"))
     config = validate_settings(cls, values, sources)
     options = getattr(config, "method_options", None) or {}
     where = sources.get("method_options", "the settings")

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     def on_folder(folder) -> None:
         handler.append(attach_log_file(folder))
+        args.resume_hint = f"continue it with: mixbits search --resume {shlex.quote(str(folder))}"
 
     try:
         if args.resume:

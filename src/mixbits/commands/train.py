@@ -106,7 +106,7 @@ def load_train_settings(folder: str | Path, *, device: str | None = None) -> Flo
 
 def train_float(config: FloatTrainConfig, *, progress: bool = True, command: str | None = None,
                 on_epoch: Callable[[int, dict], None] | None = None, resume: bool = False,
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False, on_folder: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Train the float model, evaluate it on the test split and write the run folder.
 
     Every epoch ends with an atomic checkpoint (``resume.pt``); with ``resume=True`` the run
@@ -115,6 +115,7 @@ def train_float(config: FloatTrainConfig, *, progress: bool = True, command: str
     Args:
         resume: continue the run in ``config.out`` (see :func:`resume_train`).
         force: overwrite a run already in ``config.out``.
+        on_folder: called with the run folder once it is claimed (the CLI's resume hint).
 
     Returns:
         summary: run folder, checkpoint path, test accuracy, per-epoch history, timings.
@@ -143,6 +144,8 @@ def train_float(config: FloatTrainConfig, *, progress: bool = True, command: str
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{config.data}").strip("_")
     out = Path(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-train-{slug}")
     lock = claim_run_dir(out, markers=("settings.json",), outputs=TRAIN_FILES, force=force, resume=resume)
+    if on_folder is not None:
+        on_folder(out)
     try:
         if resume and (out / "train.json").is_file() and not (out / RESUME_FILE).is_file():
             log.info("run %s is already complete", out)
@@ -237,7 +240,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = resolve_config(FloatTrainConfig, args, skip=set())
     s = train_float(config, progress=not args.quiet, command=cmd, on_epoch=None if args.quiet else show,
-                    resume=bool(args.resume), force=args.force)
+                    resume=bool(args.resume), force=args.force,
+                    on_folder=lambda folder: setattr(args, "resume_hint", f"continue it with: mixbits train --resume "
+                                                                          f"{shlex.quote(str(folder))}"))
     print(f"float test accuracy {100 * s['test_accuracy']:.2f}% ({s['test_samples']} test samples, "
           f"{s['train_samples']} training samples, {s['parameters']:,} parameters, "
           f"{s['seconds']['train']:.1f} s on {s['device']})")

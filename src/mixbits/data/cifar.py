@@ -20,6 +20,11 @@ def _from_torchvision(root: Path) -> dict:
     try:
         from torchvision.datasets import CIFAR10
     except ImportError:
+        if not root.exists():
+            raise FileNotFoundError(
+                f"data root {str(root)!r} does not exist: give the folder or zip that holds CIFAR-10 laid out "
+                f"train/<class>/<image> and test/<class>/<image> (e.g. cifar10-jpeg.zip), or install torchvision "
+                f"(pip install 'mixbits[vision]') to download it there") from None
         raise ImportError(
             f"{str(root)!r} does not hold train/<class>/<image> and test/<class>/<image>, and downloading "
             f"CIFAR-10 into it needs torchvision: pip install 'mixbits[vision]' (or give --data-root a folder "

@@ -77,6 +77,11 @@ class Settings:
         if not self.candidates:
             raise ValueError("candidates is empty; give at least one bitwidth")
         object.__setattr__(self, "granularity", parse_granularity(self.granularity).text)
+        for pattern, bits in dict(self.pins).items():
+            if bits not in self.candidates:
+                raise ValueError(f"pin {pattern}={bits}: {bits} bits is not a candidate "
+                                 f"({','.join(map(str, self.candidates))}); pin one of them, or add {bits} to the "
+                                 f"candidates (--bits {','.join(map(str, sorted({*self.candidates, bits})))})")
         for name in ("float_epochs", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
