@@ -81,10 +81,11 @@ def test_command_errors_are_one_line(run_folder, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["export", str(tmp_path / "empty")]) == 2
     assert "has no finetuned.pt" in capsys.readouterr().err
-    assert main(["export", str(run), "-o", str(tmp_path / "no" / "m.mbits")]) == 2
-    assert "output folder" in capsys.readouterr().err
-    assert main(["export", str(run), "-o", str(tmp_path / "m.mbits")]) == 0
-    data = (tmp_path / "m.mbits").read_bytes()
+    (tmp_path / "afile").write_text("")
+    assert main(["export", str(run), "-o", str(tmp_path / "afile" / "m.mbits")]) == 2
+    assert "is a file: give -o a path in a folder" in capsys.readouterr().err
+    assert main(["export", str(run), "-o", str(tmp_path / "new" / "dir" / "m.mbits")]) == 0  # folders are made
+    data = (tmp_path / "new" / "dir" / "m.mbits").read_bytes()
     (tmp_path / "cut.mbits").write_bytes(data[: len(data) // 2])
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "cut.mbits")]) == 2

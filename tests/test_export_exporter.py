@@ -191,3 +191,15 @@ def test_non_finite_weights_are_refused(tmp_path):
     with pytest.raises(ValueError, match="layer 'stage1.0.conv2' has NaN or infinite weights"):
         export_model(model, space, tmp_path / "nan.mbits")
     assert not list(tmp_path.iterdir())
+
+
+def test_load_into_a_model_built_on_the_meta_device(tmp_path):
+    model, space, bits = prepared(randomize_bn_(TinyResNet()), lambda i, l: [1, 4, 8, 16][i % 4])
+    export_model(model, space, tmp_path / "r.mbits", import_path="tests._export_nets:tiny_resnet",
+                 model_kwargs={"width": 8}, input_shape=(3, 12, 12))
+    with torch.device("meta"):
+        shell = TinyResNet()
+    net = load(tmp_path / "r.mbits", model=shell)
+    assert not any(t.is_meta for t in (*net.parameters(), *net.buffers()))
+    x = torch.randn(4, 3, 12, 12)
+    assert _max_diff(net, load(tmp_path / "r.mbits", model=TinyResNet()), x) == 0.0

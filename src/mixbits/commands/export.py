@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.run_folder).is_dir():
         raise FileNotFoundError(f"run folder {args.run_folder!r} does not exist")
     out = Path(args.output) if args.output else Path(args.run_folder) / "model.mbits"
-    if not out.parent.is_dir():
-        raise ValueError(f"the output folder {str(out.parent)!r} does not exist")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"the output folder {str(out.parent)!r} is a file: give -o a path in a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)  # a new folder for the file, like --out of a run
     _check_trust(args)
     result, rm = export_run(args.run_folder, out)
     rows = [("written", str(out))] + _size_rows(result, rm.report_model_bits)

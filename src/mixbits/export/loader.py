@@ -163,5 +163,23 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
             _check_fits(build_model(recipe, path=where, device="meta"), state, where)
         model = build_model(recipe, path=where, trust_code=trust_code)
     _check_fits(model, state, where)
-    model.load_state_dict(state, strict=False)  # strict=False only for the integer buffers not stored
+    on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    # strict=False only for the integer buffers not stored. A model built on the meta device has no storage
+    # to copy into: the file's tensors are assigned instead.
+    model.load_state_dict(state, strict=False, assign=on_meta)
+    if on_meta:
+        _materialize_meta_leftovers_(model)
     return model.eval()
+
+
+def _materialize_meta_leftovers_(model: nn.Module) -> None:
+    """Zero CPU tensors for the integer buffers a meta-built model still lacks (the file does not store
+    ``num_batches_tracked``); a parameter still on meta is a model the file cannot fill."""
+    for name, module in model.named_modules():
+        for key, b in module._buffers.items():
+            if b is not None and b.is_meta:
+                module._buffers[key] = torch.zeros(b.shape, dtype=b.dtype)
+        leftover = [k for k, p in module._parameters.items() if p is not None and p.is_meta]
+        if leftover:
+            raise MbitsFormatError(f"the file holds no values for {name + '.' if name else ''}{leftover[0]}, and the "
+                                   f"model was built on the meta device: build it on the CPU instead")
