@@ -29,7 +29,13 @@ def test_size_target_says_it_bounds_the_whole_file():
     packed = {"promised_bytes": 700.0, "file_bytes": 1900, "header_bytes": 1200, "within_bound": True}
     text = format_table(_report(target="2KB", budget_bits=5000, packed_file=packed))
     assert "2KB (the whole .mbits file, header included; budget" in text
-    assert "1,900 B = 1.86 KiB, promised 0.68 KiB + header 1.17 KiB, within the target's 2,000 B" in text
+    # the headline is the file on disk; the cost model's parts and the header follow it
+    assert "model file on disk (.mbits)    1,900 B = 1.86 KiB, within the target's 2,000 B" in text
+    assert "quantized model size" not in text
+    totals = _report()["totals"]
+    header_kib = (1900 * 8 - totals["model_bits"]) / 8192
+    assert f"  of which header and padding  {header_kib:.2f} KiB" in text
+    assert "quantized model size (no file yet)" in format_table(_report(target="8x", budget_bits=5000))
     over = to_markdown(_report(target="1.5KiB", budget_bits=5000, packed_file=packed))
     assert "OVER the target's 1,536 B" in over
     ratio = format_table(_report(target="8x", budget_bits=5000, packed_file=packed))
@@ -53,3 +59,17 @@ def test_bits_per_structure_are_summarised_in_rows_table_and_markdown():
     assert "1-8 ~3.00 (4 x 8ch)" in row and len(row) == len(header)
     assert "bits per structure from a to b" in table
     assert "| `encoder` | Linear | 2048 | 1-8 ~3.00 (4 x 8ch) |" in to_markdown(report)
+
+
+def test_uniform_structures_and_the_search_movement_are_said_plainly():
+    model = nn.Sequential(OrderedDict(encoder=nn.Linear(64, 32), act=nn.ReLU(), classifier=nn.Linear(32, 10)))
+    space = prepare_(model, PrepareConfig(granularity="channel"))
+    report = build_report(space, {"encoder": 1, "classifier": 4})
+    assert [r["bits_label"] for r in report["layers"]] == ["1", "4"]
+    assert "1 (32 x 1ch)" in format_table(report)
+    still = build_report(space, {"encoder": 1, "classifier": 4},
+                         search_movement={"init": "hessian", "changed_layers": [], "searchable_layers": 2})
+    assert "the search moved no layer from its hessian start: these are the start's bits." in format_table(still)
+    moved = build_report(space, {"encoder": 1, "classifier": 4},
+                         search_movement={"init": "hessian", "changed_layers": ["encoder"], "searchable_layers": 2})
+    assert "the search changed 1 of 2 layers from its hessian start: encoder" in to_markdown(moved)

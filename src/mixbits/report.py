@@ -16,14 +16,14 @@ __all__ = ["build_report", "format_table", "to_markdown", "bits_label"]
 
 def bits_label(bits: Any, channels: Sequence[int] | None = None) -> str:
     """A layer's bits for a table: ``4``, or for bits per structure ``1-8 ~2.41`` (range, then the mean
-    code bits per weight, structures weighted by their ``channels``)."""
+    code bits per weight, structures weighted by their ``channels``); ``1`` when every structure has 1 bit."""
     if isinstance(bits, int):
         return str(bits)
     bits = [int(b) for b in bits]
     weights = list(channels) if channels is not None else [1] * len(bits)
     mean = sum(b * c for b, c in zip(bits, weights)) / max(sum(weights), 1)
     lo, hi = min(bits), max(bits)
-    return f"{lo}~{mean:.2f}" if lo == hi else f"{lo}-{hi} ~{mean:.2f}"
+    return str(lo) if lo == hi else f"{lo}-{hi} ~{mean:.2f}"
 
 
 def build_report(space: BitSpace, bits: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
@@ -84,32 +84,35 @@ def _pct(x: float | None) -> str:
 
 def _total_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     t = report["totals"]
-    lines = [
-        ("float model size", _kib(t["float_model_bits"])),
-        ("quantized model size", _kib(t["model_bits"])),
-        ("  of which quantized weights", _kib(t["quantized_bits"])),
-        ("  of which kept in float", _kib(t["float_rest_bits"])),
+    target_bytes = _target_bytes(report)
+    f = report.get("packed_file")
+    lines = [("float model size", _kib(t["float_model_bits"]))]
+    if f is not None:  # the headline is the file on disk; the cost model's parts follow
+        fits = "" if target_bytes is None else (
+            f", within the target's {target_bytes:,.0f} B" if f["file_bytes"] <= target_bytes
+            else f", OVER the target's {target_bytes:,.0f} B")
+        lines += [("model file on disk (.mbits)", f"{f['file_bytes']:,} B = {f['file_bytes'] / 1024:.2f} KiB" + fits),
+                  ("  of which quantized weights", _kib(t["quantized_bits"])),
+                  ("  of which kept in float", _kib(t["float_rest_bits"])),
+                  ("  of which header and padding", f"{(f['file_bytes'] * 8 - t['model_bits']) / 8192:.2f} KiB")]
+    else:
+        lines += [("quantized model size (no file yet)", _kib(t["model_bits"])),
+                  ("  of which quantized weights", _kib(t["quantized_bits"])),
+                  ("  of which kept in float", _kib(t["float_rest_bits"]))]
+    lines += [
         ("weight compression", f"{t['weight_compression']:.2f}x"),
-        ("whole-model compression", f"{t['model_compression']:.2f}x"),
+        ("whole-model compression", f"{t['model_compression']:.2f}x" + (
+            "" if f is None else f" ({t['float_model_bits'] / (8 * f['file_bytes']):.2f}x counting the whole file)")),
         ("average weight bits", f"{t['average_bits']:.3f}"),
     ]
     if "quantized_param_share" in t:
         share = t["quantized_param_share"]
         lines.append(("parameters quantized", f"{100 * share:.1f}%" + (
             " (warning: more than a quarter of the parameters stay float)" if share < 0.75 else "")))
-    target_bytes = _target_bytes(report)
     if "target" in report:
         whole = "the whole .mbits file, header included; " if target_bytes is not None else ""
         lines.append(("target", f"{report['target']} ({whole}budget {_kib(report['budget_bits'])} for quantized "
                                 f"weights, {100 * t['quantized_bits'] / report['budget_bits']:.1f}% used)"))
-    if "packed_file" in report:
-        f = report["packed_file"]
-        fits = "" if target_bytes is None else (
-            f", within the target's {target_bytes:,.0f} B" if f["file_bytes"] <= target_bytes
-            else f", OVER the target's {target_bytes:,.0f} B")
-        lines.append(("packed file (measured on disk)", f"{f['file_bytes']:,} B = {f['file_bytes'] / 1024:.2f} KiB, "
-                      f"promised {f['promised_bytes'] / 1024:.2f} KiB + header {f['header_bytes'] / 1024:.2f} KiB"
-                      + fits))
     for key, label in (("float_test_accuracy", "float test accuracy"),
                        ("derived_test_accuracy", "test accuracy at derived bits, before fine-tuning"),
                        ("final_test_accuracy", "final test accuracy")):
@@ -140,6 +143,19 @@ def _fill_note(report: Mapping[str, Any]) -> str | None:
             f"the search's choice.")
 
 
+def _movement_note(report: Mapping[str, Any]) -> str | None:
+    """What the learned search changed from its start (its derivation before any logit step)."""
+    m = report.get("search_movement")
+    if not m:
+        return None
+    start = f"its {m['init']} start" if m.get("init") else "its start"
+    if not m["changed_layers"]:
+        return (f"the search moved no layer from {start}: these are the start's bits. More search epochs or a "
+                f"larger logit_lr under [method_options] let the logits move further.")
+    names = ", ".join(m["changed_layers"][:8]) + (" ..." if len(m["changed_layers"]) > 8 else "")
+    return f"the search changed {len(m['changed_layers'])} of {m['searchable_layers']} layers from {start}: {names}"
+
+
 def format_table(report: Mapping[str, Any]) -> str:
     """Plain-text per-layer table and totals, for a terminal."""
     rows = report["layers"]
@@ -157,9 +173,9 @@ def format_table(report: Mapping[str, Any]) -> str:
     if report["float_layers"]:
         out.append("kept in float: " + ", ".join(f"{f['name']} ({f['kind']}, {f['reason']})" for f in report["float_layers"][:12])
                    + (" ..." if len(report["float_layers"]) > 12 else ""))
-    note = _fill_note(report)
-    if note:
-        out.append(note)
+    for note in (_movement_note(report), _fill_note(report)):
+        if note:
+            out.append(note)
     out.append("")
     lw = max(len(k) for k, _ in _total_lines(report))
     out.extend(f"{k:<{lw}}  {v}" for k, v in _total_lines(report))
@@ -180,9 +196,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     if report["float_layers"]:
         out += ["", "Kept in float:", ""]
         out += [f"- `{f['name']}` ({f['kind']}, {f['params']} parameters): {f['reason']}" for f in report["float_layers"]]
-    note = _fill_note(report)
-    if note:
-        out += ["", note]
+    for note in (_movement_note(report), _fill_note(report)):
+        if note:
+            out += ["", note]
     out += ["", "| total | value |", "|---|---|"]
     out += [f"| {k.strip()} | {v} |" for k, v in _total_lines(report)]
     return "\n".join(out) + "\n"

@@ -269,6 +269,10 @@ def _allocation_stage(job: _Job, row: Row, state: dict | None, *, progress: bool
     job.carry["seconds"]["search"] += time.time() - t0
     job.carry.update(bits=dict(result.bits), method_weight_epochs=float(result.weight_epochs),
                      fill_upgrades=dict(result.info.get("fill_upgrades") or {}), derived_test_accuracy=derived)
+    if "changed_layers" in result.info:  # a learned method: how far it moved from its start, for the report
+        job.carry["search_movement"] = {"init": result.info.get("init"),
+                                        "changed_layers": list(result.info["changed_layers"]),
+                                        "searchable_layers": len(row.space.searchable())}
 
 
 def _finetune_stage(job: _Job, row: Row, state: dict | None, *, progress: bool, command: str | None) -> dict[str, Any]:
@@ -282,6 +286,7 @@ def _finetune_stage(job: _Job, row: Row, state: dict | None, *, progress: bool, 
     report = build_report(
         row.space, bits, method=c.method, target=c.target, budget_bits=job.budget,
         fill_upgrades=carry.get("fill_upgrades", {}),
+        **({"search_movement": carry["search_movement"]} if "search_movement" in carry else {}),
         float_test_accuracy=carry["float_test_accuracy"], derived_test_accuracy=carry["derived_test_accuracy"],
         final_test_accuracy=tuned.test_accuracy, model=c.model, data=c.data,
         seconds={**{k: round(v, 2) for k, v in seconds.items()}, "total": round(time.time() - job.t_start, 2)},
