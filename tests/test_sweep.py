@@ -66,3 +66,29 @@ def test_parse_method_and_bad_settings(tmp_path):
         _config(tmp_path, targets=())
     with pytest.raises(ValueError, match="finetune_from"):
         _config(tmp_path, finetune_from="search")
+
+
+def test_a_sweep_keeps_its_models_and_lists_one_model_once(tmp_path, capsys):
+    # uniform at 24x and 28x gives every layer 1 bit: the all-binary point, one model listed once
+    result = sweep(_config(tmp_path, methods=("uniform",), targets=("24x", "28x"), finetune_epochs=0, plot=False))
+    rows = result["rows"]
+    assert [(r["method"], r["target"]) for r in rows] == [("uniform", "24x")]
+    assert rows[0]["also"] == "uniform@28x;uniform:1@1bit"
+    assert set(rows[0]["bits"].values()) == {1}
+    folder = tmp_path / "sweep" / "rows" / "uniform-24x-seed0"
+    assert rows[0]["model_file"] == str(folder / "model.mbits") and (folder / "finetuned.pt").is_file()
+    # the kept row is a run folder for `mixbits export`
+    assert main(["export", str(folder), "-o", str(tmp_path / "again.mbits")]) == 0
+    assert (tmp_path / "again.mbits").stat().st_size == (folder / "model.mbits").stat().st_size
+
+
+def test_unserialisable_info_is_written_as_text_not_dropped(caplog):
+    import numpy as np
+    import torch
+
+    from mixbits.pipeline.sweep_job import _jsonable
+
+    with caplog.at_level("WARNING"):
+        out = _jsonable({"t": torch.tensor([1, 2]), "n": np.float32(0.5), "s": {3}, "odd": object})
+    assert out["t"] == [1, 2] and out["n"] == 0.5 and out["s"] == [3] and out["odd"] == repr(object)
+    assert "written as its repr" in caplog.text

@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-binary-point", dest="binary_point", action="store_false", default=None,
                    help="do not add the all-binary model")
     p.add_argument("--no-plot", dest="plot", action="store_false", default=None, help="do not write pareto.png")
+    p.add_argument("--no-keep-models", dest="keep_models", action="store_false", default=None,
+                   help="do not keep each row's fine-tuned model (rows/<method>-<target>-seed<seed>/)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_config(SweepConfig, args, skip=set())
 
     def show(row: dict) -> None:
+        if row.get("same_as"):
+            print(f"{row['method']:>12} {row['target']:>6} seed {row['seed']}: the same bits as {row['same_as']} "
+                  f"(listed once)", flush=True)
+            return
         print(f"{row['method']:>12} {row['target']:>6} seed {row['seed']}: {row['weight_compression']:6.2f}x  "
               f"{row['average_bits']:.3f} bits  test {100 * row['test_accuracy']:.2f}%  "
               f"(search {row['search_seconds']:.1f} s, fine-tune {row['finetune_seconds']:.1f} s)", flush=True)

@@ -129,6 +129,8 @@ class SweepConfig(Settings):
         method_options: {method name: {option: value}}.
         binary_point: also fine-tune the all-binary model (``uniform:1``), marked on the plot.
         plot: write ``pareto.png`` (needs matplotlib: ``pip install mixbits[plot]``).
+        keep_models: keep every row's fine-tuned model in ``rows/<method>-<target>-seed<seed>/``
+            (``finetuned.pt`` and ``model.mbits``): ``mixbits export`` takes that folder like a run's.
     """
 
     methods: tuple[str, ...] = ("search", "hessian", "random", "uniform")
@@ -137,6 +139,7 @@ class SweepConfig(Settings):
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     binary_point: bool = True
     plot: bool = True
+    keep_models: bool = True
 
     def __post_init__(self) -> None:
         for name in ("methods", "targets", "seeds"):

@@ -8,7 +8,13 @@ row is sized by the one cost model. It writes, in ``out``:
 
 - ``sweep.csv`` / ``sweep.json``  one row per (method, target, seed);
 - ``pareto.png``                  test accuracy against weight compression (needs matplotlib);
-- ``float.pt``                    the float checkpoint, when trained here.
+- ``float.pt``                    the float checkpoint, when trained here;
+- ``rows/<method>-<target>-seed<seed>/``  each row's ``finetuned.pt`` and ``model.mbits``
+                                  (``keep_models``); ``mixbits export`` takes such a folder.
+
+Rows that fix the same bits from the float weights with the same seed (``uniform`` at 16x
+and 24x, and the all-binary point, when every layer ends at 1 bit) are one model: it is
+trained and listed once, with the other labels in its ``also`` field.
 
 A method is a registered name (``search``, ``hessian``, ``random``, ``uniform``)
 or ``uniform:K``: every layer at K bits, one point whatever the targets. Callers
@@ -22,6 +28,8 @@ import copy
 import csv
 import json
 import logging
+import re
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -40,6 +48,7 @@ from ..train import TrainConfig, fit
 from .allocation import allocate_bits, fix_bits_, prepare_config, start_row
 from .config import SweepConfig, parse_method
 from .data import Data, build_data
+from .export import export_row
 from .finetune import finetune_and_evaluate
 from .float_model import check_targets, fit_float_, float_checkpoint, new_model, resolve_device
 
@@ -50,7 +59,8 @@ log = logging.getLogger(__name__)
 
 ROW_FIELDS = ("model", "method", "target", "seed", "size_bits", "quantized_bits", "budget_bits", "weight_compression",
               "model_compression", "average_bits", "derived_accuracy", "test_accuracy", "float_accuracy",
-              "weight_epochs", "finetune_epochs", "distill", "search_seconds", "finetune_seconds")
+              "weight_epochs", "finetune_epochs", "distill", "search_seconds", "finetune_seconds", "also",
+              "model_file")
 
 Allocator = Callable[[AllocationContext], Allocation]
 
@@ -115,7 +125,8 @@ def prepare_sweep(config: SweepConfig, *, progress: bool = False) -> SweepSetup:
 
 
 def run_row(setup: SweepSetup, method: str, target: str | None, seed: int, *, allocator: Allocator | None = None,
-            options: Mapping[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+            options: Mapping[str, Any] | None = None, progress: bool = False,
+            seen: dict[tuple, dict[str, Any]] | None = None, keep_in: Path | None = None) -> dict[str, Any]:
     """One row: allocate from the float weights, fine-tune, evaluate on the test split.
 
     Args:
@@ -125,6 +136,10 @@ def run_row(setup: SweepSetup, method: str, target: str | None, seed: int, *, al
         seed: seeds the model copy, the shuffling, the allocation and the fine-tuning.
         allocator: a function of the AllocationContext used instead of a registered method.
         options: method options (override ``config.method_options[name]``).
+        seen: {(seed, bits): row} of the rows run so far; a row whose method trained no weights and fixed
+            bits already seen with this seed is that model: the earlier row gets this label in ``also``,
+            and a row with ``same_as`` (the earlier row's label) and nothing else is returned.
+        keep_in: write the row's fine-tuned model (``finetuned.pt``, ``model.mbits``) in this folder.
 
     Returns:
         a row with the keys of :data:`ROW_FIELDS` and ``bits``.
@@ -141,6 +156,11 @@ def run_row(setup: SweepSetup, method: str, target: str | None, seed: int, *, al
     result = allocate_bits(row, c, name, budget=budget, target=target if target is not None else f"{budget}b",
                            options=opts, allocator=allocator, progress=progress)
     search_seconds = time.time() - t0
+    key = (seed, json.dumps(_jsonable(result.bits), sort_keys=True))
+    if seen is not None and result.weight_epochs == 0 and key in seen:  # the same model as an earlier row
+        first = seen[key]
+        first["also"] = ";".join(filter(None, [first.get("also"), f"{method}@{target_label}"]))
+        return {"method": method, "target": target_label, "seed": seed, "same_as": f"{first['method']}@{first['target']}"}
     derived = fix_bits_(row, c, result.bits)
     tuned = finetune_and_evaluate(row, c, result.bits, result.weight_epochs, progress=progress)
     s = row.space.cost.summary(result.bits)
@@ -150,7 +170,13 @@ def run_row(setup: SweepSetup, method: str, target: str | None, seed: int, *, al
            "average_bits": s["average_bits"], "derived_accuracy": derived, "test_accuracy": tuned.test_accuracy,
            "float_accuracy": setup.float_accuracy, "weight_epochs": tuned.method_weight_epochs + tuned.epochs,
            "finetune_epochs": tuned.epochs, "distill": bool(c.distill), "search_seconds": search_seconds,
-           "finetune_seconds": tuned.seconds, "bits": result.bits, "info": _jsonable(result.info)}
+           "finetune_seconds": tuned.seconds, "bits": result.bits, "info": _jsonable(result.info), "also": "",
+           "model_file": ""}
+    if keep_in is not None:
+        keep_in.mkdir(parents=True, exist_ok=True)
+        out["model_file"] = export_row(keep_in, row, c, setup.data, result.bits, tuned.test_accuracy)["path"]
+    if seen is not None and result.weight_epochs == 0:
+        seen[key] = out
     log.info("%s %s seed %d: %.2fx, test accuracy %.4f", method, target_label, seed, out["weight_compression"],
              out["test_accuracy"])
     return out
@@ -169,11 +195,20 @@ def _budget(space, name: str, opts: Mapping[str, Any], target: str | None, metho
 
 
 def _jsonable(obj: Any) -> Any:
-    try:
-        json.dumps(obj)
-        return obj
-    except TypeError:
-        return {}
+    """``obj`` as plain JSON values: tensors and arrays become lists, numbers plain numbers, and anything
+    else its ``repr`` (logged), so nothing a method reports is dropped silently."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.tolist()
+        if hasattr(value, "tolist"):  # numpy arrays and scalars
+            return value.tolist()
+        if isinstance(value, (set, frozenset)):
+            return sorted(value, key=repr)
+        log.warning("a row's info holds a %s, written as its repr", type(value).__name__)
+        return repr(value)
+
+    return json.loads(json.dumps(obj, default=plain))
 
 
 SWEEP_FILES = ("sweep.csv", "sweep.json", "pareto.png", "float.pt")
@@ -196,6 +231,8 @@ def sweep(config: SweepConfig, *, progress: bool = False, on_row: Callable[[dict
     """
     out = Path(config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-sweep-{config.model}")
     lock = claim_run_dir(out, markers=SWEEP_FILES, outputs=SWEEP_FILES, force=force)
+    if force:
+        shutil.rmtree(out / "rows", ignore_errors=True)  # the kept models of the sweep being replaced
     failed = True
     try:
         result = _sweep(config, out, progress=progress, on_row=on_row)
@@ -219,11 +256,13 @@ def _sweep(config: SweepConfig, out: Path, *, progress: bool,
             jobs.extend((m, t) for t in config.targets)
     if config.binary_point and 1 in config.candidates and "uniform:1" not in config.methods:
         jobs.append(("uniform:1", None))
-    rows = []
+    rows, seen = [], {}
     for method, target in jobs:
         for seed in config.seeds:
-            row = run_row(setup, method, target, seed, progress=progress)
-            rows.append(row)
+            keep = out / "rows" / _slug(f"{method}-{target or 'point'}-seed{seed}") if config.keep_models else None
+            row = run_row(setup, method, target, seed, progress=progress, seen=seen, keep_in=keep)
+            if "same_as" not in row:
+                rows.append(row)
             if on_row is not None:
                 on_row(row)
     result = summary(setup, rows)
@@ -235,6 +274,11 @@ def _sweep(config: SweepConfig, out: Path, *, progress: bool,
                     title=f"{config.model} on {config.data}")
         result["files"]["png"] = str(out / "pareto.png")
     return result
+
+
+def _slug(text: str) -> str:
+    """A folder name for a row label (``uniform:2-point-seed0`` -> ``uniform_2-point-seed0``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
 def summary(setup: SweepSetup, rows: list[dict[str, Any]]) -> dict[str, Any]:
