@@ -122,5 +122,9 @@ def test_cifar10_needs_a_root_and_checks_classes(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None,
                     reason="torchvision is installed here, so cifar10 would try to download")
 def test_cifar10_download_without_torchvision_names_the_extra(tmp_path):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ImportError, match=r"pip install 'mixbits\[vision\]'"):
         load_dataset("cifar10", root=str(tmp_path / "empty"))
+    # a folder that does not exist is most likely a typo: say so first, and what else would work
+    with pytest.raises(FileNotFoundError, match=r"does not exist: give the folder or zip .* pip install 'mixbits\[vision\]'"):
+        load_dataset("cifar10", root=str(tmp_path / "nonexistent"))
