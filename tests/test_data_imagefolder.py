@@ -126,5 +126,5 @@ def test_cifar10_download_without_torchvision_names_the_extra(tmp_path):
     with pytest.raises(ImportError, match=r"pip install 'mixbits\[vision\]'"):
         load_dataset("cifar10", root=str(tmp_path / "empty"))
     # a folder that does not exist is most likely a typo: say so first, and what else would work
-    with pytest.raises(FileNotFoundError, match=r"does not exist: give the folder or zip .* pip install 'mixbits\[vision\]'"):
+    with pytest.raises(FileNotFoundError, match=r"does not exist: give the folder or zip .* \(pip install 'mixbits\[vision\]'\)"):
         load_dataset("cifar10", root=str(tmp_path / "nonexistent"))
