@@ -94,6 +94,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _provenance import stamp  # benchmarks/ is on sys.path when run as a script
+
 __all__ = ["import_diffq", "DiffQSettings", "DiffQRun", "mixbits_bits", "train_diffq", "fit_penalty",
            "select_lr", "evaluate_diffq_at", "evaluate_mixbits_at"]
 
@@ -468,17 +470,13 @@ def _write(path: str | None, report: dict) -> None:
         print(f"wrote {path}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+def _setup(args: argparse.Namespace):
+    """(data set, a function making a fresh float model, the float model's space, its loaders)."""
     import mixbits
     from mixbits.data import TensorLoader, load_dataset, split_held_out
     from mixbits.models import create_model
     from mixbits.pipeline import load_float_state
 
-    diffq = import_diffq()
-    t_start = time.perf_counter()
     ds = load_dataset(args.data, root=args.data_root)
     c, h = ds.input_shape[0], ds.input_shape[-1]
     float_model = create_model(args.model, in_channels=c, num_classes=ds.num_classes, input_size=h)
@@ -491,9 +489,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return m
 
     space = mixbits.prepare_(copy.deepcopy(float_model), mixbits.PrepareConfig(candidates=MIXBITS_CANDIDATES))
-    cost = space.cost
-    layers = _layer_names(space)
-    budget = mixbits.budget_bits(args.target, cost)
     w_idx, h_idx = split_held_out(len(ds.train_y), args.held_out_fraction, args.seed)
     norm = dict(mean=ds.mean, std=ds.std)
     loaders = {
@@ -504,13 +499,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                            seed=args.seed + 3, **norm),
         "test": TensorLoader(ds.test_x, ds.test_y, batch_size=512, **norm),
     }
-    steps = args.epochs * len(loaders["weights"]())
-    bits_lr = 10.0 / steps if args.bits_lr == "auto" else float(args.bits_lr)
-    s = DiffQSettings(min_bits=args.min_bits, max_bits=args.max_bits, init_bits=args.init_bits, epochs=args.epochs,
-                      optimizer=args.optimizer, bits_lr=bits_lr, seed=args.seed)
-    lrs = [float(x) for x in args.lrs.split(",")]
-    float_mb = cost.float_quantized_bits() / 8 / 2**20
-    report: dict[str, Any] = {
+    return ds, new_model, space, loaders
+
+
+def _report_head(args: argparse.Namespace, diffq, s: DiffQSettings, budget: int, steps: int, lrs: list[float],
+                 float_mb: float) -> dict[str, Any]:
+    """The settings half of the report: what ran, with which DiffQ and training settings."""
+    import mixbits
+
+    return {
         "model": args.model, "data": args.data, "float": args.checkpoint, "target": args.target,
         "min_bits": args.min_bits, "budget_bits": budget,
         "diffq": {"version": getattr(diffq, "__version__", "?"), "min_bits": s.min_bits, "max_bits": s.max_bits,
@@ -519,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "training": {"epochs": s.epochs, "steps": steps, "batch_size": args.batch_size, "optimizer": s.optimizer,
                      "momentum": 0.9 if s.optimizer == "sgd" else None, "nesterov": s.optimizer == "sgd",
                      "weight_decay": s.weight_decay, "schedule": "cosine", "bits_optimizer": "adam",
-                     "bits_lr": bits_lr, "bits_lr_rule": "10 / steps" if args.bits_lr == "auto" else "given",
+                     "bits_lr": s.bits_lr, "bits_lr_rule": "10 / steps" if args.bits_lr == "auto" else "given",
                      "clip_grad_norm": CLIP_NORM, "lr_grid": lrs, "data": "mixbits weight split",
                      "held_out_fraction": args.held_out_fraction, "float_mb": float_mb},
         "mapping": "DiffQ bits rounded (as its quantizer), clamped to [min_bits, 8], mapped to the mixbits "
@@ -527,15 +524,102 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "versions": {"torch": torch.__version__, "diffq": getattr(diffq, "__version__", "?"),
                      "mixbits": mixbits.__version__},
+        **stamp(),
     }
+
+
+def _unreachable(args: argparse.Namespace, cost, layers: Sequence[str], budget: int) -> dict[str, Any] | None:
+    """Why the target cannot be met with ``min_bits`` (every layer keeps at least that), or None."""
     floor_bits = cost.quantized_bits({n: mixbits_bits({n: args.min_bits}, args.min_bits)[n] for n in layers})
-    if floor_bits > budget:
-        report["unreachable"] = (
-            f"with min_bits={args.min_bits} every layer keeps at least {args.min_bits} bits: mixbits' smallest size "
-            f"is {floor_bits} bits ({cost.float_quantized_bits() / floor_bits:.2f}x, the per-channel float16 scales "
-            f"included), above the {args.target} budget of {budget} bits")
-        report["max_weight_compression"] = cost.float_quantized_bits() / floor_bits
-        report["seconds"] = round(time.perf_counter() - t_start, 2)
+    if floor_bits <= budget:
+        return None
+    return {"unreachable": (
+        f"with min_bits={args.min_bits} every layer keeps at least {args.min_bits} bits: mixbits' smallest size "
+        f"is {floor_bits} bits ({cost.float_quantized_bits() / floor_bits:.2f}x, the per-channel float16 scales "
+        f"included), above the {args.target} budget of {budget} bits"),
+        "max_weight_compression": cost.float_quantized_bits() / floor_bits}
+
+
+def _failed(per_lr: Mapping[float, tuple], budget: int, lrs: list[float]) -> str:
+    """Why no DiffQ run fit the budget without collapsing."""
+    all_runs = [r for _, rs in per_lr.values() for r in rs]
+    fitting = [r for r in all_runs if r.fits]
+    smallest = min((r.size_bits for r in all_runs if r.bits), default=None)
+    return (f"no DiffQ run fit {budget} bits without collapsing (NaN or chance held-out accuracy) with lrs {lrs} "
+            f"and retries at lr/3, lr/10: {len(all_runs)} runs, {len(fitting)} fitting"
+            f"{' (all collapsed)' if fitting else ''}, smallest size reached {smallest} bits, "
+            f"penalties up to {max(r.penalty for r in all_runs):g}")
+
+
+def _evaluate_chosen(chosen: DiffQRun, new_model, layers: Sequence[str], s: DiffQSettings, loaders, space
+                     ) -> dict[str, Any]:
+    """The chosen run's accuracies under DiffQ's quantizer and mixbits', with its sizes."""
+    cost = space.cost
+    model, q, logits = rebuild(new_model, layers, s, chosen.state, chosen.logits)
+    bits = chosen.bits
+    check = evaluate_diffq_at(model, q, logits, bits, loaders["held_out"])
+    if abs(check - chosen.held_out_accuracy) > 1e-9:
+        raise RuntimeError(f"rebuilt DiffQ model: held-out {check} != {chosen.held_out_accuracy} of the run")
+    acc_dq = evaluate_diffq_at(model, q, logits, bits, loaders["test"])
+    acc_dq_own = evaluate_diffq_at(model, q, logits, None, loaders["test"])
+    own_size = sum(layer.num_weights * chosen.bits_rounded[layer.name] + 16 * layer.num_channels
+                   for layer in space.layers)
+    dq_true_mb = float(q.true_model_size())
+    q.detach()
+    size = cost.quantized_bits(bits)
+    return {
+        "bits": bits, "size_bits": size, "size_bytes": size / 8,
+        "weight_compression": cost.weight_compression(bits), "average_bits": cost.average_bits(bits),
+        "penalty": chosen.penalty, "penalty_per_mb": chosen.penalty / (cost.float_quantized_bits() / 8 / 2**20),
+        "lr": chosen.lr_used, "held_out_accuracy": chosen.held_out_accuracy,
+        "accuracy_float": _accuracy(new_model(), loaders["test"]),
+        "accuracy_diffq_quantizer": acc_dq,
+        "accuracy_diffq_quantizer_own_bits": acc_dq_own,
+        "accuracy_mixbits_quantizer": evaluate_mixbits_at(new_model, chosen.state, bits, loaders["test"],
+                                                          bn_loader=loaders["bn"]),
+        "accuracy_mixbits_quantizer_no_bn_recal": evaluate_mixbits_at(new_model, chosen.state, bits, loaders["test"]),
+        "accuracy_notes": ACCURACY_NOTES,
+        "diffq_bits_continuous": {k: round(v, 4) for k, v in chosen.bits_continuous.items()},
+        "diffq_bits_rounded": chosen.bits_rounded,
+        "diffq_own_bits_size_bits": own_size,
+        "diffq_true_model_size_mb": dq_true_mb,
+    }
+
+
+ACCURACY_NOTES = {
+    "accuracy_diffq_quantizer": "test split; DiffQ's true quantizer (per tensor min/max uniform, eval-mode "
+                                "quantize()) with the logits set to exactly `bits`",
+    "accuracy_diffq_quantizer_own_bits": "test split; DiffQ's quantizer at its own rounded bits "
+                                         "(`diffq_bits_rounded`, may exceed the budget)",
+    "accuracy_mixbits_quantizer": "test split; mixbits' quantizers, space.fix_(bits) on a prepared copy of "
+                                  "DiffQ's trained weights, BN re-estimated on weight-split batches",
+    "accuracy_mixbits_quantizer_no_bn_recal": "the same without BN re-estimation",
+    "held_out_accuracy": "held-out split (20% of train), DiffQ's quantizer at `bits`: chose the lr",
+    "no fine-tuning": "none of these fine-tunes after DiffQ's training"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    import mixbits
+
+    diffq = import_diffq()
+    t_start = time.perf_counter()
+    ds, new_model, space, loaders = _setup(args)
+    cost = space.cost
+    layers = _layer_names(space)
+    budget = mixbits.budget_bits(args.target, cost)
+    steps = args.epochs * len(loaders["weights"]())
+    bits_lr = 10.0 / steps if args.bits_lr == "auto" else float(args.bits_lr)
+    s = DiffQSettings(min_bits=args.min_bits, max_bits=args.max_bits, init_bits=args.init_bits, epochs=args.epochs,
+                      optimizer=args.optimizer, bits_lr=bits_lr, seed=args.seed)
+    lrs = [float(x) for x in args.lrs.split(",")]
+    float_mb = cost.float_quantized_bits() / 8 / 2**20
+    report = _report_head(args, diffq, s, budget, steps, lrs, float_mb)
+    unreachable = _unreachable(args, cost, layers, budget)
+    if unreachable is not None:
+        report.update(unreachable, seconds=round(time.perf_counter() - t_start, 2))
         print(f"unreachable: {report['unreachable']}")
         _write(args.out, report)
         return 0
@@ -553,72 +637,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                             "size_bits": b.size_bits})
                         for lr, (b, _) in per_lr.items()}
     if chosen is None:
-        all_runs = [r for _, rs in per_lr.values() for r in rs]
-        fitting = [r for r in all_runs if r.fits]
-        smallest = min((r.size_bits for r in all_runs if r.bits), default=None)
-        report["failed"] = (
-            f"no DiffQ run fit {budget} bits without collapsing (NaN or chance held-out accuracy) with lrs {lrs} "
-            f"and retries at lr/3, lr/10: {len(all_runs)} runs, {len(fitting)} fitting"
-            f"{' (all collapsed)' if fitting else ''}, smallest size reached {smallest} bits, "
-            f"penalties up to {max(r.penalty for r in all_runs):g}")
-        report["seconds"] = round(time.perf_counter() - t_start, 2)
+        report.update(failed=_failed(per_lr, budget, lrs), seconds=round(time.perf_counter() - t_start, 2))
         print(f"failed: {report['failed']}")
         _write(args.out, report)
         return 1
-
-    # The chosen run's trained weights and logits, under a fresh DiffQuantizer, for DiffQ's own evaluation.
-    final = chosen
-    model, q, logits = rebuild(new_model, layers, s, final.state, final.logits)
-    bits = final.bits
-    check = evaluate_diffq_at(model, q, logits, bits, loaders["held_out"])
-    if abs(check - final.held_out_accuracy) > 1e-9:
-        raise RuntimeError(f"rebuilt DiffQ model: held-out {check} != {final.held_out_accuracy} of the run")
-    acc_dq = evaluate_diffq_at(model, q, logits, bits, loaders["test"])
-    acc_dq_own = evaluate_diffq_at(model, q, logits, None, loaders["test"])
-    own_size = sum(layer.num_weights * final.bits_rounded[layer.name] + 16 * layer.num_channels
-                   for layer in space.layers)
-    dq_true_mb = float(q.true_model_size())
-    q.detach()
-    acc_mb = evaluate_mixbits_at(new_model, final.state, bits, loaders["test"], bn_loader=loaders["bn"])
-    acc_mb_raw = evaluate_mixbits_at(new_model, final.state, bits, loaders["test"])
-    float_acc = _accuracy(new_model(), loaders["test"])
-    size = cost.quantized_bits(bits)
-    report.update({
-        "bits": bits, "size_bits": size, "size_bytes": size / 8,
-        "weight_compression": cost.weight_compression(bits), "average_bits": cost.average_bits(bits),
-        "penalty": final.penalty, "penalty_per_mb": final.penalty / float_mb, "lr": final.lr_used,
-        "lr_chosen_from_grid": chosen.lr, "held_out_accuracy": final.held_out_accuracy,
-        "accuracy_float": float_acc,
-        "accuracy_diffq_quantizer": acc_dq,
-        "accuracy_diffq_quantizer_own_bits": acc_dq_own,
-        "accuracy_mixbits_quantizer": acc_mb,
-        "accuracy_mixbits_quantizer_no_bn_recal": acc_mb_raw,
-        "accuracy_notes": {
-            "accuracy_diffq_quantizer": "test split; DiffQ's true quantizer (per tensor min/max uniform, eval-mode "
-                                        "quantize()) with the logits set to exactly `bits`",
-            "accuracy_diffq_quantizer_own_bits": "test split; DiffQ's quantizer at its own rounded bits "
-                                                 "(`diffq_bits_rounded`, may exceed the budget)",
-            "accuracy_mixbits_quantizer": "test split; mixbits' quantizers, space.fix_(bits) on a prepared copy of "
-                                          "DiffQ's trained weights, BN re-estimated on weight-split batches",
-            "accuracy_mixbits_quantizer_no_bn_recal": "the same without BN re-estimation",
-            "held_out_accuracy": "held-out split (20% of train), DiffQ's quantizer at `bits`: chose the lr",
-            "no fine-tuning": "none of these fine-tunes after DiffQ's training"},
-        "diffq_bits_continuous": {k: round(v, 4) for k, v in final.bits_continuous.items()},
-        "diffq_bits_rounded": final.bits_rounded,
-        "diffq_own_bits_size_bits": own_size,
-        "diffq_true_model_size_mb": dq_true_mb,
-        "runs": runs,
-        "num_runs": sum(len(r["attempts"]) for r in runs),
-    })
-    report["seconds"] = round(time.perf_counter() - t_start, 2)
+    report.update(_evaluate_chosen(chosen, new_model, layers, s, loaders, space), lr_chosen_from_grid=chosen.lr,
+                  num_runs=sum(len(r["attempts"]) for r in runs), seconds=round(time.perf_counter() - t_start, 2))
+    bits = report["bits"]
     width = max(len(n) for n in bits)
     for layer in space.layers:
-        print(f"  {layer.name:<{width}}  {bits[layer.name]:>2} bits  (DiffQ {final.bits_continuous[layer.name]:.2f} "
-              f"-> {final.bits_rounded[layer.name]})  {layer.num_weights:>8} weights")
-    print(f"mixbits size {size} bits ({report['weight_compression']:.2f}x), budget {budget}; penalty "
-          f"{final.penalty:.4g}, lr {final.lr_used:g}; held-out {final.held_out_accuracy:.4f}; test: float "
-          f"{float_acc:.4f}, DiffQ quantizer {acc_dq:.4f} (own bits {acc_dq_own:.4f}), mixbits quantizer "
-          f"{acc_mb:.4f} (no BN recal {acc_mb_raw:.4f}); {report['seconds']:.1f} s")
+        print(f"  {layer.name:<{width}}  {bits[layer.name]:>2} bits  (DiffQ {chosen.bits_continuous[layer.name]:.2f} "
+              f"-> {chosen.bits_rounded[layer.name]})  {layer.num_weights:>8} weights")
+    print(f"mixbits size {report['size_bits']} bits ({report['weight_compression']:.2f}x), budget {budget}; penalty "
+          f"{chosen.penalty:.4g}, lr {chosen.lr_used:g}; held-out {chosen.held_out_accuracy:.4f}; test: float "
+          f"{report['accuracy_float']:.4f}, DiffQ quantizer {report['accuracy_diffq_quantizer']:.4f} (own bits "
+          f"{report['accuracy_diffq_quantizer_own_bits']:.4f}), mixbits quantizer "
+          f"{report['accuracy_mixbits_quantizer']:.4f} (no BN recal "
+          f"{report['accuracy_mixbits_quantizer_no_bn_recal']:.4f}); {report['seconds']:.1f} s")
     _write(args.out, report)
     return 0
 

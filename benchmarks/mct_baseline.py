@@ -63,6 +63,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from _provenance import stamp  # benchmarks/ is on sys.path when run as a script
+
 __all__ = ["declare_torchvision_ops", "import_mct", "mct_tpc", "MCTResult", "run_mct", "mct_bits",
            "mixbits_bits", "FitResult", "fit_budget"]
 
@@ -446,60 +448,106 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+def _float_model(args: argparse.Namespace, ds) -> tuple[nn.Module, str]:
+    """The float model to allocate for: the checkpoint, trained here (``--train-epochs``), or random; its source."""
     import mixbits
-    from mixbits.data import TensorLoader, load_dataset, take_train_subset
+    from mixbits.data import TensorLoader, take_train_subset
     from mixbits.models import create_model
     from mixbits.pipeline import load_float_state
 
-    mct = import_mct()
-    t_start = time.perf_counter()
-    candidates = tuple(int(b) for b in args.candidates.split(","))
-    ds = load_dataset(args.data, root=args.data_root)
     c, h = ds.input_shape[0], ds.input_shape[-1]
     model = create_model(args.model, in_channels=c, num_classes=ds.num_classes, input_size=h)
-    norm = dict(mean=ds.mean, std=ds.std)
-    float_source = "random"
+    source = "random"
     if args.checkpoint:
         load_float_state(model, args.checkpoint)
-        float_source = args.checkpoint
+        source = args.checkpoint
     elif args.train_epochs > 0:
         tds = take_train_subset(ds, args.train_subset, seed=args.seed) if args.train_subset else ds
         loader = TensorLoader(tds.train_x, tds.train_y, batch_size=128, shuffle=True, augment=ds.augment,
-                              drop_last=True, seed=args.seed, **norm)
+                              drop_last=True, seed=args.seed, mean=ds.mean, std=ds.std)
         t = time.perf_counter()
         mixbits.fit(model, loader, mixbits.TrainConfig(epochs=args.train_epochs, lr=args.train_lr))
-        float_source = f"trained here: {args.train_epochs} epochs, {time.perf_counter() - t:.1f} s"
+        source = f"trained here: {args.train_epochs} epochs, {time.perf_counter() - t:.1f} s"
         if args.save_checkpoint:
             from mixbits.runfiles import save_checkpoint
             save_checkpoint(args.save_checkpoint, {"model": args.model, "data": args.data,
                                                    "state_dict": model.state_dict()})
     else:
         print("warning: no --checkpoint and --train-epochs 0: random float weights", file=sys.stderr)
-    model.eval()
+    return model.eval(), source
 
-    calib_ds = take_train_subset(ds, min(args.calib_images, len(ds.train_y)), seed=args.seed)
-    calib = [x for x, _ in TensorLoader(calib_ds.train_x, calib_ds.train_y, batch_size=args.batch_size, **norm)]
-    _, space = _space(model, candidates)
-    cost = space.cost
+
+def _allocate(args: argparse.Namespace, model: nn.Module, calib: list, candidates: tuple[int, ...], cost
+              ) -> tuple[Any, dict[str, int], list[str], list[dict], int | None, float]:
+    """MCT's allocation at its own memory target, or bisected onto a mixbits budget:
+    (MCT's last result, the mixbits bits, layers MCT kept float, the runs, the budget, seconds)."""
+    import mixbits
+
     run_kw = dict(quantize_activations=args.quantize_activations, mp_images=args.mp_images, verbose=args.verbose)
-
     t = time.perf_counter()
-    runs: list[dict] = []
-    budget = None
     if args.weight_budget_bytes is not None:
         result = run_mct(model, calib, args.weight_budget_bytes, candidates, **run_kw)
+        _, space = _space(model, candidates)
         bits, float_layers = mixbits_bits(result.bits, space)
-    else:
-        budget = args.budget_bits if args.budget_bits is not None else mixbits.budget_bits(args.target, cost)
-        fit = fit_budget(model, calib, budget, candidates, max_runs=args.max_runs, **run_kw)
-        result, bits, float_layers, runs = fit.mct, fit.bits, fit.float_layers, fit.runs
-    search_s = time.perf_counter() - t
-    size = cost.quantized_bits(bits)
+        return result, bits, float_layers, [], None, time.perf_counter() - t
+    budget = args.budget_bits if args.budget_bits is not None else mixbits.budget_bits(args.target, cost)
+    fit = fit_budget(model, calib, budget, candidates, max_runs=args.max_runs, **run_kw)
+    return fit.mct, fit.bits, fit.float_layers, fit.runs, budget, time.perf_counter() - t
 
+
+def _accuracies(args: argparse.Namespace, ds, model: nn.Module, mct_model: nn.Module, bits: Mapping[str, int],
+                candidates: tuple[int, ...]) -> dict[str, Any]:
+    """Test accuracy of the float model, MCT's quantized model and mixbits' PTQ of the same bits."""
+    from mixbits.data import TensorLoader
+
+    tx, ty = ds.test_x, ds.test_y
+    if args.test_subset and args.test_subset < len(ty):  # seeded: the test split may be sorted by class
+        idx = torch.randperm(len(ty), generator=torch.Generator().manual_seed(args.seed))[: args.test_subset]
+        tx, ty = tx[idx], ty[idx]
+    test = TensorLoader(tx, ty, batch_size=256, mean=ds.mean, std=ds.std)
+    qmodel, qspace = _space(model, candidates)
+    qspace.fix_(bits)
+    return {"float": _evaluate(model, test), "mct_model": _evaluate(mct_model, test),
+            "mixbits_ptq": _evaluate(qmodel, test), "test_images": len(ty)}
+
+
+def _print_summary(report: Mapping[str, Any], space, result) -> None:
+    bits, budget, size = report["bits"], report["budget_bits"], report["mixbits_size_bits"]
+    width = max(len(n) for n in bits)
+    for layer in space.layers:
+        print(f"  {layer.name:<{width}}  {bits[layer.name]:>2} bits  {layer.num_weights:>8} weights")
+    print(f"mixbits size: {size} bits = {size / 8:.0f} bytes ({report['weight_compression']:.2f}x, "
+          f"{report['average_bits']:.3f} bits/weight)" + (f"; budget {budget} bits" if budget is not None else ""))
+    print(f"MCT weights_memory: target {result.weights_memory_target:.0f} B, result {result.weights_memory:.0f} B; "
+          f"MCT runs: {max(1, len(report['runs']))}, search {report['search_seconds']:.1f} s, "
+          f"total {report['total_seconds']:.1f} s")
+    if "accuracy" in report:
+        a = report["accuracy"]
+        print(f"test accuracy ({a['test_images']} images): float {a['float']:.4f}, MCT model {a['mct_model']:.4f}, "
+              f"mixbits PTQ of these bits {a['mixbits_ptq']:.4f}")
+    if report["float_layers"]:
+        print(f"kept in float (MCT did not quantize them): {report['float_layers']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    import mixbits
+    from mixbits.data import TensorLoader, load_dataset, take_train_subset
+
+    mct = import_mct()
+    t_start = time.perf_counter()
+    candidates = tuple(int(b) for b in args.candidates.split(","))
+    ds = load_dataset(args.data, root=args.data_root)
+    model, float_source = _float_model(args, ds)
+    calib_ds = take_train_subset(ds, min(args.calib_images, len(ds.train_y)), seed=args.seed)
+    calib = [x for x, _ in TensorLoader(calib_ds.train_x, calib_ds.train_y, batch_size=args.batch_size,
+                                        mean=ds.mean, std=ds.std)]
+    _, space = _space(model, candidates)
+    cost = space.cost
+    result, bits, float_layers, runs, budget, search_s = _allocate(args, model, calib, candidates, cost)
+    size = cost.quantized_bits(bits)
     report: dict[str, Any] = {
         "model": args.model, "data": args.data, "float": float_source, "candidates": list(candidates),
         "calib_images": sum(len(x) for x in calib), "activations": "8-bit" if args.quantize_activations else "float",
@@ -510,32 +558,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bits": bits, "mct_bits": result.bits, "mct_nodes": result.nodes, "float_layers": float_layers,
         "runs": runs, "mct_seconds_last_run": round(result.seconds, 2), "search_seconds": round(search_s, 2),
         "versions": {"torch": torch.__version__, "mct": mct.__version__, "mixbits": mixbits.__version__},
+        **stamp(),
     }
     if args.eval:
-        tx, ty = ds.test_x, ds.test_y
-        if args.test_subset and args.test_subset < len(ty):  # seeded: the test split may be sorted by class
-            idx = torch.randperm(len(ty), generator=torch.Generator().manual_seed(args.seed))[: args.test_subset]
-            tx, ty = tx[idx], ty[idx]
-        test = TensorLoader(tx, ty, batch_size=256, **norm)
-        qmodel, qspace = _space(model, candidates)
-        qspace.fix_(bits)
-        report["accuracy"] = {"float": _evaluate(model, test), "mct_model": _evaluate(result.quantized_model, test),
-                              "mixbits_ptq": _evaluate(qmodel, test), "test_images": len(ty)}
+        report["accuracy"] = _accuracies(args, ds, model, result.quantized_model, bits, candidates)
     report["total_seconds"] = round(time.perf_counter() - t_start, 2)
-
-    width = max(len(n) for n in bits)
-    for layer in space.layers:
-        print(f"  {layer.name:<{width}}  {bits[layer.name]:>2} bits  {layer.num_weights:>8} weights")
-    print(f"mixbits size: {size} bits = {size / 8:.0f} bytes ({report['weight_compression']:.2f}x, "
-          f"{report['average_bits']:.3f} bits/weight)" + (f"; budget {budget} bits" if budget is not None else ""))
-    print(f"MCT weights_memory: target {result.weights_memory_target:.0f} B, result {result.weights_memory:.0f} B; "
-          f"MCT runs: {max(1, len(runs))}, search {search_s:.1f} s, total {report['total_seconds']:.1f} s")
-    if "accuracy" in report:
-        a = report["accuracy"]
-        print(f"test accuracy ({a['test_images']} images): float {a['float']:.4f}, MCT model {a['mct_model']:.4f}, "
-              f"mixbits PTQ of these bits {a['mixbits_ptq']:.4f}")
-    if float_layers:
-        print(f"kept in float (MCT did not quantize them): {float_layers}")
+    _print_summary(report, space, result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2))
