@@ -10,7 +10,7 @@ import torch
 
 from mixbits import export_model, load
 from mixbits.export import FORMAT_VERSION, CodeNotTrustedError, MbitsFormatError, describe, read_mbits
-from mixbits.export import fileformat
+from mixbits.export import fileformat, writer
 
 from ._export_nets import TinyResNet, prepared
 
@@ -236,7 +236,7 @@ def test_interrupted_write_leaves_the_old_file(good, tmp_path, monkeypatch):
     def interrupted(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fileformat.os, "fsync", interrupted)
+    monkeypatch.setattr(writer.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_model(model, space, good)
     assert good.read_bytes() == before  # the previous export is intact

@@ -3,7 +3,14 @@
 Module map:
 
 - ``pack``         bit packing of integer codes at exactly 1..8 bits (pure array math).
-- ``fileformat``   the ``.mbits`` layout (safetensors + JSON manifest): write, read, validate, decode.
+- ``fileformat``   the ``.mbits`` layout documented (safetensors + JSON manifest); re-exports the modules below.
+- ``layout``       its constants, ``MbitsFormatError`` and the checksum.
+- ``records``      ``LayerRecord``, ``FloatRecord``, ``MbitsFile``: what a file holds, as data.
+- ``group_codes``  the 4-bit per-structure bitwidth codes.
+- ``writer``       weights -> blobs and manifest tables -> an atomically written file.
+- ``reader``       file -> checksum -> manifest -> ``MbitsFile`` (``read_mbits``).
+- ``validate``     every manifest field checked before anything is built.
+- ``decode``       ``MbitsFile`` -> float state dict.
 - ``exporter``     ``export_model(model, space, path)``: a prepared model at fixed bits -> file; size check.
 - ``loader``       ``load(path, model=None, trust_code=False)``: file -> plain nn.Module; runs no code the file names.
 - ``run_export``   rebuild a run folder's fine-tuned model and export it (``mixbits export``).

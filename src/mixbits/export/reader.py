@@ -1,0 +1,94 @@
+"""Reading a ``.mbits`` file: bytes -> checksum -> manifest -> validated :class:`MbitsFile`, never unpickling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .layout import BLOBS, CHECKSUM_KEY, METADATA_KEY, READ_VERSIONS, checksum, corrupt, path_repr, short_repr
+from .records import MbitsFile, expected_blob_sizes
+from .validate import check_fields, parse_records
+
+__all__ = ["read_mbits", "MAX_HEADER_BYTES"]
+
+MAX_HEADER_BYTES = 16 << 20  # a ResNet-20's header is 3 KB; this bounds what is parsed before the checksum
+
+
+def _json(raw: bytes | str, path: str, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit integer
+        raise corrupt(path, f"{what} is not valid JSON ({str(exc)[:100]})") from None
+
+
+def read_mbits(path: str | Path) -> MbitsFile:
+    """Read and validate a ``.mbits`` file (version 2 or 3) without building any model and without unpickling.
+
+    The checksum is verified before the manifest is parsed; the manifest is then checked
+    field by field (types, bounds, consistency with the tensors), and the per-structure
+    bits of layers with structures are decoded from ``group_bits``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        MbitsFormatError: (a ValueError) a truncated, corrupted or inconsistent file, a safetensors
+            file that is not a mixbits export, or a format version this mixbits does not read.
+    """
+    from safetensors.torch import load
+
+    p = Path(path)
+    path = str(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model file {path_repr(path)} does not exist")
+    data = p.read_bytes()
+    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 0 < header_len <= min(len(data) - 8, MAX_HEADER_BYTES):
+        raise corrupt(path, f"truncated or corrupted (a header of {header_len} bytes in a file of {len(data)})")
+    header = _json(data[8:8 + header_len], path, "the safetensors header")
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or METADATA_KEY not in meta:
+        raise corrupt(path, "a safetensors file without a mixbits manifest (was it written by mixbits export?)")
+    text, digest = meta[METADATA_KEY], meta.get(CHECKSUM_KEY)
+    if not isinstance(text, str):
+        raise corrupt(path, "the manifest is not a string")
+    try:
+        tensors = load(data)
+    except Exception as exc:  # SafetensorError: bad length prefix, broken header, truncated data
+        raise corrupt(path, f"truncated or corrupted ({str(exc)[:100]})") from None
+    unknown = sorted(set(tensors) - set(BLOBS))
+    if unknown:
+        raise corrupt(path, f"unexpected tensors {short_repr(unknown)}")
+    if digest is None:
+        version = _unchecked_version(text)
+        if version is not None and version < min(READ_VERSIONS):
+            check_fields({"format_version": version}, path)
+        raise corrupt(path, f"it lacks its checksum ({CHECKSUM_KEY})")
+    if digest != checksum(text, tensors):
+        raise corrupt(path, "checksum mismatch: the manifest or the data are corrupted")
+    manifest = _json(text, path, "the manifest")
+    if not isinstance(manifest, dict):
+        raise corrupt(path, "the manifest is not a JSON object")
+    check_fields(manifest, path)
+    layers, floats = parse_records(manifest, path, tensors.get("group_bits"))
+    expected = expected_blob_sizes(layers, floats)
+    blobs = {}
+    for name, dtype in BLOBS.items():
+        t = tensors.get(name, torch.zeros(0, dtype=dtype))
+        if t.dtype != dtype or t.dim() != 1 or t.numel() != expected[name]:
+            raise corrupt(path, f"tensor {name!r} holds {t.numel()} {t.dtype} values, the manifest needs "
+                                 f"{expected[name]} {dtype}")
+        blobs[name] = t
+    return MbitsFile(path=path, manifest=manifest, layers=layers, floats=floats, blobs=blobs,
+                     file_bytes=len(data), header_bytes=8 + header_len)
+
+
+def _unchecked_version(text: str) -> int | None:
+    """The format version of an unchecked manifest text, if it plainly has one (for the upgrade message)."""
+    try:
+        v = json.loads(text[:100_000]).get("format_version")
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    return v if type(v) is int else None
+
