@@ -14,6 +14,8 @@ import logging
 import sys
 from typing import NoReturn, Sequence
 
+from .safetext import printable
+
 __all__ = ["main"]
 
 COMMAND_MODULES = (
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args._run(args)
     except (ValueError, OSError, NonFiniteLossError, ImportError) as exc:
-        print(f"mixbits {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mixbits {args.command}: error: {printable(str(exc), keep=chr(10))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

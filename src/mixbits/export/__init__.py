@@ -9,7 +9,9 @@ Module map:
 - ``group_codes``  the 4-bit per-structure bitwidth codes.
 - ``writer``       weights -> blobs and manifest tables -> an atomically written file.
 - ``reader``       file -> checksum -> manifest -> ``MbitsFile`` (``read_mbits``).
-- ``validate``     every manifest field checked before anything is built.
+- ``bounds``       the manifest's size checked against the file before anything is built.
+- ``validate``     every manifest field checked: types, bounds, consistency, one key per tensor.
+- ``values``       only values the exporter writes: scales in range, finite weights, sane BatchNorm statistics.
 - ``decode``       ``MbitsFile`` -> float state dict.
 - ``exporter``     ``export_model(model, space, path)``: a prepared model at fixed bits -> file; size check.
 - ``loader``       ``load(path, model=None, trust_code=False)``: file -> plain nn.Module; runs no code the file names.

@@ -8,13 +8,15 @@ from typing import Any
 
 import torch
 
-from .layout import BLOBS, CHECKSUM_KEY, METADATA_KEY, READ_VERSIONS, checksum, corrupt, path_repr, short_repr
+from .bounds import check_counts, check_text_size
+from .layout import (BLOBS, CHECKSUM_KEY, MAX_HEADER_BYTES, METADATA_KEY, READ_VERSIONS, checksum, corrupt, path_repr,
+                     short_repr)
 from .records import MbitsFile, expected_blob_sizes
 from .validate import check_fields, parse_records
+from .values import check_values
 
-__all__ = ["read_mbits", "MAX_HEADER_BYTES"]
+__all__ = ["read_mbits"]
 
-MAX_HEADER_BYTES = 16 << 20  # a ResNet-20's header is 3 KB; this bounds what is parsed before the checksum
 
 
 def _json(raw: bytes | str, path: str, what: str) -> Any:
@@ -43,9 +45,14 @@ def read_mbits(path: str | Path) -> MbitsFile:
     if not p.is_file():
         raise FileNotFoundError(f"model file {path_repr(path)} does not exist")
     data = p.read_bytes()
+    if not data:
+        raise corrupt(path, "the file is empty (0 bytes); export the model again (mixbits export RUN_FOLDER)")
     header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
     if not 0 < header_len <= min(len(data) - 8, MAX_HEADER_BYTES):
-        raise corrupt(path, f"truncated or corrupted (a header of {header_len} bytes in a file of {len(data)})")
+        what = (f"a header of {header_len:,} bytes in a file of {len(data):,}" if header_len >= 0
+                else f"only {len(data)} bytes, fewer than a length prefix")
+        raise corrupt(path, f"truncated or corrupted ({what}; a .mbits file starts with the 8-byte length of its "
+                            f"header: is it a file written by mixbits export?)")
     header = _json(data[8:8 + header_len], path, "the safetensors header")
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or METADATA_KEY not in meta:
@@ -54,12 +61,14 @@ def read_mbits(path: str | Path) -> MbitsFile:
     if not isinstance(text, str):
         raise corrupt(path, "the manifest is not a string")
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise corrupt(path, "the manifest holds a lone surrogate (\\ud800-\\udfff), which no text encodes") from None
+    try:
         tensors = load(data)
     except Exception as exc:  # SafetensorError: bad length prefix, broken header, truncated data
         raise corrupt(path, f"truncated or corrupted ({str(exc)[:100]})") from None
-    unknown = sorted(set(tensors) - set(BLOBS))
-    if unknown:
-        raise corrupt(path, f"unexpected tensors {short_repr(unknown)}")
+    _check_tensor_table(tensors, path)  # before the checksum reads them
     if digest is None:
         version = _unchecked_version(text)
         if version is not None and version < min(READ_VERSIONS):
@@ -67,21 +76,36 @@ def read_mbits(path: str | Path) -> MbitsFile:
         raise corrupt(path, f"it lacks its checksum ({CHECKSUM_KEY})")
     if digest != checksum(text, tensors):
         raise corrupt(path, "checksum mismatch: the manifest or the data are corrupted")
+    check_text_size(text, path)
     manifest = _json(text, path, "the manifest")
     if not isinstance(manifest, dict):
         raise corrupt(path, "the manifest is not a JSON object")
     check_fields(manifest, path)
+    check_counts(manifest, path, len(data) - 8 - header_len)
     layers, floats = parse_records(manifest, path, tensors.get("group_bits"))
     expected = expected_blob_sizes(layers, floats)
     blobs = {}
     for name, dtype in BLOBS.items():
         t = tensors.get(name, torch.zeros(0, dtype=dtype))
-        if t.dtype != dtype or t.dim() != 1 or t.numel() != expected[name]:
+        if t.numel() != expected[name]:
             raise corrupt(path, f"tensor {name!r} holds {t.numel()} {t.dtype} values, the manifest needs "
-                                 f"{expected[name]} {dtype}")
+                                f"{expected[name]} {dtype}")
         blobs[name] = t
+    check_values(layers, floats, blobs, path)
     return MbitsFile(path=path, manifest=manifest, layers=layers, floats=floats, blobs=blobs,
                      file_bytes=len(data), header_bytes=8 + header_len)
+
+
+def _check_tensor_table(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Every tensor one of :data:`BLOBS`, of its dtype and 1-D, before anything reads its bytes."""
+    unknown = sorted(set(tensors) - set(BLOBS))
+    if unknown:
+        raise corrupt(path, f"unexpected tensors {short_repr(unknown)}")
+    for name, t in tensors.items():
+        if t.dtype != BLOBS[name] or t.dim() != 1:
+            want = str(BLOBS[name]).replace("torch.", "")
+            raise corrupt(path, f"tensor {name!r} holds {str(t.dtype).replace('torch.', '')} values of shape "
+                                f"{short_repr(list(t.shape))}, not a 1-D {want} tensor")
 
 
 def _unchecked_version(text: str) -> int | None:

@@ -14,7 +14,7 @@ import torch
 
 from ..granularity import Structures
 from ..quant import HALF_BITS, INT_BITS
-from .layout import BLOBS
+from .layout import BLOBS, BN_STATS
 from .pack import packed_nbytes
 
 __all__ = ["Bits", "LayerRecord", "FloatRecord", "MbitsFile", "weight_key", "numel", "is_int", "ITEM_BYTES",
@@ -156,11 +156,23 @@ def run_elements(rec: LayerRecord, bits: int, channels: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class FloatRecord:
-    """A tensor kept in float32: its state-dict key, shape and the other keys that share it."""
+    """A tensor kept in float32: its state-dict key, shape and the other keys that share it.
+
+    Attributes:
+        key, shape, aliases: as stored.
+        infinite: whether the tensor may hold +-inf (a buffer such as an attention mask; listed in the
+            manifest's ``float_infinite``). NaN is never stored, nor infinities elsewhere.
+    """
 
     key: str
     shape: tuple[int, ...]
     aliases: tuple[str, ...] = ()
+    infinite: bool = False
+
+    @property
+    def bn_stat(self) -> bool:
+        """Whether this is a BatchNorm running mean or variance (by its key): finite, the variance >= 0."""
+        return self.key.rpartition(".")[2] in BN_STATS
 
     @property
     def numel(self) -> int:

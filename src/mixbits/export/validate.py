@@ -8,15 +8,11 @@ import torch
 
 from ..quant import VALID_BITS
 from .group_codes import unpack_group_bits
-from .layout import (FLOAT_FIELDS, FORMAT_VERSION, GROUPED_ROW_BITS, LAYER_FIELDS, READ_VERSIONS, SCALE_DTYPE,
-                     MbitsFormatError, corrupt, path_repr, short_repr)
+from .layout import (FLOAT_FIELDS, FORMAT_VERSION, GROUPED_ROW_BITS, LAYER_FIELDS, MAX_DIM, MAX_DIMS,
+                     MAX_NAME_CHARS, READ_VERSIONS, SCALE_DTYPE, MbitsFormatError, corrupt, path_repr, short_repr)
 from .records import FloatRecord, LayerRecord, numel, weight_key
 
-__all__ = ["parse_records", "check_fields", "MAX_NAME_CHARS", "MAX_DIMS", "MAX_DIM"]
-
-MAX_NAME_CHARS = 1024  # a module or state-dict key
-MAX_DIMS = 8
-MAX_DIM = 1 << 40
+__all__ = ["parse_records", "check_fields"]
 
 
 def _shape(value: Any, path: str, what: str, *, allow_empty: bool = False) -> tuple[int, ...]:
@@ -47,62 +43,82 @@ def _group_size(name: str, value: Any, channels: int, path: str) -> int:
 
 
 def parse_records(manifest: dict[str, Any], path: str, group_blob: torch.Tensor | None = None
-                   ) -> tuple[tuple[LayerRecord, ...], tuple[FloatRecord, ...]]:
+                  ) -> tuple[tuple[LayerRecord, ...], tuple[FloatRecord, ...]]:
     """The layer and float records of a checked manifest, every field validated.
 
     Args:
-        manifest: the parsed manifest (its scalar fields already checked by :func:`check_fields`).
+        manifest: the parsed manifest (its scalar fields already checked by :func:`check_fields`, its
+            table sizes by :func:`mixbits.export.bounds.check_counts`).
         path: the file, for messages.
-        group_blob: the file's ``group_bits`` tensor (absent: empty), which holds the bits of the
-            layers named in ``layer_groups``.
+        group_blob: the file's ``group_bits`` tensor (absent: empty; its dtype and shape already checked),
+            which holds the bits of the layers named in ``layer_groups``.
 
     Raises:
         MbitsFormatError: any field of the wrong type, out of bounds or inconsistent; a ``group_bits``
-            tensor of the wrong size, a structure code above 9 or a non-zero padding nibble.
+            tensor of the wrong size, a structure code above 9 or a non-zero padding nibble; a state-dict
+            key named twice, or a layer key that is not its own name's.
     """
     raw_layers, raw_floats = manifest.get("layers"), manifest.get("floats")
     if not isinstance(raw_layers, list) or not isinstance(raw_floats, list):
         raise corrupt(path, "the manifest lacks its 'layers' or 'floats' table")
     if manifest.get("layer_fields") != list(LAYER_FIELDS) or manifest.get("float_fields") != list(FLOAT_FIELDS):
         raise corrupt(path, f"the manifest's table columns are not {LAYER_FIELDS} and {FLOAT_FIELDS}")
-    layer_keys = manifest.get("layer_keys", {})
-    if not isinstance(layer_keys, dict):
-        raise corrupt(path, "bad layer_keys in the manifest")
-    channel_dims = manifest.get("layer_channel_dims", {})  # absent in files written before it existed
-    if not isinstance(channel_dims, dict):
-        raise corrupt(path, "bad layer_channel_dims in the manifest")
-    layer_groups = manifest.get("layer_groups", {})
-    if not isinstance(layer_groups, dict):
-        raise corrupt(path, "bad layer_groups in the manifest")
-    if layer_groups and manifest.get("format_version") == 2:
+    tables = {key: _table(manifest, key, path) for key in OPTIONAL_TABLES}
+    if tables["layer_groups"] and manifest.get("format_version") == 2:
         raise corrupt(path, "a version 2 manifest with layer_groups (structures are new in version 3)")
-    # the group codes: validated as a tensor first, then decoded per layer
-    if group_blob is None:
-        group_blob = torch.zeros(0, dtype=torch.uint8)
-    if group_blob.dtype != torch.uint8 or group_blob.dim() != 1:
-        raise corrupt(path, f"tensor 'group_bits' holds {group_blob.dtype} values of shape "
-                             f"{short_repr(list(group_blob.shape))}, not a 1-D uint8 tensor")
-    rows = []  # (name, kind, shape, bits, aliases, cdim, group size, structures), checked
-    for row in raw_layers:
-        if not isinstance(row, list) or len(row) not in (4, 5):
-            raise corrupt(path, f"bad layer row {short_repr(row)} in the manifest")
-        name, kind, shape, bits = _name(row[0], path, "layer name"), _name(row[1], path, "layer kind"), row[2], row[3]
-        grouped = name in layer_groups
-        if isinstance(bits, bool) or not isinstance(bits, int) or (
-                bits != GROUPED_ROW_BITS if grouped else bits not in VALID_BITS):
-            raise corrupt(path, f"layer {short_repr(name)} has bits {short_repr(bits)} in its row, but a layer with "
-                                 f"structures (named in layer_groups) has {GROUPED_ROW_BITS} there" if grouped else
-                           f"layer {short_repr(name)} has unsupported bits {short_repr(bits)}")
-        shape = _shape(shape, path, name)
-        cdim = channel_dims.get(name, 0)
-        if type(cdim) is not int or not 0 <= cdim < len(shape):
-            raise corrupt(path, f"layer {short_repr(name)} has a bad channel dimension {short_repr(cdim)} for "
-                                 f"shape {short_repr(list(shape))}")
-        group_size = _group_size(name, layer_groups[name], shape[cdim], path) if grouped else 0
-        count = -(-shape[cdim] // group_size) if grouped else 1  # ceil, exact for any size
-        rows.append((name, kind, shape, bits, _names(row[4], path, name) if len(row) == 5 else (), cdim, group_size,
-                     count))
-    # the structure codes: the tensor's size first (no allocation follows from a crafted count), then per layer
+    rows = [_layer_row(row, tables, path) for row in raw_layers]
+    layers = _with_group_bits(rows, group_blob if group_blob is not None else torch.zeros(0, dtype=torch.uint8),
+                              tables["layer_keys"], path)
+    names = [n for rec in layers for n in (rec.name,) + rec.aliases]
+    _once(names, path, "layer name")
+    for what in ("layer_channel_dims", "layer_groups", "layer_keys"):
+        unknown = set(tables[what]) - {rec.name for rec in layers}
+        if unknown:
+            raise corrupt(path, f"{what} names {short_repr(sorted(unknown))}, which are not layers")
+    for rec in layers:
+        _check_layer_keys(rec, path)
+    floats = _float_records(raw_floats, tables["float_aliases"], manifest.get("float_infinite", []), path)
+    _once([k for rec in layers for k in rec.state_keys] + [k for rec in floats for k in (rec.key,) + rec.aliases],
+          path, "state-dict key")
+    return tuple(layers), tuple(floats)
+
+
+OPTIONAL_TABLES = ("layer_keys", "layer_channel_dims", "layer_groups", "float_aliases")
+
+
+def _table(manifest: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    """An optional {name: value} table of the manifest (absent: empty)."""
+    table = manifest.get(key, {})
+    if not isinstance(table, dict):
+        raise corrupt(path, f"bad {key} in the manifest")
+    return table
+
+
+def _layer_row(row: Any, tables: dict[str, dict[str, Any]], path: str) -> tuple:
+    """One checked layer row: (name, kind, shape, bits, aliases, channel dim, group size, structures)."""
+    if not isinstance(row, list) or len(row) not in (4, 5):
+        raise corrupt(path, f"bad layer row {short_repr(row)} in the manifest")
+    name, kind, shape, bits = _name(row[0], path, "layer name"), _name(row[1], path, "layer kind"), row[2], row[3]
+    grouped = name in tables["layer_groups"]
+    if isinstance(bits, bool) or not isinstance(bits, int) or (
+            bits != GROUPED_ROW_BITS if grouped else bits not in VALID_BITS):
+        raise corrupt(path, f"layer {short_repr(name)} has bits {short_repr(bits)} in its row, but a layer with "
+                            f"structures (named in layer_groups) has {GROUPED_ROW_BITS} there" if grouped else
+                      f"layer {short_repr(name)} has unsupported bits {short_repr(bits)}")
+    shape = _shape(shape, path, name)
+    cdim = tables["layer_channel_dims"].get(name, 0)
+    if type(cdim) is not int or not 0 <= cdim < len(shape):
+        raise corrupt(path, f"layer {short_repr(name)} has a bad channel dimension {short_repr(cdim)} for "
+                            f"shape {short_repr(list(shape))}")
+    group_size = _group_size(name, tables["layer_groups"][name], shape[cdim], path) if grouped else 0
+    count = -(-shape[cdim] // group_size) if grouped else 1  # ceil, exact for any size
+    return (name, kind, shape, bits, _names(row[4], path, name) if len(row) == 5 else (), cdim, group_size, count)
+
+
+def _with_group_bits(rows: list[tuple], group_blob: torch.Tensor, layer_keys: dict[str, Any],
+                     path: str) -> list[LayerRecord]:
+    """The layer records, the bits of layers with structures decoded from ``group_bits``."""
+    # the tensor's size first (no allocation follows from a crafted count), then per layer
     need = sum((count + 1) // 2 for *_, group_size, count in rows if group_size)
     if group_blob.numel() != need:
         raise corrupt(path, f"tensor 'group_bits' holds {group_blob.numel()} uint8 values, the manifest needs {need}")
@@ -119,14 +135,32 @@ def parse_records(manifest: dict[str, Any], path: str, group_blob: torch.Tensor 
         layers.append(LayerRecord(name=name, aliases=layer_aliases, kind=kind, shape=shape, bits=bits,
                                   keys=_names(layer_keys.get(name, []), path, name), channel_dim=cdim,
                                   group_size=group_size))
-    names = {rec.name for rec in layers}
-    for what, table in (("layer_channel_dims", channel_dims), ("layer_groups", layer_groups)):
-        unknown = set(table) - names
-        if unknown:
-            raise corrupt(path, f"{what} names {short_repr(sorted(unknown))}, which are not layers")
-    aliases = manifest.get("float_aliases", {})
-    if not isinstance(aliases, dict):
-        raise corrupt(path, "bad float_aliases in the manifest")
+    return layers
+
+
+def _check_layer_keys(rec: LayerRecord, path: str) -> None:
+    """A layer's explicit state-dict keys: one per name, each that name's own (``<name>.weight`` or the name).
+
+    The exporter writes, for every use of a weight, its module's ``<module>.<parameter>`` key, and names the
+    use ``<module>`` for a ``weight`` and ``<module>.<parameter>`` otherwise; a key that is no name's of
+    its layer would hand this tensor to another record's key.
+    """
+    if not rec.keys:
+        return
+    names = (rec.name,) + rec.aliases
+    own = {n for n in names} | {weight_key(n) for n in names}
+    stray = [k for k in rec.keys if k not in own]
+    if stray or len(rec.keys) != len(names):
+        raise corrupt(path, f"layer {short_repr(rec.name)} has state-dict keys {short_repr(list(rec.keys))} in "
+                            f"layer_keys, but its {len(names)} name(s) {short_repr(list(names))} have one key each, "
+                            f"'<name>.weight' or the name itself")
+
+
+def _float_records(raw_floats: list[Any], aliases: dict[str, Any], infinite: Any, path: str) -> list[FloatRecord]:
+    """The float records of the ``floats`` table, their aliases, and which of them may hold infinities."""
+    if not isinstance(infinite, list) or not all(isinstance(k, str) for k in infinite):
+        raise corrupt(path, f"bad float_infinite {short_repr(infinite)} in the manifest (want a list of keys)")
+    declared = set(infinite)
     floats = []
     for row in raw_floats:
         if not isinstance(row, list) or len(row) != 3:
@@ -135,13 +169,25 @@ def parse_records(manifest: dict[str, Any], path: str, group_blob: torch.Tensor 
         names_, shape = _names(row[1], path, module), _shape(row[2], path, module, allow_empty=True)
         for name in names_:
             key = f"{module}.{name}" if module else name
-            floats.append(FloatRecord(key=key, shape=shape, aliases=_names(aliases.get(key, []), path, key)))
-    keys = [weight_key(n) for rec in layers for n in (rec.name,) + rec.aliases]
-    keys += [k for rec in floats for k in (rec.key,) + rec.aliases]
-    if len(set(keys)) != len(keys):
-        twice = sorted({k for k in keys if keys.count(k) > 1}) if len(keys) < 5000 else ["..."]
-        raise corrupt(path, f"the manifest names {short_repr(twice)} twice")
-    return tuple(layers), tuple(floats)
+            floats.append(FloatRecord(key=key, shape=shape, aliases=_names(aliases.get(key, []), path, key),
+                                      infinite=key in declared))
+    keys = {rec.key for rec in floats}
+    for what, table in (("float_aliases", aliases), ("float_infinite", declared)):
+        unknown = set(table) - keys
+        if unknown:
+            raise corrupt(path, f"{what} names {short_repr(sorted(unknown))}, which are not float tensors")
+    bn = [rec.key for rec in floats if rec.infinite and rec.bn_stat]
+    if bn:
+        raise corrupt(path, f"float_infinite names the BatchNorm statistics {short_repr(bn)}, which are finite")
+    return floats
+
+
+def _once(names: list[str], path: str, what: str) -> None:
+    """Raise if a name occurs twice (in linear time: the list may hold every key of the file)."""
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        twice = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+        raise corrupt(path, f"the manifest names the {what}s {short_repr(twice)} twice")
 
 
 def check_fields(manifest: dict[str, Any], path: str) -> None:

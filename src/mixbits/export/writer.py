@@ -13,7 +13,7 @@ from ..quant import HALF_BITS, INT_BITS, channels_first, weight_codes
 from ..runfiles import atomic_write
 from .group_codes import pack_group_bits
 from .layout import (BLOBS, CHECKSUM_KEY, FLOAT_FIELDS, FORMAT_VERSION, GROUPED_ROW_BITS, LAYER_FIELDS, METADATA_KEY,
-                     RECIPE_ALLOWANCE_BYTES, SCALE_DTYPE, checksum)
+                     RECIPE_ALLOWANCE_BYTES, SCALE_DTYPE, FLOAT16_MAX, checksum)
 from .pack import pack_codes
 from .records import FloatRecord, LayerRecord
 
@@ -62,7 +62,10 @@ def encode_tensors(layers: list[tuple[LayerRecord, torch.Tensor]],
         {blob name: 1-D tensor on the CPU}, empty blobs left out.
 
     Raises:
-        ValueError: a quantized layer with NaN or infinite weights, or a weight whose shape is not its record's.
+        ValueError: a quantized layer with NaN or infinite weights, or with 16-bit weights beyond float16's range;
+            a weight whose shape is not its record's; a float tensor holding NaN, infinities its record does
+            not declare (``FloatRecord.infinite``), or BatchNorm statistics that are not finite or a negative
+            variance. The reader rejects all of these, so a file never holds them.
     """
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in BLOBS}
     for rec, w in layers:
@@ -71,10 +74,29 @@ def encode_tensors(layers: list[tuple[LayerRecord, torch.Tensor]],
             raise ValueError(f"layer {rec.name!r}: weight of shape {tuple(w.shape)}, its record says {rec.shape}")
         if not bool(torch.isfinite(w).all()):
             raise ValueError(f"layer {rec.name!r} has NaN or infinite weights: nothing sensible to export")
+        halves = len(parts["half"])
         _encode_layer(rec, w, parts)
-    for _, t in floats:
-        parts["float"].append(t.detach().to("cpu", torch.float32).reshape(-1))
+        if not all(bool(torch.isfinite(h).all()) for h in parts["half"][halves:]):
+            raise ValueError(f"layer {rec.name!r} has weights beyond float16's range (+-{FLOAT16_MAX:g}) at 16 bits: "
+                             f"give it 32 bits (pins={{{rec.name!r}: 32}})")
+    for rec, t in floats:
+        t = t.detach().to("cpu", torch.float32).reshape(-1)
+        _check_float(rec, t)
+        parts["float"].append(t)
     return {name: torch.cat(ts).contiguous() for name, ts in parts.items() if ts}
+
+
+def _check_float(rec: FloatRecord, t: torch.Tensor) -> None:
+    """Raise ValueError for values of a float tensor that the reader refuses (see :func:`encode_tensors`)."""
+    if bool(torch.isnan(t).any()):
+        raise ValueError(f"float tensor {rec.key!r} holds NaN: nothing sensible to export")
+    if rec.bn_stat and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"BatchNorm statistics {rec.key!r} are not finite: recalibrate the model first")
+    if rec.bn_stat and rec.key.endswith("running_var") and bool((t < 0).any()):
+        raise ValueError(f"BatchNorm variance {rec.key!r} has negative values: recalibrate the model first")
+    if not rec.infinite and bool(torch.isinf(t).any()):
+        raise ValueError(f"float tensor {rec.key!r} holds infinities its record does not declare "
+                         f"(FloatRecord(infinite=True), as float_records sets it)")
 
 
 def write_mbits(path: str | Path, tensors: Mapping[str, torch.Tensor],
@@ -102,14 +124,17 @@ def write_mbits(path: str | Path, tensors: Mapping[str, torch.Tensor],
 def float_records(model: torch.nn.Module, skip: set[int]) -> list[tuple[FloatRecord, torch.Tensor]]:
     """The floating tensors of ``model``'s state dict but those in ``skip`` (by id), once each under all their keys.
 
-    Integer buffers (``num_batches_tracked``) and non-persistent buffers are not stored.
+    Integer buffers (``num_batches_tracked``) and non-persistent buffers are not stored. A tensor holding
+    +-inf (an attention mask kept as a buffer) is marked ``infinite``: the manifest lists it in
+    ``float_infinite``, the only place a file may hold infinities.
     """
     groups: dict[int, tuple[torch.Tensor, list[str]]] = {}
     for key, t in model.state_dict(keep_vars=True).items():
         if id(t) in skip or not t.is_floating_point():
             continue
         groups.setdefault(id(t), (t, []))[1].append(key)
-    return [(FloatRecord(key=keys[0], shape=tuple(t.shape), aliases=tuple(keys[1:])), t) for t, keys in groups.values()]
+    return [(FloatRecord(key=keys[0], shape=tuple(t.shape), aliases=tuple(keys[1:]),
+                         infinite=bool(torch.isinf(t.detach()).any())), t) for t, keys in groups.values()]
 
 
 def header_bytes_bound(layers: list[LayerRecord] | tuple[LayerRecord, ...],
@@ -184,5 +209,8 @@ def records_to_json(layers: tuple[LayerRecord, ...] | list[LayerRecord],
     sizes = {r.name: r.group_size for r in layers if r.grouped}
     if sizes:
         out["layer_groups"] = sizes
+    infinite = [rec.key for rec in floats if rec.infinite]
+    if infinite:
+        out["float_infinite"] = infinite
     return out
 
