@@ -17,6 +17,7 @@ dtype, shape and bytes, in the order below)::
      "layer_keys": {"lstm.weight_ih_l0": ["lstm.weight_ih_l0"]},  # only when not "<name>.weight" per name
      "layer_channel_dims": {"h.0.attn.c_attn": 1},       # only for layers whose scales are not along dim 0
      "layer_groups": {"features.3": 4},                  # only for layers with bits per structure
+     "float_infinite": ["h.0.attn.mask"],                # only for float tensors holding +-inf (masks)
      "promised_model_bits": 97760, "float_model_bits": 1881408}
 
 and at most five tensors, each the concatenation of its parts in manifest order:
@@ -62,12 +63,45 @@ stored, as the cost model does not count them. Reading never unpickles: the
 data are raw little-endian arrays and the manifest is JSON. The checksum is
 checked before the manifest is parsed, and every field is checked for type and
 bounds before anything is built: any damage is one :class:`MbitsFormatError`
-with a short message that names the file. (The checksum catches damage, not a
-forger who recomputes it: such a file is a valid file of another model.)
+with a short message that names the file.
+
+What a reader accepts. The checksum catches damage, not a forger who recomputes it, so
+the reader also refuses every value the exporter cannot write; a forged file that passes
+is then a file the exporter could have written for another model (a model with
+channels, names or statistics swapped: no check can tell it from an export). In order:
+
+* the tensor table: each tensor one of the five above, of its dtype and 1-D, before the
+  checksum reads its bytes;
+* work bounds (:mod:`.bounds`): at most :data:`~.layout.MAX_TENSORS` (32,768) state-dict keys;
+  the manifest's strings and elements are counted before it is parsed, its tables before
+  any record is built, and each quantized layer needs at least 2 bytes of data. Reading or
+  refusing a file under 16 MB takes well under a second;
+* keys: layer names are unique, every state-dict key names one tensor, and a layer's
+  ``layer_keys`` entries are its own names' (``<name>.weight`` or the name), one per name;
+  ``layer_keys``, ``layer_channel_dims``, ``layer_groups``, ``float_aliases`` and
+  ``float_infinite`` name only existing layers or float tensors;
+* values (:mod:`.values`): every scale in ``[2**-14, 60000]``, the range ``quant.weight_scale``
+  clamps to (finite, positive); 16-bit and 32-bit weights finite (the exporter refuses
+  non-finite weights and 16-bit weights beyond float16's range); no NaN anywhere;
+  BatchNorm ``running_mean``/``running_var`` (by key) finite and the variance not negative;
+  +-inf only in the float tensors ``float_infinite`` lists. Decision: a buffer may
+  legitimately hold -inf (an attention mask), so the exporter declares every float tensor
+  that holds an infinity and the reader refuses infinities anywhere else; NaN is never
+  legitimate, so the exporter refuses to write it;
+* structure codes: each in 0..9 with a zero padding nibble, and the group blob as large as
+  the structures need; the runs then must fill the blobs exactly. Swapping the codes of two
+  structures of equal size is a channel permutation (a valid file of another model);
+* on decoding, each 2..8-bit channel's largest |code| is its bitwidth's ``qmax`` (one less
+  is allowed for weights below float32 precision) unless its scale sits at a clamp, as
+  ``quant.weight_codes`` makes it: codes that do not belong to their scales are refused.
+
+Names and kinds are any strings; whatever prints them (``mixbits inspect``, error messages)
+escapes control characters, bidi overrides and lone surrogates (:func:`mixbits.safetext.printable`).
 
 The code is split by concept: :mod:`.layout` (constants, error, checksum), :mod:`.records`
 (the dataclasses), :mod:`.group_codes` (the 4-bit structure codes), :mod:`.writer`,
-:mod:`.reader`, :mod:`.validate` and :mod:`.decode`. This module re-exports their public names.
+:mod:`.reader`, :mod:`.bounds`, :mod:`.validate`, :mod:`.values` and :mod:`.decode`. This module
+re-exports their public names.
 """
 
 from __future__ import annotations

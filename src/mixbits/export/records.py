@@ -97,8 +97,15 @@ class LayerRecord(Structures):
         return np.repeat(np.asarray(self.group_bits, dtype=np.int64), self.group_channels)
 
     @property
+    def grouped(self) -> bool:
+        """Whether the weight has bits per structure: a group size, which is below the channels (checked)."""
+        return self.group_size != 0  # what Structures.grouped computes, without listing the structures
+
+    @property
     def bits_channels(self) -> dict[int, int]:
         """{bits: output channels at those bits}, in ascending bits: the runs the file stores."""
+        if not self.group_size:
+            return {self.bits: self.num_channels}  # type: ignore[dict-item]
         counts: dict[int, int] = {}
         for b, c in zip(self.group_bits, self.group_channels):
             counts[b] = counts.get(b, 0) + c

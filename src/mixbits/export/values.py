@@ -72,11 +72,11 @@ def check_values(layers: Sequence[LayerRecord], floats: Sequence[FloatRecord], b
         if not (rec.bn_stat or check_inf):
             continue
         t = rest[start:cursor]
+        if rec.bn_stat and not bool(torch.isfinite(t).all()):
+            raise corrupt(path, f"BatchNorm statistics {short_repr(rec.key)} are not finite")
         if check_inf and not rec.infinite and bool(torch.isinf(t).any()):
             raise corrupt(path, f"float tensor {short_repr(rec.key)} holds infinities the manifest does not declare "
                                 f"in float_infinite")
-        if rec.bn_stat and not bool(torch.isfinite(t).all()):
-            raise corrupt(path, f"BatchNorm statistics {short_repr(rec.key)} are not finite")
         if rec.bn_stat and rec.key.endswith("running_var") and bool((t < 0).any()):
             raise corrupt(path, f"BatchNorm variance {short_repr(rec.key)} has a negative value "
                                 f"{float(t[_first_bad(t < 0)])!r}")
