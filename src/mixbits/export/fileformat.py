@@ -72,7 +72,7 @@ channels, names or statistics swapped: no check can tell it from an export). In 
 
 * the tensor table: each tensor one of the five above, of its dtype and 1-D, before the
   checksum reads its bytes;
-* work bounds (:mod:`.bounds`): at most :data:`~.layout.MAX_TENSORS` (32,768) state-dict keys;
+* work bounds (:mod:`.bounds`): at most :data:`~.layout.MAX_TENSORS` (16,384) state-dict keys;
   the manifest's strings and elements are counted before it is parsed, its tables before
   any record is built, and each quantized layer needs at least 2 bytes of data. Reading or
   refusing a file under 16 MB takes well under a second;

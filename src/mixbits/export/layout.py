@@ -23,7 +23,7 @@ MAX_HEADER_BYTES = 16 << 20  # a ResNet-20's header is 3 KB; this bounds what is
 MAX_NAME_CHARS = 1024  # a module or state-dict key
 MAX_DIMS = 8
 MAX_DIM = 1 << 40
-MAX_TENSORS = 1 << 15  # state-dict keys a file may name (layers, floats, aliases): bounds the work to read one
+MAX_TENSORS = 1 << 14  # state-dict keys a file may name (layers, floats, aliases): bounds the work to read one
 SCALE_RANGE = (2.0 ** -14, 60000.0)  # where mixbits.quant.weight_scale clamps every 1..8-bit scale
 FLOAT16_MAX = 65504.0  # the largest finite float16: 16-bit weights beyond it would be stored as inf
 BN_STATS = ("running_mean", "running_var")  # BatchNorm statistics: finite, and the variance not negative
@@ -64,7 +64,9 @@ def corrupt(path: str, why: str) -> MbitsFormatError:
 
 def checksum(manifest_text: str, tensors: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 (hex) of the manifest text, then of each tensor's name, dtype, shape and bytes in blob order."""
-    h = hashlib.sha256(manifest_text.encode("utf-8"))
+    h = hashlib.sha256()
+    for start in range(0, len(manifest_text), 1 << 20):  # in slices: no second copy of a large manifest
+        h.update(manifest_text[start:start + (1 << 20)].encode("utf-8"))
     for name in BLOBS:
         if name in tensors:
             t = tensors[name].contiguous()

@@ -53,17 +53,18 @@ def read_mbits(path: str | Path) -> MbitsFile:
                 else f"only {len(data)} bytes, fewer than a length prefix")
         raise corrupt(path, f"truncated or corrupted ({what}; a .mbits file starts with the 8-byte length of its "
                             f"header: is it a file written by mixbits export?)")
-    header = _json(data[8:8 + header_len], path, "the safetensors header")
+    try:  # decoded straight from the buffer: no copy of the header's bytes next to the text
+        header_text = str(memoryview(data)[8:8 + header_len], "utf-8")
+    except UnicodeDecodeError as exc:
+        raise corrupt(path, f"the safetensors header is not valid JSON ({str(exc)[:100]})") from None
+    header = _json(header_text, path, "the safetensors header")
+    del header_text
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or METADATA_KEY not in meta:
         raise corrupt(path, "a safetensors file without a mixbits manifest (was it written by mixbits export?)")
     text, digest = meta[METADATA_KEY], meta.get(CHECKSUM_KEY)
     if not isinstance(text, str):
         raise corrupt(path, "the manifest is not a string")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise corrupt(path, "the manifest holds a lone surrogate (\\ud800-\\udfff), which no text encodes") from None
     try:
         tensors = load(data)
     except Exception as exc:  # SafetensorError: bad length prefix, broken header, truncated data
@@ -74,7 +75,11 @@ def read_mbits(path: str | Path) -> MbitsFile:
         if version is not None and version < min(READ_VERSIONS):
             check_fields({"format_version": version}, path)
         raise corrupt(path, f"it lacks its checksum ({CHECKSUM_KEY})")
-    if digest != checksum(text, tensors):
+    try:
+        expected_digest = checksum(text, tensors)
+    except UnicodeEncodeError:
+        raise corrupt(path, "the manifest holds a lone surrogate (\\ud800-\\udfff), which no text encodes") from None
+    if digest != expected_digest:
         raise corrupt(path, "checksum mismatch: the manifest or the data are corrupted")
     check_text_size(text, path)
     manifest = _json(text, path, "the manifest")

@@ -142,9 +142,8 @@ class LayerRecord(Structures):
     @property
     def stored_bytes(self) -> int:
         """Bytes this weight takes in the file: codes and scales or half/float values, and structure codes."""
-        return sum(run_elements(self, b, c)[blob] * ITEM_BYTES[blob]
-                   for b, c in self.bits_channels.items() for blob in ("codes", "scales", "half", "float")
-                   ) + self.index_bytes
+        runs = [run_elements(self, b, c) for b, c in self.bits_channels.items()]  # codes, scales, half, float
+        return sum(n * ITEM_BYTES[blob] for run in runs for blob, n in run.items()) + self.index_bytes
 
 
 ITEM_BYTES = {"codes": 1, "scales": 2, "half": 2, "float": 4, "group_bits": 1}
