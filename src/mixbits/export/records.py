@@ -7,6 +7,7 @@ and writing live in :mod:`.reader`, :mod:`.validate` and :mod:`.writer`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Union
 
 import numpy as np
@@ -124,8 +125,9 @@ class LayerRecord(Structures):
     def default_keys(self) -> bool:
         return self.state_keys == tuple(weight_key(n) for n in (self.name,) + self.aliases)
 
-    @property
+    @cached_property
     def num_weights(self) -> int:
+        """Weights of the layer (computed once: read often while a file is checked)."""
         return numel(self.shape)
 
     @property
@@ -135,6 +137,8 @@ class LayerRecord(Structures):
     @property
     def average_bits(self) -> float:
         """Code bits per weight (scales and structure codes not included): the weight-weighted mean bitwidth."""
+        if not self.group_size:
+            return float(self.bits)  # type: ignore[arg-type]
         per = self.weights_per_channel
         total = sum(b * c * per for b, c in self.bits_channels.items())
         return total / self.num_weights if self.num_weights else 0.0
@@ -212,6 +216,14 @@ def expected_blob_sizes(layers: tuple[LayerRecord, ...], floats: tuple[FloatReco
     """Number of elements of each blob implied by the records."""
     sizes = {name: 0 for name in BLOBS}
     for layer in layers:
+        if not layer.group_size:  # one run: the common case, without the per-run tables
+            b, n = layer.bits, layer.num_weights
+            if b in INT_BITS:
+                sizes["codes"] += packed_nbytes(n, b)  # type: ignore[arg-type]
+                sizes["scales"] += layer.num_channels
+            else:
+                sizes["half" if b == HALF_BITS else "float"] += n
+            continue
         for b, c in layer.bits_channels.items():
             for blob, n in run_elements(layer, b, c).items():
                 sizes[blob] += n
