@@ -29,14 +29,17 @@ def _json(raw: bytes | str, path: str, what: str) -> Any:
 def read_mbits(path: str | Path) -> MbitsFile:
     """Read and validate a ``.mbits`` file (version 2 or 3) without building any model and without unpickling.
 
-    The checksum is verified before the manifest is parsed; the manifest is then checked
-    field by field (types, bounds, consistency with the tensors), and the per-structure
-    bits of layers with structures are decoded from ``group_bits``.
+    In order: the tensor table (names, dtypes, 1-D) before anything reads the tensors; the
+    checksum before the manifest is parsed; the manifest's size (:mod:`.bounds`) before it is
+    parsed and its tables' sizes before any record is built; every field (types, bounds, the
+    key map, consistency with the tensors, :mod:`.validate`), the per-structure bits decoded
+    from ``group_bits``; then the values (:mod:`.values`): only numbers the exporter writes.
 
     Raises:
         FileNotFoundError: no such file.
-        MbitsFormatError: (a ValueError) a truncated, corrupted or inconsistent file, a safetensors
-            file that is not a mixbits export, or a format version this mixbits does not read.
+        MbitsFormatError: (a ValueError) an empty, truncated, corrupted or inconsistent file, a
+            safetensors file that is not a mixbits export, a format version this mixbits does not
+            read, or values the exporter never writes.
     """
     from safetensors.torch import load
 
