@@ -10,7 +10,7 @@ import torch
 
 from mixbits import export_model, load
 from mixbits.export import FORMAT_VERSION, CodeNotTrustedError, MbitsFormatError, describe, read_mbits
-from mixbits.export import fileformat
+from mixbits.export import fileformat, writer
 
 from ._export_nets import TinyResNet, prepared
 
@@ -50,7 +50,14 @@ def test_good_file_reads(good):
     assert f.file_bytes == good.stat().st_size
 
 
-@pytest.mark.parametrize("keep", [0, 5, 8, 100, -1, -7])
+def test_empty_file_says_so(tmp_path):
+    (tmp_path / "empty.mbits").write_bytes(b"")
+    with pytest.raises(MbitsFormatError, match=r"is not a valid \.mbits file: the file is empty \(0 bytes\); "
+                                               r"export the model again"):
+        read_mbits(tmp_path / "empty.mbits")
+
+
+@pytest.mark.parametrize("keep", [5, 8, 100, -1, -7])
 def test_truncated(good, tmp_path, keep):
     data = good.read_bytes()
     bad = tmp_path / "cut.mbits"
@@ -236,7 +243,7 @@ def test_interrupted_write_leaves_the_old_file(good, tmp_path, monkeypatch):
     def interrupted(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fileformat.os, "fsync", interrupted)
+    monkeypatch.setattr(writer.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_model(model, space, good)
     assert good.read_bytes() == before  # the previous export is intact

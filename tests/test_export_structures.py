@@ -20,7 +20,7 @@ from torch import nn
 from mixbits import PrepareConfig, export_model, load, prepare_
 from mixbits.cost import LayerInfo
 from mixbits.export import MbitsFormatError, describe, read_mbits, size_bound_bytes
-from mixbits.export import fileformat
+from mixbits.export import fileformat, records
 from mixbits.export.fileformat import (FloatRecord, LayerRecord, decode_state_dict, encode_tensors, pack_group_bits,
                                        unpack_group_bits, write_mbits)
 from mixbits.export.pack import pack_codes, packed_nbytes
@@ -145,7 +145,7 @@ def test_round_trip_every_bitwidth_in_one_layer():
     f = fileformat.MbitsFile(path="mem", manifest={}, layers=(rec,), floats=(),
                              blobs={n: blobs.get(n, torch.zeros(0, dtype=d)) for n, d in fileformat.BLOBS.items()},
                              file_bytes=0, header_bytes=0)
-    assert {n: t.numel() for n, t in blobs.items()} == fileformat._expected_blob_sizes((rec,), ())  # minus empty ones
+    assert {n: t.numel() for n, t in blobs.items()} == records.expected_blob_sizes((rec,), ())  # minus empty ones
     out = decode_state_dict(f)["x.weight"]
     for s, b in enumerate(bits):
         assert torch.equal(out[2 * s:2 * s + 2], quantize_hard(w, b)[2 * s:2 * s + 2]), b

@@ -15,6 +15,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from . import __version__
+from .safetext import printable
 
 __all__ = ["main"]
 
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args._run(args)
     except (ValueError, OSError, NonFiniteLossError, ImportError) as exc:
-        print(f"mixbits {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mixbits {args.command}: error: {printable(str(exc), keep=chr(10))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # A new line: the interrupt usually lands in the middle of a progress bar.

@@ -38,6 +38,8 @@ from torch import nn
 from .bitspace import BitSpace
 from .budget import budget_bits, reachable_range
 from .cost import CostModel, LayerInfo
+from .export.records import LayerRecord
+from .export.writer import float_records, header_bytes_bound
 from .granularity import Granularity, parse_granularity
 from .mixture import Decision
 from .quant import FLOAT_BITS, check_bits
@@ -149,8 +151,6 @@ def _float_rest_bits(model: nn.Module, quantized_ids: set[int]) -> int:
 
 def _file_overhead_bits(model: nn.Module, layers: list[LayerInfo], quantized_ids: set[int], rest_bits: int) -> int:
     """Upper bound on the header of the model's ``.mbits`` file plus the byte padding of its codes, bits."""
-    from .export.fileformat import LayerRecord, float_records, header_bytes_bound  # export imports this module
-
     records = [LayerRecord(name=i.name, aliases=i.aliases, kind=i.kind, shape=i.shape, bits=32, keys=i.state_keys,
                            channel_dim=i.channel_dim, group_size=i.group_size) for i in layers]
     floats = [rec for rec, _ in float_records(model, quantized_ids)]

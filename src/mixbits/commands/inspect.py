@@ -1,5 +1,9 @@
 """``mixbits inspect``: per-layer bits, sizes and totals of a ``.mbits`` file, without building the model.
 
+Names, kinds and the recipe come from the file: they are printed through :func:`mixbits.safetext.printable`
+(control characters, bidi overrides and lone surrogates escaped), and ``--json`` escapes all non-ASCII.
+A bad file is one line of the library's error (exit status 2, no traceback).
+
 A layer with bits per structure shows a summary of its structures' bits, its group size and its
 number of structures; ``--json`` prints :func:`mixbits.export.describe`'s dict (every structure's bits).
 """
@@ -11,6 +15,8 @@ import json
 import os
 import sys
 from collections import Counter
+
+from ..safetext import printable
 
 NAME = "inspect"
 HELP = "show the per-layer bits, sizes and totals of a .mbits file (checks it, builds no model)"
@@ -38,20 +44,20 @@ def format_summary(info: dict) -> str:
     grouped = any(isinstance(r["bits"], list) for r in info["layers"])
     rows = [("layer", "kind", "shape", "bits") + (("group_size", "structures") if grouped else ()) + ("bytes",)]
     for r in info["layers"]:
-        name = r["name"] + (f" (= {', '.join(r['aliases'])})" if r["aliases"] else "")
+        name = printable(r["name"]) + (f" (= {', '.join(printable(a) for a in r['aliases'])})" if r["aliases"] else "")
         shape = "x".join(str(s) for s in r["shape"]) + (f" (scales along dim {r['channel_dim']})"
                                                          if r.get("channel_dim") else "")
         structure = ((str(r["group_size"]) if r.get("group_size") else "-", str(r.get("structures", 1)))
                      if grouped else ())
-        rows.append((name, r["kind"], shape, bits_text(r)) + structure + (f"{r['stored_bytes']:,}",))
+        rows.append((name, printable(r["kind"]), shape, bits_text(r)) + structure + (f"{r['stored_bytes']:,}",))
     left = 4 if grouped else 3  # columns written left-aligned; numbers are right-aligned
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
              for row in rows]
     t = info["totals"]
     model = info["model"] or {}
-    recipe = (f"zoo {model['zoo']}" if "zoo" in model else f"import {model['import']}" if "import" in model
-              else "none (load with model=...)")
+    recipe = (f"zoo {printable(model['zoo'])}" if "zoo" in model else f"import {printable(model['import'])}"
+              if "import" in model else "none (load with model=...)")
     totals = [
         ("format version", str(info["format_version"])),
         ("model", f"{recipe} {json.dumps(model.get('kwargs', {}))}" if model else recipe),

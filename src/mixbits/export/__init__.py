@@ -3,7 +3,16 @@
 Module map:
 
 - ``pack``         bit packing of integer codes at exactly 1..8 bits (pure array math).
-- ``fileformat``   the ``.mbits`` layout (safetensors + JSON manifest): write, read, validate, decode.
+- ``fileformat``   the ``.mbits`` layout documented (safetensors + JSON manifest); re-exports the modules below.
+- ``layout``       its constants, ``MbitsFormatError`` and the checksum.
+- ``records``      ``LayerRecord``, ``FloatRecord``, ``MbitsFile``: what a file holds, as data.
+- ``group_codes``  the 4-bit per-structure bitwidth codes.
+- ``writer``       weights -> blobs and manifest tables -> an atomically written file.
+- ``reader``       file -> checksum -> manifest -> ``MbitsFile`` (``read_mbits``).
+- ``bounds``       the manifest's size checked against the file before anything is built.
+- ``validate``     every manifest field checked: types, bounds, consistency, one key per tensor.
+- ``values``       only values the exporter writes: scales in range, finite weights, sane BatchNorm statistics.
+- ``decode``       ``MbitsFile`` -> float state dict.
 - ``exporter``     ``export_model(model, space, path)``: a prepared model at fixed bits -> file; size check.
 - ``loader``       ``load(path, model=None, trust_code=False)``: file -> plain nn.Module; runs no code the file names.
 - ``run_export``   rebuild a run folder's fine-tuned model and export it (``mixbits export``).
@@ -11,12 +20,36 @@ Module map:
 - ``summary``      ``describe(path)``: per-layer bits and sizes (``mixbits inspect``).
 """
 
-from .exporter import ExportResult, export_model, model_source, size_bound_bytes
-from .fileformat import FORMAT_VERSION, MbitsFile, MbitsFormatError, read_mbits
-from .loader import CodeNotTrustedError, build_model, load
-from .onnx_export import compare_onnx, export_onnx, onnx_bits, onnx_max_abs_diff
-from .run_export import RunModel, export_run, load_run_model, run_test_loader
-from .summary import describe
+import importlib
+from typing import Any
+
+# Public names resolve on first use (PEP 562), so the modules below the model surgery (records, writer:
+# the header bound that mixbits.space needs) import without pulling in the exporter, which imports space.
+_LAZY = {
+    "ExportResult": "exporter", "export_model": "exporter", "model_source": "exporter", "size_bound_bytes": "exporter",
+    "FORMAT_VERSION": "fileformat", "MbitsFile": "fileformat", "MbitsFormatError": "fileformat",
+    "read_mbits": "fileformat",
+    "CodeNotTrustedError": "loader", "build_model": "loader", "load": "loader",
+    "compare_onnx": "onnx_export", "export_onnx": "onnx_export", "onnx_bits": "onnx_export",
+    "onnx_max_abs_diff": "onnx_export",
+    "RunModel": "run_export", "export_run": "run_export", "load_run_model": "run_export",
+    "run_test_loader": "run_export",
+    "describe": "summary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "FORMAT_VERSION", "CodeNotTrustedError", "ExportResult", "MbitsFile", "MbitsFormatError", "RunModel", "build_model", "compare_onnx", "describe",

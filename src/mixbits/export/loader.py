@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..safetext import printable
 from ..targets import DECISIONS_ATTR
 from .fileformat import MbitsFile, MbitsFormatError, decode_state_dict, path_repr, read_mbits, short_repr
 
@@ -111,17 +112,25 @@ def build_model(source: Any, *, path: str = "the file", trust_code: bool = False
     return model
 
 
-def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+def _record_shapes(f: MbitsFile) -> dict[str, tuple[int, ...]]:
+    """{state-dict key: shape} of every tensor the file holds, from its records (nothing decoded)."""
+    shapes = {key: rec.shape for rec in f.layers for key in rec.state_keys}
+    shapes.update({key: rec.shape for rec in f.floats for key in (rec.key,) + rec.aliases})
+    return shapes
+
+
+def _check_fits(model: nn.Module, shapes: dict[str, tuple[int, ...]], path: str) -> None:
     """Raise an MbitsFormatError naming the keys or shapes where the file and the model disagree."""
     target = model.state_dict()
-    unknown = [k for k in state if k not in target]
-    missing = [k for k, v in target.items() if v.is_floating_point() and k not in state]
-    wrong = [f"{k} (file {tuple(state[k].shape)}, model {tuple(target[k].shape)})"
-             for k in state if k in target and tuple(state[k].shape) != tuple(target[k].shape)]
+    unknown = [k for k in shapes if k not in target]
+    missing = [k for k, v in target.items() if v.is_floating_point() and k not in shapes]
+    wrong = [f"{k} (file {tuple(shapes[k])}, model {tuple(target[k].shape)})"
+             for k in shapes if k in target and tuple(shapes[k]) != tuple(target[k].shape)]
     problems = []
     for what, keys in (("the model has no", unknown), ("the file has no", missing), ("shapes differ for", wrong)):
         if keys:
-            problems.append(f"{what} {', '.join(k[:120] for k in keys[:3])}" + (" ..." if len(keys) > 3 else ""))
+            problems.append(f"{what} {', '.join(printable(k[:120]) for k in keys[:3])}"
+                            + (" ..." if len(keys) > 3 else ""))
     if problems:
         raise MbitsFormatError(f"{path} does not match the model: " + "; ".join(problems))
 
@@ -156,13 +165,14 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
     if model is not None and any(hasattr(m, DECISIONS_ATTR) for m in model.modules()):
         raise ValueError("model is prepared (mixbits.prepare_): pass a plain instance of the architecture, "
                          "or call mixbits.unprepare_(model) first")
-    state = decode_state_dict(f)
+    shapes = _record_shapes(f)  # keys and shapes are checked before anything is decoded or allocated
     if model is None:
         recipe = f.manifest.get("model")
         if not trust_code:  # shapes first, on the meta device: a crafted width allocates nothing
-            _check_fits(build_model(recipe, path=where, device="meta"), state, where)
+            _check_fits(build_model(recipe, path=where, device="meta"), shapes, where)
         model = build_model(recipe, path=where, trust_code=trust_code)
-    _check_fits(model, state, where)
+    _check_fits(model, shapes, where)
+    state = decode_state_dict(f)
     on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
     # strict=False only for the integer buffers not stored. A model built on the meta device has no storage
     # to copy into: the file's tensors are assigned instead.

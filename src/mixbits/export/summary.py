@@ -34,7 +34,7 @@ def describe(path: str | Path | MbitsFile) -> dict[str, Any]:
              "channel_dim": rec.channel_dim, "weights": rec.num_weights,
              "bits": list(rec.group_bits) if rec.grouped else rec.bits,
              "group_size": rec.group_size if rec.grouped else 0, "structures": rec.num_groups,
-             "structure_bits": dict(sorted(Counter(rec.group_bits).items())),
+             "structure_bits": dict(sorted(Counter(rec.group_bits).items())) if rec.grouped else {rec.bits: 1},
              "average_bits": rec.average_bits, "stored_bytes": rec.stored_bytes} for rec in f.layers]
     quantized_bytes = sum(r["stored_bytes"] for r in rows)
     num_weights = sum(r["weights"] for r in rows)
