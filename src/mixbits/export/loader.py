@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..targets import DECISIONS_ATTR
+from ..parametrized import fold_for_keys_
+from ..targets import DECISIONS_ATTR, unwrap_compiled
 from .fileformat import MbitsFile, MbitsFormatError, decode_state_dict, path_repr, read_mbits, short_repr
 
 __all__ = ["load", "build_model", "CodeNotTrustedError"]
@@ -131,7 +132,9 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
 
     Args:
         path: the file (or an already read :class:`MbitsFile`).
-        model: a plain (not prepared) instance of the architecture to fill in place;
+        model: a plain (not prepared) instance of the architecture to fill in place (a
+            ``torch.compile``'d one is filled through the module it wraps; weight_norm/spectral_norm
+            parametrizations of the weights the file stores are folded into plain parameters);
             default: built (on the CPU) from the manifest's recipe.
         trust_code: let the manifest's recipe import and call code (``import`` recipes,
             ``torchvision:``/``timm:``/``package.module:function`` zoo names). Off by default:
@@ -157,11 +160,16 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
         raise ValueError("model is prepared (mixbits.prepare_): pass a plain instance of the architecture, "
                          "or call mixbits.unprepare_(model) first")
     state = decode_state_dict(f)
+    given = model
     if model is None:
         recipe = f.manifest.get("model")
         if not trust_code:  # shapes first, on the meta device: a crafted width allocates nothing
-            _check_fits(build_model(recipe, path=where, device="meta"), state, where)
-        model = build_model(recipe, path=where, trust_code=trust_code)
+            meta = build_model(recipe, path=where, device="meta")
+            fold_for_keys_(meta, state)
+            _check_fits(meta, state, where)
+        model = given = build_model(recipe, path=where, trust_code=trust_code)
+    model = unwrap_compiled(model)  # a torch.compile'd model is filled through the module it wraps
+    fold_for_keys_(model, state)  # weight_norm / spectral_norm weights are stored folded (mixbits.parametrized)
     _check_fits(model, state, where)
     model.load_state_dict(state, strict=False)  # strict=False only for the integer buffers not stored
-    return model.eval()
+    return given.eval()
