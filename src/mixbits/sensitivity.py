@@ -23,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .bitspace import BitSpace
 from .quant import quantize_hard
+from .targets import unwrap_compiled
 
 __all__ = ["LossFn", "hutchinson_traces", "fisher_traces", "hessian_sensitivity", "sensitivity"]
 
@@ -172,6 +173,7 @@ def sensitivity(model: nn.Module, space: BitSpace, loader: Iterable, *, seed: in
     traced too: gradients are enabled on them while the traces are estimated, and turned off again.
     """
     loss_fn = loss_fn or F.cross_entropy
+    model = unwrap_compiled(model)  # compiled graphs have no double backward; the module computes the same
     weights = {layer.name: space.float_weight(layer.name) for layer in space.layers}
     frozen = [w for w in dict.fromkeys(weights.values()) if not w.requires_grad]
     per_channel = ({layer.name: layer.channel_dim for layer in space.layers if layer.grouped}
