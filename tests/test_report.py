@@ -53,3 +53,15 @@ def test_bits_per_structure_are_summarised_in_rows_table_and_markdown():
     assert "1-8 ~3.00 (4 x 8ch)" in row and len(row) == len(header)
     assert "bits per structure from a to b" in table
     assert "| `encoder` | Linear | 2048 | 1-8 ~3.00 (4 x 8ch) |" in to_markdown(report)
+
+
+def test_report_names_a_whole_model_target():
+
+
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    space = prepare_(model)
+    bits = {n: 4 for n in space.names}
+    report = build_report(space, bits, target="4x:model", budget_bits=space.cost.quantized_bits(bits))
+    text = format_table(report)
+    assert "4x:model (the whole model, float tensors included;" in text
+    assert "whole-model compression" in text and "weight compression" in text

@@ -99,7 +99,8 @@ def _total_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
             " (warning: more than a quarter of the parameters stay float)" if share < 0.75 else "")))
     target_bytes = _target_bytes(report)
     if "target" in report:
-        whole = "the whole .mbits file, header included; " if target_bytes is not None else ""
+        whole = ("the whole .mbits file, header included; " if target_bytes is not None
+                 else "the whole model, float tensors included; " if _scope(report) == "model" else "")
         lines.append(("target", f"{report['target']} ({whole}budget {_kib(report['budget_bits'])} for quantized "
                                 f"weights, {100 * t['quantized_bits'] / report['budget_bits']:.1f}% used)"))
     if "packed_file" in report:
@@ -116,6 +117,14 @@ def _total_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         if key in report:
             lines.append((label, _pct(report[key])))
     return lines
+
+
+def _scope(report: Mapping[str, Any]) -> str | None:
+    """What the report's target binds: ``"weights"`` or ``"model"`` (None without a readable target)."""
+    try:
+        return parse_target(report["target"]).scope
+    except (KeyError, ValueError):
+        return None
 
 
 def _target_bytes(report: Mapping[str, Any]) -> float | None:

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_config(SweepConfig, args, skip=set())
 
     def show(row: dict) -> None:
-        print(f"{row['method']:>12} {row['target']:>6} seed {row['seed']}: {row['weight_compression']:6.2f}x  "
+        print(f"{row['method']:>12} {row['target']:>6} seed {row['seed']}: {row['weight_compression']:6.2f}x weights, "
+              f"{row['model_compression']:6.2f}x model  "
               f"{row['average_bits']:.3f} bits  test {100 * row['test_accuracy']:.2f}%  "
               f"(search {row['search_seconds']:.1f} s, fine-tune {row['finetune_seconds']:.1f} s)", flush=True)
 
