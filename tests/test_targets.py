@@ -479,12 +479,16 @@ def test_writes_through_a_prepared_weight_reach_the_float_parameter():
     assert torch.equal(p.detach(), torch.zeros_like(w0))
     lin.weight.requires_grad_(False)
     assert not p.requires_grad
-    lin.weight = nn.Parameter(w0.clone())  # replaces the float Parameter, as on a float layer
+    lin.weight = nn.Parameter(w0.clone())  # (requires grad)  # replaces the float Parameter, as on a float layer
     assert lin._parameters["weight"] is not p and torch.equal(lin._parameters["weight"], w0)
     assert torch.equal(lin.weight, quantize_hard(w0, 4))  # and the layer quantizes the new one
-    # reads compute with the quantized values and return plain tensors
+    with pytest.raises(ValueError, match="shape"):
+        lin.weight = nn.Parameter(torch.zeros(2, 4))
+    # reads compute with the quantized values and return plain tensors; .grad is the float Parameter's
     y = lin(torch.ones(1, 4))
     assert type(y) is torch.Tensor
+    y.sum().backward()
+    assert lin.weight.grad is lin._parameters["weight"].grad and lin.weight.grad is not None
 
 
 def test_peft_lora_base_quantized_adapters_float_and_merge_adapter():
@@ -567,3 +571,17 @@ def test_compiled_prepared_model_does_not_recompile_while_logits_temperature_and
     space.fix_({"0": 2, "3": 8, "5": 32})
     steps(2, 1.0)
     assert counters["frames"]["total"] == frames
+
+
+def test_conv_transpose_bits_per_channel_export_and_load(tmp_path):
+    torch.manual_seed(0)
+    m = Autoencoder()
+    space = prepare_(m, PrepareConfig(granularity="channel"))
+    dec = next(layer for layer in space.layers if layer.name == "dec")
+    assert dec.grouped and dec.num_channels == 4 and dec.channel_dim == 1
+    bits = {layer.name: (tuple([2, 4, 8, 32] * 8)[:layer.num_groups] if layer.grouped else 8) for layer in space.layers}
+    space.fix_(bits)
+    x = torch.randn(3, 1, 8, 8)
+    out = m.eval()(x)
+    export_model(m, space, tmp_path / "ae.mbits")
+    assert torch.equal(mixbits.load(tmp_path / "ae.mbits", Autoencoder())(x), out)

@@ -406,7 +406,7 @@ def _epoch_record(run: _Run, epoch: int, sums: dict, done_tr: int, done_ho: int,
     return {
         "epoch": epoch + 1,
         "loss": sums["loss"] / max(done_tr, 1),
-        "train_accuracy": sums["correct"] / max(sums["seen"], 1),
+        "train_accuracy": sums["correct"] / sums["seen"] if sums["seen"] else None,  # None: no class labels
         "held_out_loss": sums["held_loss"] / done_ho if done_ho else None,
         "expected_quantized_bits": exp_bits,
         "expected_weight_compression": full_bits / exp_bits,

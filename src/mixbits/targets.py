@@ -191,10 +191,23 @@ def _attr_property(attr: str) -> property:
     return property(get)
 
 
+def _checked_setattr(attrs: tuple[str, ...]) -> Callable[[nn.Module, str, Any], None]:
+    def setattr_(self: nn.Module, name: str, value: Any) -> None:
+        old = self._parameters.get(name) if name in attrs else None
+        if old is not None and isinstance(value, torch.Tensor) and tuple(value.shape) != tuple(old.shape):
+            raise ValueError(f"cannot replace the prepared weight {name!r} of shape {tuple(old.shape)} by one of "
+                             f"shape {tuple(value.shape)}: its bits and size were chosen for that shape; call "
+                             f"mixbits.unprepare_(model) first and prepare again")
+        super(type(self), self).__setattr__(name, value)
+
+    return setattr_
+
+
 def _mixed_class(cls: type, attrs: tuple[str, ...], extra: Mapping[str, Any]) -> type:
     key = (cls, attrs)
     if key not in _MIXED_CLASSES:
         body: dict = {a: _attr_property(a) for a in attrs}
+        body["__setattr__"] = _checked_setattr(attrs)
         body.update(extra)
         _MIXED_CLASSES[key] = type(f"Mixed{cls.__name__}", (cls,), body)
     return _MIXED_CLASSES[key]
