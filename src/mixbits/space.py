@@ -1,8 +1,10 @@
 """Model surgery: turn any nn.Module into a searchable one, in place.
 
 ``prepare_(model, config)`` finds every weight tensor that :mod:`mixbits.targets`
-declares (Conv, Linear, Embedding, MultiheadAttention, LSTM/GRU/RNN, Hugging Face
-Conv1D) or that the user names, and gives each distinct tensor one
+declares (Conv, ConvTranspose, Linear, Bilinear, Embedding, MultiheadAttention, LSTM/GRU/RNN,
+Hugging Face Conv1D, and kinds users register) or that the user names, folds the
+reparametrized ones (weight_norm, spectral_norm) into plain parameters first, and gives each
+distinct tensor one
 :class:`Decision`: logits over the candidate bitwidths. Every module holding the
 tensor, under any name, has its class swapped for a subclass whose attribute
 returns the mixed weight ``sum_b p_b Q_b(W)``, so the layer still runs ONE
@@ -333,8 +335,9 @@ def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
             per_module.setdefault(id(m), (m, {}))[1][a] = decision
     if not layers:
         raise ValueError(
-            "the model has nothing to quantize: no Conv, Linear, Embedding, MultiheadAttention, LSTM/GRU/RNN or "
-            "Hugging Face Conv1D weight was found (or all were excluded); name other weights with params="
+            "the model has nothing to quantize: no Conv, ConvTranspose, Linear, Bilinear, Embedding, "
+            "MultiheadAttention, LSTM/GRU/RNN or Hugging Face Conv1D weight was found (or all were excluded); name "
+            "other weights with params=, or add a layer kind with mixbits.targets.register_target"
         )
     for m, decs in per_module.values():
         swap_class_(m, decs)

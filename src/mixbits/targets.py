@@ -2,13 +2,13 @@
 
 A *target* is one weight tensor: a Parameter of a module, named by an attribute.
 :func:`quantized_attrs` asks a small registry which attributes of a module are
-targets (``weight`` of Conv/Linear/Embedding/EmbeddingBag and Hugging Face
+targets (``weight`` of Conv/ConvTranspose/Linear/Bilinear/Embedding/EmbeddingBag and Hugging Face
 ``Conv1D``; ``in_proj_weight`` or ``q/k/v_proj_weight`` of MultiheadAttention,
 whose ``out_proj`` is a Linear; every ``weight_ih_l*``/``weight_hh_l*``/``weight_hr_l*``
 of LSTM/GRU/RNN). Any other parameter can be named by the user.
 :func:`channel_dim` says which dimension of a target holds its output channels (one
 scale each): dim 0 for every kind but Hugging Face ``Conv1D``, which stores its
-weight as (in, out) and so has its outputs on dim 1.
+weight as (in, out), and the transposed convolutions: both have their outputs on dim 1.
 
 :func:`swap_class_` gives a module a subclass of its own class whose target
 attributes are properties returning the quantized (or mixed) weight, so every
@@ -17,8 +17,7 @@ state-dict keys stay those of the float layer. Recurrent layers read their weigh
 through ``_flat_weights``, which the subclass turns into a property too (a registration's
 ``extra`` class attributes: how another kind's forward reads its weights).
 
-Transposed convolutions store their weight as (in, out/groups, ...), so their scales run
-along dim 1. Weights under ``torch.nn.utils.parametrize`` (``weight_norm``,
+Weights under ``torch.nn.utils.parametrize`` (``weight_norm``,
 ``spectral_norm``) are folded into plain parameters first (:mod:`mixbits.parametrized`).
 
 The weight a prepared layer returns for ``module.weight`` is a :class:`WriteThroughWeight`:
