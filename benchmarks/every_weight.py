@@ -6,6 +6,8 @@ Data: the Python standard library's own source files (every machine with Python 
     python benchmarks/every_weight.py charlm       # (b) GPT-style character LM, test perplexity float vs 16x/24x
     python benchmarks/every_weight.py hf           # (c) Hugging Face GPT-2 built from a small config
     python benchmarks/every_weight.py step         # search step vs float step on a ~10M-parameter GPT
+    python benchmarks/every_weight.py kinds        # (d) issue 19: ten architectures the tests never saw
+                                                   #     (benchmarks/every_kind.py), hessian at 16x each
 
 Each prints one JSON line: share of parameters quantized, weight and whole-model compression,
 float vs final accuracy or perplexity, and the export/load identity (max |difference| of outputs).
@@ -253,7 +255,8 @@ def run_step(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("task", choices=["classifier", "charlm", "hf", "step"])
+    p.add_argument("task", choices=["classifier", "charlm", "hf", "step", "kinds"])
+    p.add_argument("--only", nargs="+", help="kinds: run only these models (names in benchmarks/every_kind.py)")
     p.add_argument("--targets", nargs="+", default=["16x", "24x"])
     p.add_argument("--steps", type=int, default=600, help="training steps; for 'step', timed steps (16 = one clip refresh)")
     p.add_argument("--mode", choices=["float", "search"], default="float")
@@ -261,6 +264,11 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.manual_seed(args.seed)
+    if args.task == "kinds":  # one JSON line per model, printed as each finishes
+        import every_kind
+
+        every_kind.run(args)
+        return
     fn = {"classifier": run_classifier, "charlm": run_charlm, "hf": run_hf, "step": run_step}[args.task]
     print(json.dumps(fn(args)))
 

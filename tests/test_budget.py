@@ -1,7 +1,9 @@
 import pytest
 from torch import nn
 
-from mixbits.budget import budget_bits, parse_target
+import torch
+
+from mixbits.budget import budget_bits, parse_target, with_scope
 from mixbits.space import PrepareConfig, prepare_
 
 
@@ -69,3 +71,53 @@ def test_pins_narrow_the_reachable_range():
     space = _space(pins={"0": 8})
     with pytest.raises(ValueError, match="unpin"):
         budget_bits("20x", space.cost)
+
+
+# ---- targets over the whole model (scope ":model") ----
+
+class _BareParameter(nn.Module):
+    """Most parameters in a bare Parameter used with F.linear: quantized only when named with params=."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(256, 64) * 0.1)
+        self.head = nn.Linear(256, 4)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.linear(x, self.w))
+
+
+def test_scope_parses_and_rejects():
+    assert parse_target("16x:model").scope == "model" and parse_target("16x").scope == "weights"
+    assert parse_target("1.5bits:weights").scope == "weights" and parse_target("12KB").scope == "model"
+    assert with_scope("16x", "model") == "16x:model" and with_scope("16x:model", "model") == "16x:model"
+    with pytest.raises(ValueError, match="scope"):
+        parse_target("16x:everything")
+    with pytest.raises(ValueError, match="scope"):
+        with_scope("16x:weights", "model")
+
+
+def test_model_scope_budget_counts_what_stays_float():
+    space = _space()
+    cost = space.cost
+    fm, rest = cost.float_model_bits(), cost.float_rest_bits
+    assert budget_bits("4x:model", cost) == fm // 4 - rest
+    assert budget_bits("3bits:model", cost) == 3 * cost.num_params - rest
+    assert budget_bits("4x:model", cost) < budget_bits("4x", cost)  # the float biases take part of the budget
+
+
+def test_model_scope_target_unreachable_names_the_whole_model_range():
+    model = _BareParameter()
+    space = prepare_(model)  # only the head: 1,028 of 17,412 parameters
+    with pytest.raises(ValueError, match="whole-model compression.*params="):
+        budget_bits("16x:model", space.cost)
+    space = prepare_(_BareParameter(), PrepareConfig(params=("w",)))
+    bits = budget_bits("16x:model", space.cost)
+    assert bits + space.cost.float_rest_bits <= space.cost.float_model_bits() / 16
+
+
+def test_low_coverage_warning_names_parameters_and_how_to_quantize_them(caplog):
+    with caplog.at_level("WARNING", logger="mixbits.space"):
+        prepare_(_BareParameter())
+    assert "largest: w (256, 64)" in caplog.text
+    assert "params=('w',)" in caplog.text and "--param w" in caplog.text and "16x:model" in caplog.text

@@ -47,6 +47,10 @@ def test_config_file_and_command_line_override(tmp_path, capsys):
     (["--checkpoint", "/nonexistent/float.pt"], "does not exist"),
     (["--granularity", "rows"], "unknown granularity 'rows': write layer, channel, group:N"),
     (["--granularity", "group:0"], "a group needs at least one channel"),
+    (["--loss", "nomodule_xyz:loss"], "cannot import module 'nomodule_xyz'"),
+    (["--loss", "cross_entropy"], "package.module:function"),
+    (["--param", "no.such.param"], "are not parameters of the model"),
+    (["--target", "16x:everything"], "unknown scope"),
 ])
 def test_bad_input_fails_fast_with_a_clear_message(tmp_path, capsys, args, message):
     out = tmp_path / "run"
@@ -139,3 +143,15 @@ def test_a_pin_that_is_not_a_candidate_fails_before_any_work(tmp_path, capsys):
     assert main(["search", "--pin", "features.0=3", "--out", str(tmp_path / "run")]) == 2
     assert "3 bits is not a candidate (1,2,4,8,16,32)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_search_with_a_loss_a_whole_model_target_and_a_param(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('loss = "torch.nn.functional:multi_margin_loss"\nparams = ["classifier.weight"]\n')
+    args = ["search", "-c", str(cfg), "--out", str(out), "--target", "8x:model", *FAST]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["totals"]["model_bits"] * 8 <= report["totals"]["float_model_bits"]
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["loss"] == "torch.nn.functional:multi_margin_loss" and settings["target"] == "8x:model"

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -116,3 +118,34 @@ def test_structure_traces_option_takes_each_structures_own_trace():
     ctx.options = {"structure_traces": "channel"}
     with pytest.raises(ValueError, match="structure_traces must be 'structure' or 'layer'"):
         allocate("hessian", ctx)
+
+
+@pytest.mark.parametrize("method", ["hessian", "random", "uniform", "search"])
+def test_every_method_allocates_with_frozen_weights(method):
+    from ._method_helpers import tiny_model
+
+    model = tiny_model()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model[5].requires_grad_(True)  # only the head trains, as on a frozen backbone
+    options = {}  # uniform: the largest bits that fit
+    ctx, space = tiny_context("16x", model=model, options=options)
+    alloc = allocate(method, ctx)
+    assert space.cost.quantized_bits(alloc.bits) <= ctx.budget_bits
+    assert [p.requires_grad for p in model.parameters()] == [False, False, False, False, True, True]
+
+
+def test_hessian_takes_any_loss():
+    """A regression loss on the same model: the traces follow the loss given, and the bits fit the budget."""
+    ctx, space = tiny_context("16x")
+    calls = []
+
+    def loss_fn(out, y):
+        calls.append(out.shape)
+        return (out - F.one_hot(y, 4).float()).pow(2).mean()
+
+    alloc = allocate("hessian", dataclasses.replace(ctx, loss_fn=loss_fn))
+    assert calls and calls[0] == (16, 4)
+    assert space.cost.quantized_bits(alloc.bits) <= ctx.budget_bits
+    ce = allocate("hessian", tiny_context("16x")[0])
+    assert alloc.info["traces"] != ce.info["traces"]

@@ -73,3 +73,13 @@ def test_uniform_structures_and_the_search_movement_are_said_plainly():
     moved = build_report(space, {"encoder": 1, "classifier": 4},
                          search_movement={"init": "hessian", "changed_layers": ["encoder"], "searchable_layers": 2})
     assert "the search changed 1 of 2 layers from its hessian start: encoder" in to_markdown(moved)
+
+
+def test_report_names_a_whole_model_target():
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    space = prepare_(model)
+    bits = {n: 4 for n in space.names}
+    report = build_report(space, bits, target="4x:model", budget_bits=space.cost.quantized_bits(bits))
+    text = format_table(report)
+    assert "4x:model (the whole model, float tensors included;" in text
+    assert "whole-model compression" in text and "weight compression" in text

@@ -239,3 +239,23 @@ def test_search_per_channel_learns_structures_and_reports_them():
     assert len(result.history[-1]["argmax_bits"]["c1"]) == 8
     space.fix_(result.bits)
     assert space.fixed_bits() == space.cost.normalize(result.bits)
+
+
+def test_search_takes_any_loss_frozen_weights_and_a_whole_model_target():
+    """A regression net with a frozen first layer, searched under a whole-model target with an MSE loss."""
+    from mixbits.data import TensorLoader
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    model[0].requires_grad_(False)
+    w0 = model[0].weight.detach().clone()
+    space = prepare_(model)
+    x = torch.randn(32, 6)
+    y = x[:, :2] - x[:, 2:4]
+    loader = TensorLoader(x, y, batch_size=8, shuffle=False)
+    result = search(model, space, loader, loader, SearchConfig(target="4x:model", epochs=2, amp=False),
+                    loss_fn=torch.nn.functional.mse_loss)
+    cost = space.cost
+    assert cost.model_bits(result.bits) * 4 <= cost.float_model_bits()
+    assert torch.equal(model[0]._parameters["weight"].detach(), w0) and not model[0].weight.requires_grad
+    assert result.history[-1]["held_out_loss"] is not None

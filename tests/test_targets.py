@@ -390,3 +390,198 @@ def test_a_weight_read_as_out_in_and_as_in_out_cannot_share_scales():
         prepare_(model)
     space = prepare_(model, PrepareConfig(exclude=("c1d",)))  # kept in float, the model still prepares
     assert space.names == ["other"]
+
+
+# ---- issue 19: transposed convolutions, Bilinear, user kinds, writes through a prepared weight, peft, compile ----
+
+class Autoencoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.dec = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)
+        self.dec1 = nn.ConvTranspose1d(4, 2, 3)
+        self.bil = nn.Bilinear(4, 4, 3)
+
+    def forward(self, x):  # (N, 1, 8, 8) -> (N, 3 + 2*10)
+        h = self.dec(torch.relu(self.enc(x)))  # (N, 4, 8, 8)
+        p = h.mean((2, 3))  # (N, 4)
+        s = self.dec1(h.mean(2))  # (N, 2, 10)
+        return torch.cat([self.bil(p, p), s.flatten(1)], 1)
+
+
+def test_conv_transpose_scales_per_output_channel_and_bilinear(tmp_path):
+    torch.manual_seed(0)
+    m = Autoencoder()
+    space = prepare_(m)
+    dims = {layer.name: (layer.kind, layer.channel_dim, layer.shape) for layer in space.layers}
+    assert dims == {"enc": ("Conv2d", 0, (8, 1, 3, 3)), "dec": ("ConvTranspose2d", 1, (8, 4, 4, 4)),
+                    "dec1": ("ConvTranspose1d", 1, (4, 2, 3)), "bil": ("Bilinear", 0, (3, 4, 4))}
+    assert space.cost.num_quantized_weights == sum(p.numel() for n, p in m.named_parameters() if "weight" in n)
+    space.fix_({"enc": 4, "dec": 2, "dec1": 3, "bil": 8})
+    w = m.dec._parameters["weight"]
+    assert torch.equal(m.dec.weight, quantize_hard(w, 2, channel_dim=1))
+    # one scale per output channel: the 2-bit ConvTranspose weight has 3 levels per column of dim 1
+    q = m.dec.weight.detach().transpose(0, 1).reshape(4, -1)
+    assert all(len(torch.unique(row.abs())) <= 2 for row in q)
+    x = torch.randn(3, 1, 8, 8)
+    out = m.eval()(x)
+    export_model(m, space, tmp_path / "ae.mbits")
+    assert read_mbits(tmp_path / "ae.mbits").manifest["layer_channel_dims"] == {"dec": 1, "dec1": 1}
+    assert torch.equal(mixbits.load(tmp_path / "ae.mbits", Autoencoder())(x), out)
+
+
+class Scaled(nn.Module):
+    """A layer kind mixbits does not know: y = x @ kernel.T * gain."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(5, 4))
+        self.gain = nn.Parameter(torch.ones(5))
+
+    def forward(self, x):
+        return x @ self.kernel.t() * self.gain
+
+
+def test_register_target_adds_a_layer_kind_in_one_line():
+    from mixbits import targets
+
+    net = nn.Sequential(nn.Linear(3, 4), Scaled())
+    saved = list(targets._REGISTRY)
+    try:
+        targets.register_target(Scaled, lambda m: ("kernel",))
+        space = prepare_(net)
+        assert space.names == ["0", "1.kernel"] and space.layers[1].kind == "Scaled"
+        space.fix_({"0": 8, "1.kernel": 2})
+        x = torch.randn(2, 3)
+        h = net[0](x)
+        assert torch.equal(net(x), h @ quantize_hard(net[1]._parameters["kernel"], 2).t() * net[1].gain)
+    finally:
+        targets._REGISTRY[:] = saved
+        targets._MIXED_CLASSES.clear()
+    with pytest.raises(ValueError, match="channel_dim"):
+        targets.register_target(Scaled, lambda m: ("kernel",), channel_dim=-1)
+
+
+def test_writes_through_a_prepared_weight_reach_the_float_parameter():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    space = prepare_(lin)
+    space.fix_({"": 4})
+    p = lin._parameters["weight"]
+    w0 = p.detach().clone()
+    with torch.no_grad():
+        lin.weight.data += 1.0  # peft's merge writes this way
+    assert torch.equal(p.detach(), w0 + 1.0)
+    with torch.no_grad():
+        lin.weight.copy_(w0)
+    assert torch.equal(p.detach(), w0)
+    nn.init.zeros_(lin.weight)
+    assert torch.equal(p.detach(), torch.zeros_like(w0))
+    lin.weight.requires_grad_(False)
+    assert not p.requires_grad
+    lin.weight = nn.Parameter(w0.clone())  # (requires grad)  # replaces the float Parameter, as on a float layer
+    assert lin._parameters["weight"] is not p and torch.equal(lin._parameters["weight"], w0)
+    assert torch.equal(lin.weight, quantize_hard(w0, 4))  # and the layer quantizes the new one
+    with pytest.raises(ValueError, match="shape"):
+        lin.weight = nn.Parameter(torch.zeros(2, 4))
+    # reads compute with the quantized values and return plain tensors; .grad is the float Parameter's
+    y = lin(torch.ones(1, 4))
+    assert type(y) is torch.Tensor
+    y.sum().backward()
+    assert lin.weight.grad is lin._parameters["weight"].grad and lin.weight.grad is not None
+
+
+def test_peft_lora_base_quantized_adapters_float_and_merge_adapter():
+    peft = pytest.importorskip("peft")
+    from mixbits.sensitivity import sensitivity
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["0", "2"], init_lora_weights=False))
+    space = prepare_(model, PrepareConfig(exclude=("*lora_*",)))
+    assert space.names == ["base_model.model.0.base_layer", "base_model.model.2.base_layer"]
+    assert all(not space.float_weight(n).requires_grad for n in space.names)
+    x, y = torch.randn(6, 8), torch.randint(0, 3, (6,))
+    omega, traces = sensitivity(model, space, [(x, y)], batches=1, samples=1)  # frozen base weights: no crash
+    assert set(traces) == set(space.names)
+    assert all(not space.float_weight(n).requires_grad for n in space.names)  # still frozen
+    space.fix_({n: 4 for n in space.names})
+    w0 = space.float_weight(space.names[0]).detach().clone()
+    unmerged = model(x)
+    model.merge_adapter()
+    assert not torch.equal(space.float_weight(space.names[0]).detach(), w0)  # the merge reached the float weight
+    model.unmerge_adapter()
+    assert torch.allclose(space.float_weight(space.names[0]).detach(), w0, atol=1e-6)
+    assert torch.allclose(model(x), unmerged, atol=1e-5)
+    # adapters quantized too when not excluded
+    model2 = peft.get_peft_model(nn.Sequential(nn.Linear(8, 16)), peft.LoraConfig(r=2, target_modules=["0"]))
+    assert len(prepare_(model2).names) == 3
+
+
+def test_compiled_model_is_prepared_exported_and_loaded_as_its_module(tmp_path):
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    compiled = torch.compile(net)
+    space = prepare_(compiled, PrepareConfig(granularity="channel"))
+    assert space.names == ["0", "3"] and all("_orig_mod" not in k for layer in space.layers for k in layer.state_keys)
+    space.fix_({"0": (2, 4, 8, 2), "3": (4, 2, 8)})
+    x = torch.randn(2, 1, 6, 6)
+    out = compiled.eval()(x)
+    with torch.no_grad():
+        net[0]._parameters["weight"].add_(0.05)  # the weights move (as in fine-tuning): no stale cache
+    moved = compiled(x)
+    assert not torch.allclose(moved, out)
+    export_model(compiled, space, tmp_path / "c.mbits")
+    assert "_orig_mod" not in json.dumps(read_mbits(tmp_path / "c.mbits").manifest)
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    loaded = mixbits.load(tmp_path / "c.mbits", plain)
+    assert torch.equal(loaded(x), net(x))  # the eager prepared model and the file agree exactly
+    assert torch.allclose(loaded(x), moved, atol=1e-5)  # the compiled model ran with exactly these weights
+
+
+def test_compiled_prepared_model_does_not_recompile_while_logits_temperature_and_bits_change():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    counters.clear()
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.LayerNorm(8), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    compiled = torch.compile(net)
+    space = prepare_(compiled)
+    opt = torch.optim.Adam(space.parameters(), lr=0.1)
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+
+    def steps(n, t0):
+        for i in range(n):
+            space.set_temperature_(t0 / (i + 1))
+            loss = torch.nn.functional.cross_entropy(compiled(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    steps(2, 1.0)
+    frames = counters["frames"]["total"]  # compiled once per weight shape (the mixed weight is computed eagerly)
+    steps(5, 0.5)
+    space.fix_({n: 4 for n in space.names})
+    steps(2, 1.0)
+    space.fix_({"0": 2, "3": 8, "5": 32})
+    steps(2, 1.0)
+    assert counters["frames"]["total"] == frames
+
+
+def test_conv_transpose_bits_per_channel_export_and_load(tmp_path):
+    torch.manual_seed(0)
+    m = Autoencoder()
+    space = prepare_(m, PrepareConfig(granularity="channel"))
+    dec = next(layer for layer in space.layers if layer.name == "dec")
+    assert dec.grouped and dec.num_channels == 4 and dec.channel_dim == 1
+    bits = {layer.name: (tuple([2, 4, 8, 32] * 8)[:layer.num_groups] if layer.grouped else 8) for layer in space.layers}
+    space.fix_(bits)
+    x = torch.randn(3, 1, 8, 8)
+    out = m.eval()(x)
+    export_model(m, space, tmp_path / "ae.mbits")
+    assert torch.equal(mixbits.load(tmp_path / "ae.mbits", Autoencoder())(x), out)

@@ -75,13 +75,17 @@ class Decision(nn.Module):
         bits = self.fixed_bits
         if bits == FLOAT_BITS or (isinstance(bits, tuple) and set(bits) == {FLOAT_BITS}):
             return w
+        return w + (self._cached_hard(w, bits) - w).detach()
+
+    def _cached_hard(self, w: torch.Tensor, bits: Bits) -> torch.Tensor:
+        """The quantized weight at ``bits``, cached per weight version."""
         key = (id(w), w._version, bits, w.device, w.dtype)
         if self._hard is None or self._hard[0] != key:
             if isinstance(bits, tuple):
                 self._hard = (key, self._structured_hard(w, bits))
             else:
                 self._hard = (key, quantize_hard(w, bits, self.channel_dim))
-        return w + (self._hard[1] - w).detach()
+        return self._hard[1]
 
     @torch.no_grad()
     def _structured_hard(self, w: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
@@ -131,11 +135,9 @@ class Decision(nn.Module):
             s = weight_scale(wd, 1).view(view)
             parts.append(torch.where(wd >= 0, s, -s)[None])
         if self._uniform:
-            if self._clip is None or self._clip_age >= self.clip_refresh or self._clip.device != w.device:
-                self._clip = best_clip(wd, self._uniform)
-                self._clip_age = 0
-            self._clip_age += 1
-            parts.append(quantize_int_stack(wd, self._uniform, self._clip))
+            # outside a compiled graph (as the fixed weight): eager rounding, and the refresh counter
+            # would otherwise recompile the graph at every call
+            parts.append(self._uniform_stack(wd))
         if HALF_BITS in self.candidates:
             parts.append(wd.half().to(w.dtype)[None])
         if not parts:
@@ -149,7 +151,32 @@ class Decision(nn.Module):
             mix = (coef * deltas).sum(dim=0)
         return w + channels_back(mix, self.channel_dim)
 
+    def _uniform_stack(self, wd: torch.Tensor) -> torch.Tensor:
+        """The uniform candidates' quantized weights (K', *wd.shape), clipping ratios refreshed now and then."""
+        if self._clip is None or self._clip_age >= self.clip_refresh or self._clip.device != wd.device:
+            self._clip = best_clip(wd, self._uniform)
+            self._clip_age = 0
+        self._clip_age += 1
+        return quantize_int_stack(wd, self._uniform, self._clip)
+
     def extra_repr(self) -> str:
         dim = f", channel_dim={self.channel_dim}" if self.channel_dim else ""
         groups = f", structures={self.groups}" if self.groups > 1 else ""
         return f"candidates={self.candidates}, fixed_bits={self.fixed_bits}{dim}{groups}"
+
+
+# torch.compile runs the mixed weight outside its graph (see ``mixed_weight_outside_graph``); torch imports
+# its compiler only when this is first called.
+_outside_graph = torch._disable_dynamo(Decision.mixed_weight)
+
+
+def mixed_weight_outside_graph(decision: Decision, w: torch.Tensor) -> torch.Tensor:
+    """``decision.mixed_weight(w)``, computed eagerly when called from a graph that torch.compile traces.
+
+    Eager, because inductor's fused division and rounding differ from eager at rounding boundaries (the
+    exported file would not hold the weights the model ran with), the graph cannot see the version
+    counter that keys the quantized-weight cache, and tracing the Python state (temperature, fixed bits,
+    refresh counters) would recompile the graph whenever it changes. The graph breaks around this call;
+    gradients flow through it as usual.
+    """
+    return _outside_graph(decision, w) if torch.compiler.is_compiling() else decision.mixed_weight(w)

@@ -110,7 +110,8 @@ def _total_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         lines.append(("parameters quantized", f"{100 * share:.1f}%" + (
             " (warning: more than a quarter of the parameters stay float)" if share < 0.75 else "")))
     if "target" in report:
-        whole = "the whole .mbits file, header included; " if target_bytes is not None else ""
+        whole = ("the whole .mbits file, header included; " if target_bytes is not None
+                 else "the whole model, float tensors included; " if _scope(report) == "model" else "")
         lines.append(("target", f"{report['target']} ({whole}budget {_kib(report['budget_bits'])} for quantized "
                                 f"weights, {100 * t['quantized_bits'] / report['budget_bits']:.1f}% used)"))
     for key, label in (("float_test_accuracy", "float test accuracy"),
@@ -119,6 +120,14 @@ def _total_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         if key in report:
             lines.append((label, _pct(report[key])))
     return lines
+
+
+def _scope(report: Mapping[str, Any]) -> str | None:
+    """What the report's target binds: ``"weights"`` or ``"model"`` (None without a readable target)."""
+    try:
+        return parse_target(report["target"]).scope
+    except (KeyError, ValueError):
+        return None
 
 
 def _target_bytes(report: Mapping[str, Any]) -> float | None:

@@ -34,7 +34,7 @@ from .bitspace import BitSpace
 from .sensitivity import sensitivity
 from . import distributed
 from .progress import StageProgress
-from .train import (NonFiniteLossError, autocast, channels_last_, check_teacher, cosine_lr, distill_loss, global_mean,
+from .train import (NonFiniteLossError, autocast, channels_last_, check_teacher, correct_count, cosine_lr, distill_loss, global_mean,
                     load_loader_state, loader_state, rng_state, set_rng_state, sgd, to_device_batch)
 
 __all__ = ["SearchConfig", "SearchResult", "search", "derive_bits", "init_logits_from_hessian_"]
@@ -174,13 +174,14 @@ def fill_budget(space: BitSpace, budget: int, bits: Mapping[str, Bits]) -> dict[
     return space.cost.to_layers(solve_budget(up_scores, up_costs, budget))
 
 
-def init_logits_from_hessian_(model: nn.Module, space: BitSpace, loader: Iterable, scale: float = 10.0) -> dict:
+def init_logits_from_hessian_(model: nn.Module, space: BitSpace, loader: Iterable, scale: float = 10.0, *,
+                              loss_fn: Callable | None = None) -> dict:
     """Set every free layer's logits to ``-scale * omega / max(omega)`` (HAWQ-style sensitivity).
 
     The softmax with the budget price then starts at the Lagrangian relaxation of the Hessian
     allocation. Returns the Hessian traces per layer.
     """
-    omega, traces = sensitivity(model, space, loader)  # per unit
+    omega, traces = sensitivity(model, space, loader, loss_fn=loss_fn)  # per unit
     top = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
     with torch.no_grad():
         for layer, d in space.items():
@@ -197,7 +198,8 @@ def _temperature(config: SearchConfig, progress: float) -> float:
 def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_loader: Iterable,
            config: SearchConfig, *, device: str | torch.device = "cpu", teacher: nn.Module | None = None,
            on_epoch: Callable[[int, dict], None] | None = None, progress: bool = False,
-           resume: Mapping[str, Any] | None = None, on_checkpoint: Callable[[dict], None] | None = None) -> SearchResult:
+           resume: Mapping[str, Any] | None = None, on_checkpoint: Callable[[dict], None] | None = None,
+           loss_fn: Callable | None = None) -> SearchResult:
     """Search the bitwidths of a prepared model under ``config.target``.
 
     Under torch.distributed every rank must get the same loaders (same seeds): each
@@ -220,6 +222,8 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
         on_checkpoint: called at the end of every epoch with the full search state (model,
             logits and prices, both optimizers, multiplier, temperature, loader and RNG
             states, history). Its tensors are the live ones: save or copy them before returning.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean-reduced scalar, the task loss of both steps and
+            of the Hessian start; default cross-entropy on integer class labels.
 
     Returns:
         the derived bits and the search history.
@@ -230,7 +234,8 @@ def search(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
     """
     budget = budget_bits(config.target, space.cost)
     check_teacher(config.distill_weight, teacher)
-    run = _setup(model, space, train_loader, held_out_loader, config, torch.device(device), teacher, budget, resume)
+    run = _setup(model, space, train_loader, held_out_loader, config, torch.device(device), teacher, budget, resume,
+                 loss_fn)
     bar = StageProgress("search", config.epochs, run.n_tr + run.n_logit, enabled=progress and distributed.is_main(),
                         first_epoch=run.first_epoch)
     for epoch in range(run.first_epoch, config.epochs):
@@ -268,11 +273,12 @@ class _Run:
     w_step: int = 0
     lam: float = 0.0
     history: list[dict] = field(default_factory=list)
+    loss_fn: Callable = F.cross_entropy
 
 
 def _setup(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_loader: Iterable,
            config: SearchConfig, device: torch.device, teacher: nn.Module | None, budget: int,
-           resume: Mapping[str, Any] | None) -> _Run:
+           resume: Mapping[str, Any] | None, loss_fn: Callable | None = None) -> _Run:
     """Optimizers, the logits' start (Hessian or zero) or the resumed state, the first price."""
     model.to(device)
     space.to(device)
@@ -288,13 +294,13 @@ def _setup(model: nn.Module, space: BitSpace, train_loader: Iterable, held_out_l
         raise ValueError("search needs non-empty training and held-out data")
     space.set_temperature_(config.temperature_start)
     run = _Run(model, space, config, device, teacher, budget, weights, logits, w_opt, a_opt, n_tr, n_ho,
-               max(1, round(n_tr * config.logit_ratio)), start={})
+               max(1, round(n_tr * config.logit_ratio)), start={}, loss_fn=loss_fn or F.cross_entropy)
     if resume is not None:
         run.first_epoch, run.w_step, run.history = _restore(resume, run, train_loader, held_out_loader)
         run.start = resume["start"]
     else:
         if config.init == "hessian":
-            init_logits_from_hessian_(model, space, held_out_loader, config.init_scale)
+            init_logits_from_hessian_(model, space, held_out_loader, config.init_scale, loss_fn=loss_fn)
         distributed.broadcast_(list(model.state_dict().values()) + list(space.state_dict().values()))
         run.start = {"bits": derive_bits(space, budget), "probs": _preference_probs(space)}
     run.lam = space.project_(budget)
@@ -357,7 +363,7 @@ def _logit_step(run: _Run, batch: tuple[torch.Tensor, torch.Tensor], temperature
     space.set_temperature_(temperature)
     run.lam = space.project_(run.budget)
     with autocast(run.device, config.amp):
-        task = F.cross_entropy(run.model(x), y)
+        task = run.loss_fn(run.model(x), y)
     task_value = global_mean(task, scale, run.device)
     _check_finite(task_value, run.model, space, good, epoch, "held-out")
     run.a_opt.zero_grad(set_to_none=True)
@@ -380,7 +386,7 @@ def _weight_step(run: _Run, batch: tuple[torch.Tensor, torch.Tensor], good: tupl
         g["lr"] = lr
     with autocast(run.device, config.amp):
         out = run.model(x)
-        loss = F.cross_entropy(out, y)
+        loss = run.loss_fn(out, y)
         if config.distill_weight > 0:
             with torch.no_grad():
                 t_out = run.teacher(x)  # type: ignore[misc]
@@ -393,7 +399,7 @@ def _weight_step(run: _Run, batch: tuple[torch.Tensor, torch.Tensor], good: tupl
     distributed.average_gradients_(run.weights)
     run.w_opt.step()
     run.w_step += 1
-    return loss_value, int((out.argmax(1) == y).sum()), y.shape[0]
+    return (loss_value, *correct_count(out, y))
 
 
 def _epoch_record(run: _Run, epoch: int, sums: dict, done_tr: int, done_ho: int, trace: list[dict]) -> dict:
@@ -405,7 +411,7 @@ def _epoch_record(run: _Run, epoch: int, sums: dict, done_tr: int, done_ho: int,
     return {
         "epoch": epoch + 1,
         "loss": sums["loss"] / max(done_tr, 1),
-        "train_accuracy": sums["correct"] / max(sums["seen"], 1),
+        "train_accuracy": sums["correct"] / sums["seen"] if sums["seen"] else None,  # None: no class labels
         "held_out_loss": sums["held_loss"] / done_ho if done_ho else None,
         "expected_quantized_bits": exp_bits,
         "expected_weight_compression": full_bits / exp_bits,

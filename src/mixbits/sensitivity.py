@@ -14,7 +14,7 @@ model has no second derivative. Used by the ``hessian`` method
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .bitspace import BitSpace
 from .quant import quantize_hard
+from .targets import unwrap_compiled
 
-__all__ = ["hutchinson_traces", "fisher_traces", "hessian_sensitivity", "sensitivity"]
+__all__ = ["LossFn", "hutchinson_traces", "fisher_traces", "hessian_sensitivity", "sensitivity"]
+
+LossFn = Callable[[Any, Any], torch.Tensor]  # loss_fn(outputs, targets) -> mean-reduced scalar
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,10 @@ def hutchinson_traces(model: nn.Module, params: Mapping[str, torch.Tensor], load
     Args:
         model: the model; called on the batches as is (put it in eval mode first for fixed norms).
         params: {name: tensor with requires_grad} whose diagonal Hessian blocks are traced.
-        loader: (inputs, labels) batches; the first ``batches`` are used.
+        loader: (inputs, targets) batches; the first ``batches`` are used.
         batches: number of batches averaged.
         samples: Rademacher vectors per batch.
-        loss_fn: loss(outputs, labels), mean-reduced.
+        loss_fn: loss(outputs, targets), mean-reduced (any task: class labels, pixels, regression).
         generator: CPU generator of the Rademacher vectors (seeded by the caller).
         per_channel: {name: channel dimension} of tensors whose trace is wanted per output
             channel (the diagonal blocks of each channel's rows).
@@ -149,7 +152,7 @@ def hessian_sensitivity(space: BitSpace, weights: Mapping[str, torch.Tensor],
 
 
 def sensitivity(model: nn.Module, space: BitSpace, loader: Iterable, *, seed: int = 0, batches: int = 4,
-                samples: int = 8, structure_traces: str = "layer"
+                samples: int = 8, structure_traces: str = "layer", loss_fn: LossFn | None = None
                 ) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
     """(omega {unit: {bits: sensitivity}}, traces {layer: Hessian trace, per channel for a layer with
     structures}) of a prepared model at its float weights.
@@ -163,27 +166,40 @@ def sensitivity(model: nn.Module, space: BitSpace, loader: Iterable, *, seed: in
         structure_traces: ``"layer"``: every structure of a layer takes the layer's mean trace (less
             noisy; the structures still differ by their quantization errors); ``"structure"``: each
             structure's own trace.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean-reduced scalar, the loss whose Hessian is
+            traced; default cross-entropy on integer class labels.
+
+    Weights with ``requires_grad=False`` (a frozen backbone, the base weights of LoRA models) are
+    traced too: gradients are enabled on them while the traces are estimated, and turned off again.
     """
+    loss_fn = loss_fn or F.cross_entropy
+    model = unwrap_compiled(model)  # compiled graphs have no double backward; the module computes the same
     weights = {layer.name: space.float_weight(layer.name) for layer in space.layers}
+    frozen = [w for w in dict.fromkeys(weights.values()) if not w.requires_grad]
     per_channel = ({layer.name: layer.channel_dim for layer in space.layers if layer.grouped}
                    if structure_traces == "structure" else {})
     was_training = model.training
     space.fix_({layer.name: 32 for layer in space.layers})  # the float forward: Q_32 is the identity
     model.eval()
+    for w in frozen:
+        w.requires_grad_(True)
     try:
         g = torch.Generator().manual_seed(seed)
         # The fused attention kernels have no double backward; the math kernel has.
         with sdpa_kernel(SDPBackend.MATH):
             try:
                 traces = hutchinson_traces(model, weights, loader, batches=batches, samples=samples, generator=g,
-                                           per_channel=per_channel)
+                                           per_channel=per_channel, loss_fn=loss_fn)
             except RuntimeError as exc:
                 if not any(k in str(exc) for k in ("derivative", "double backward", "differentiate twice")):
                     raise
                 log.warning("hessian: the model has no second derivative (%s); using the first-order "
                             "(empirical Fisher) estimate of the Hessian traces", str(exc).splitlines()[0][:120])
-                traces = fisher_traces(model, weights, loader, batches=batches, per_channel=per_channel)
+                traces = fisher_traces(model, weights, loader, batches=batches, per_channel=per_channel,
+                                       loss_fn=loss_fn)
     finally:
+        for w in frozen:
+            w.requires_grad_(False)
         space.unfix_()
         model.train(was_training)
     negative = [n for n, t in traces.items() if float(torch.as_tensor(t).sum()) <= 0]

@@ -1,8 +1,10 @@
 """Model surgery: turn any nn.Module into a searchable one, in place.
 
 ``prepare_(model, config)`` finds every weight tensor that :mod:`mixbits.targets`
-declares (Conv, Linear, Embedding, MultiheadAttention, LSTM/GRU/RNN, Hugging Face
-Conv1D) or that the user names, and gives each distinct tensor one
+declares (Conv, ConvTranspose, Linear, Bilinear, Embedding, MultiheadAttention, LSTM/GRU/RNN,
+Hugging Face Conv1D, and kinds users register) or that the user names, folds the
+reparametrized ones (weight_norm, spectral_norm) into plain parameters first, and gives each
+distinct tensor one
 :class:`Decision`: logits over the candidate bitwidths. Every module holding the
 tensor, under any name, has its class swapped for a subclass whose attribute
 returns the mixed weight ``sum_b p_b Q_b(W)``, so the layer still runs ONE
@@ -42,9 +44,10 @@ from .export.records import LayerRecord
 from .export.writer import float_records, header_bytes_bound
 from .granularity import Granularity, parse_granularity
 from .mixture import Decision
+from .parametrized import fold_parametrizations_
 from .quant import FLOAT_BITS, check_bits
-from .targets import (QUANTIZABLE_TYPES, channel_dim, is_swapped, quantized_attrs, restore_class_,
-                      swap_class_)
+from .targets import (QUANTIZABLE_TYPES, channel_dim, declared_attrs, is_swapped, quantized_attrs, restore_class_,
+                      swap_class_, unwrap_compiled)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,9 @@ class PrepareConfig:
         pins: {glob pattern: bits}; matching weights are fixed at those bits.
         params: fully qualified names of other parameters (two or more dimensions) to quantize,
             e.g. ``("pos_embedding",)``.
-        target: an optional size target (``"16x"``, ``"300KB"``, ``"1.5bits"``) checked against
-            what the candidates can reach right in ``prepare_``.
+        target: an optional size target (``"16x"``, ``"300KB"``, ``"1.5bits"``; ``"16x:model"`` binds
+            the whole model, see :mod:`mixbits.budget`) checked against what the candidates can reach
+            right in ``prepare_``.
         granularity: ``"layer"`` (one bitwidth per weight), ``"channel"``, ``"group:N"`` (runs of N
             output channels) or ``"head"`` (attention heads of the attention projections); see
             :mod:`mixbits.granularity`. Pinned weights always take one bitwidth.
@@ -237,13 +241,34 @@ def _find_targets(model: nn.Module, config: PrepareConfig) -> dict[int, list[_Us
     return targets
 
 
+def _warn_low_coverage(model: nn.Module, quantized_ids: set[int], share: float, num_params: int,
+                       num_quantized: int, left_out: set[int]) -> None:
+    """Warn that most parameters stay float, naming the largest float tensors and how to quantize them."""
+    seen, floats = set(quantized_ids), []
+    for key, p in model.named_parameters(remove_duplicate=False):
+        if id(p) not in seen:
+            seen.add(id(p))
+            floats.append((key, p))
+    floats.sort(key=lambda kp: -kp[1].numel())
+    big = [(k, p) for k, p in floats if p.dim() >= 2 and id(p) not in left_out][:3]  # not excluded by the user
+    how = (f"; to quantize them: PrepareConfig(params={tuple(k for k, _ in big)!r}) (command line: "
+           f"{' '.join('--param ' + k for k, _ in big)})" if big else "")
+    log.warning("only %.1f%% of the parameters are quantized; %d stay float (largest: %s): whole-model compression "
+                "stays below %.2fx whatever the target (a target such as '16x:model' binds the whole model)%s",
+                100 * share, num_params - num_quantized,
+                ", ".join(f"{k} {tuple(p.shape)}" for k, p in floats[:3]), 1 / max(1 - share, 1e-12), how)
+
+
 def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
     """Make ``model`` searchable in place and return its :class:`BitSpace`.
 
     Args:
-        model: any nn.Module; the weights of its Conv1d/2d/3d, Linear, Embedding(Bag),
-            MultiheadAttention, LSTM/GRU/RNN and Hugging Face Conv1D layers (and subclasses),
-            plus ``config.params``, are prepared.
+        model: any nn.Module (a ``torch.compile``'d one is prepared through the module it wraps); the
+            weights of its Conv1d/2d/3d, ConvTranspose1d/2d/3d, Linear, Bilinear, Embedding(Bag),
+            MultiheadAttention, LSTM/GRU/RNN and Hugging Face Conv1D layers (and subclasses, and
+            kinds added with :func:`mixbits.targets.register_target`), plus ``config.params``, are
+            prepared. Weights under ``weight_norm``/``spectral_norm`` parametrizations are first
+            folded into plain parameters (:mod:`mixbits.parametrized`).
         config: candidates, include/exclude patterns, pins, extra parameters and an optional target.
 
     Returns:
@@ -256,8 +281,12 @@ def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
     """
     config = config or PrepareConfig()
     granularity = parse_granularity(config.granularity)
+    model = unwrap_compiled(model)  # a torch.compile'd model is prepared through the module it wraps
     if any(is_swapped(m) for m in model.modules()):
         raise ValueError("model is already prepared: call unprepare_(model) first or use a fresh model")
+    module_names = {id(m): n for n, m in model.named_modules()}
+    fold_parametrizations_(model, lambda m, a: a in declared_attrs(m)
+                           or _key(module_names.get(id(m), ""), a) in config.params)
     targets = _find_targets(model, config)
     _check_patterns(config, [_use_name(n, a) for uses in targets.values() for n, _, a in uses])
 
@@ -306,8 +335,9 @@ def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
             per_module.setdefault(id(m), (m, {}))[1][a] = decision
     if not layers:
         raise ValueError(
-            "the model has nothing to quantize: no Conv, Linear, Embedding, MultiheadAttention, LSTM/GRU/RNN or "
-            "Hugging Face Conv1D weight was found (or all were excluded); name other weights with params="
+            "the model has nothing to quantize: no Conv, ConvTranspose, Linear, Bilinear, Embedding, "
+            "MultiheadAttention, LSTM/GRU/RNN or Hugging Face Conv1D weight was found (or all were excluded); name "
+            "other weights with params=, or add a layer kind with mixbits.targets.register_target"
         )
     for m, decs in per_module.values():
         swap_class_(m, decs)
@@ -319,7 +349,8 @@ def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
         if not own or any(id(p) in quantized_ids for p in own):
             continue
         why = next((float_units[id(p)] for p in own if id(p) in float_units), "type not quantized")
-        float_layers.append((name, type(module).__name__, sum(p.numel() for p in own), why))
+        label = name or ", ".join(a for a, p in module._parameters.items() if p is not None)  # the root's own
+        float_layers.append((label, type(module).__name__, sum(p.numel() for p in own), why))
     num_params = sum(p.numel() for p in model.parameters())
     rest_bits = _float_rest_bits(model, quantized_ids)
     cost = CostModel(layers, rest_bits, num_params=num_params,
@@ -335,17 +366,15 @@ def prepare_(model: nn.Module, config: PrepareConfig | None = None) -> BitSpace:
                     "bitwidth", granularity.text, "no attention projection was found" if granularity.kind == "head"
                     else "every weight has at most that many output channels")
     if share < 0.75:
-        log.warning("only %.1f%% of the parameters are quantized; %d stay float (largest: %s): whole-model "
-                    "compression stays below %.2fx whatever the target", 100 * share, num_params - cost.num_quantized_weights,
-                    ", ".join(f"{n} ({k}, {p})" for n, k, p, _ in sorted(float_layers, key=lambda f: -f[2])[:3]),
-                    1 / max(1 - share, 1e-12))
+        _warn_low_coverage(model, quantized_ids, share, num_params, cost.num_quantized_weights, set(float_units))
     if config.target is not None:
         budget_bits(config.target, cost)  # raises with the reachable range
     return space
 
 
 def unprepare_(model: nn.Module) -> None:
-    """Undo :func:`prepare_`: every layer computes with its float weights again."""
-    for m in model.modules():
+    """Undo :func:`prepare_`: every layer computes with its float weights again (folded
+    parametrizations stay folded)."""
+    for m in unwrap_compiled(model).modules():
         if is_swapped(m):
             restore_class_(m)

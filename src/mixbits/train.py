@@ -21,7 +21,8 @@ from torch import nn
 from . import distributed
 from .progress import StageProgress
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "fit", "evaluate", "cosine_lr", "recalibrate_bn_", "BN_BATCHES"]
+__all__ = ["TrainConfig", "NonFiniteLossError", "fit", "evaluate", "evaluate_loss", "correct_count", "cosine_lr",
+           "recalibrate_bn_", "BN_BATCHES"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class TrainConfig:
         lr: peak learning rate.
         momentum, nesterov, weight_decay: SGD settings.
         warmup_epochs: linear warm-up before the cosine decay.
-        label_smoothing: cross-entropy label smoothing.
+        label_smoothing: cross-entropy label smoothing (the default loss only).
         distill_weight: weight of the KL term to a teacher's logits (0 disables; needs a teacher).
         distill_temperature: softmax temperature of that KL term.
         amp: on CUDA, bf16 autocast and channels-last memory (no effect on other devices).
@@ -104,8 +105,11 @@ def sgd(params: list[torch.Tensor], *, lr: float, momentum: float, nesterov: boo
 def fit(model: nn.Module, loader: Iterable, config: TrainConfig, *, device: str | torch.device = "cpu",
         teacher: nn.Module | None = None, on_epoch: Callable[[int, dict], None] | None = None,
         progress: bool = False, desc: str = "train", resume: Mapping[str, Any] | None = None,
-        on_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
+        on_checkpoint: Callable[[dict], None] | None = None,
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None) -> list[dict]:
     """Train ``model`` in place with SGD + cosine schedule.
+
+    Only parameters with ``requires_grad`` train: frozen weights stay as they are.
 
     Under torch.distributed (see :mod:`mixbits.distributed`) every rank must get the
     same loader; each rank trains on its slice of every batch and the gradients are
@@ -126,9 +130,12 @@ def fit(model: nn.Module, loader: Iterable, config: TrainConfig, *, device: str 
         on_checkpoint: called at the end of every epoch with the full training state (model,
             optimizer, loader and RNG states, counters, history). Its tensors are the live ones:
             save or copy them before returning.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean-reduced scalar (per-pixel, regression,
+            language-model losses); default cross-entropy on integer class labels with
+            ``config.label_smoothing``.
 
     Returns:
-        per-epoch stats: loss, train accuracy, lr.
+        per-epoch stats: loss, train accuracy (None when the targets are not class indices), lr.
 
     Raises:
         NonFiniteLossError: NaN/inf loss; the model is restored to the start of the epoch.
@@ -156,7 +163,7 @@ def fit(model: nn.Module, loader: Iterable, config: TrainConfig, *, device: str 
     for epoch in range(first_epoch, config.epochs):
         good_state = copy.deepcopy(model.state_dict())
         model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, labeled = 0.0, 0, 0, 0
         bar.start_epoch(epoch, steps_per_epoch)
         for x, y in loader:
             x, y = to_device_batch(x, y, device, config.amp)
@@ -166,7 +173,8 @@ def fit(model: nn.Module, loader: Iterable, config: TrainConfig, *, device: str 
                 g["lr"] = lr
             with autocast(device, config.amp):
                 out = model(x)
-                loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
+                loss = (loss_fn(out, y) if loss_fn is not None
+                        else F.cross_entropy(out, y, label_smoothing=config.label_smoothing))
                 if config.distill_weight > 0:
                     with torch.no_grad():
                         t_out = teacher(x)  # type: ignore[misc]
@@ -183,18 +191,22 @@ def fit(model: nn.Module, loader: Iterable, config: TrainConfig, *, device: str 
             distributed.average_gradients_(params)
             opt.step()
             step += 1
-            n = y.shape[0]
+            n = x.shape[0]
             loss_sum += loss_value * n
-            correct += int((out.argmax(1) == y).sum())
+            right, counted = correct_count(out, y)
+            correct += right
+            labeled += counted
             seen += n
-            bar.step(lambda: {"loss": f"{loss_sum / seen:.3f}", "acc": f"{100 * correct / seen:.1f}%",
-                              "lr": f"{lr:.3g}"})
+            bar.step(lambda: {"loss": f"{loss_sum / seen:.3f}", "lr": f"{lr:.3g}",
+                              **({"acc": f"{100 * correct / labeled:.1f}%"} if labeled else {})})
         bar.end_epoch()
-        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], device)
+        loss_sum, correct, seen, labeled = distributed.all_reduce_sum([loss_sum, correct, seen, labeled], device)
         distributed.broadcast_(model.buffers())  # BatchNorm statistics as rank 0 saw them, on every rank
-        stats = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "lr": lr}
+        stats = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
+                 "train_accuracy": correct / labeled if labeled else None, "lr": lr}
         history.append(stats)
-        log.info("%s epoch %d/%d loss %.4f train acc %.4f", desc, epoch + 1, config.epochs, stats["loss"], stats["train_accuracy"])
+        log.info("%s epoch %d/%d loss %.4f%s", desc, epoch + 1, config.epochs, stats["loss"],
+                 f" train acc {stats['train_accuracy']:.4f}" if labeled else "")
         if on_checkpoint is not None:
             on_checkpoint({"kind": "fit", "epoch": epoch + 1, "step": step, "steps_per_epoch": steps_per_epoch,
                            "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -270,20 +282,70 @@ def load_loader_state(loader: Any, state: Mapping | None) -> None:
         loader.load_state_dict(state)
 
 
+def correct_count(outputs: Any, targets: Any) -> tuple[int, int]:
+    """(correct, counted) top-1 predictions when ``targets`` are class indices of ``outputs``, else (0, 0).
+
+    Class indices: an integer tensor shaped like ``outputs`` without its class dimension (dim 1):
+    (N,) labels for (N, C) logits, (N, H, W) pixel labels for (N, C, H, W) logits. Regression
+    targets, token sequences scored by a custom loss and other targets count nothing.
+    """
+    if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)) or targets.is_floating_point() \
+            or targets.is_complex() or targets.dtype == torch.bool or outputs.dim() != targets.dim() + 1 \
+            or outputs.shape[:1] + outputs.shape[2:] != targets.shape:
+        return 0, 0
+    return int((outputs.argmax(1) == targets).sum()), targets.numel()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy of ``model`` on ``loader``, a fraction in [0, 1]."""
+    """Top-1 accuracy of ``model`` on ``loader``, a fraction in [0, 1] (per pixel for per-pixel labels).
+
+    Raises:
+        ValueError: empty data, or targets that are not class indices of the outputs (use
+            :func:`evaluate_loss` for such tasks).
+    """
     was_training = model.training
     model.eval()
     correct, seen = 0, 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        correct += int((model(x).argmax(1) == y).sum())
-        seen += y.shape[0]
-    model.train(was_training)
+    try:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            right, counted = correct_count(out, y)
+            if counted == 0 and y.numel() > 0:
+                raise ValueError(f"accuracy needs integer class labels shaped like the outputs without dim 1; got "
+                                 f"outputs {tuple(out.shape)} and targets {tuple(y.shape)} {y.dtype}: evaluate "
+                                 f"this task with evaluate_loss(model, loader, loss_fn)")
+            correct += right
+            seen += counted
+    finally:
+        model.train(was_training)
     if seen == 0:
         raise ValueError("evaluation data is empty")
     return correct / seen
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, loader: Iterable, loss_fn: Callable[[Any, Any], torch.Tensor], *,
+                  device: str | torch.device = "cpu") -> float:
+    """Mean of ``loss_fn(model(x), y)`` over ``loader``, weighted by batch size (for any task).
+
+    Raises:
+        ValueError: the loader yields no batch.
+    """
+    was_training = model.training
+    model.eval()
+    total, seen = 0.0, 0
+    try:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            total += float(loss_fn(model(x), y)) * x.shape[0]
+            seen += x.shape[0]
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("evaluation data is empty")
+    return total / seen
 
 
 # Training batches averaged into the BatchNorm statistics after the bits are fixed.

@@ -19,6 +19,11 @@ def add_settings_arguments(p: argparse.ArgumentParser, d, *, out_default: str) -
     p.add_argument("--pin", type=parse_pin, action="append", dest="pins", metavar="LAYER=BITS",
                    help="fix layers matching a glob pattern at BITS (repeatable)")
     p.add_argument("--exclude", action="append", metavar="PATTERN", help="keep layers matching PATTERN in float (repeatable)")
+    p.add_argument("--param", action="append", dest="params", metavar="NAME",
+                   help="also quantize this parameter (fully qualified name, two or more dimensions; repeatable)")
+    p.add_argument("--loss", metavar="MODULE:FUNCTION",
+                   help="task loss loss(outputs, labels) -> scalar for the allocation and the fine-tuning "
+                        "(default cross-entropy)")
     p.add_argument("--granularity", type=parse_granularity_text, metavar="G",
                    help=f"one bitwidth per: layer, channel, group:N (N output channels) or head (attention heads) "
                         f"(default {d.granularity})")

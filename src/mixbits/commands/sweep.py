@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{row['method']:>12} {row['target']:>6} seed {row['seed']}: the same bits as {row['same_as']} "
                   f"(listed once)", flush=True)
             return
-        print(f"{row['method']:>12} {row['target']:>6} seed {row['seed']}: {row['weight_compression']:6.2f}x  "
+        print(f"{row['method']:>12} {row['target']:>6} seed {row['seed']}: {row['weight_compression']:6.2f}x weights, "
+              f"{row['model_compression']:6.2f}x model  "
               f"{row['average_bits']:.3f} bits  test {100 * row['test_accuracy']:.2f}%  "
               f"(search {row['search_seconds']:.1f} s, fine-tune {row['finetune_seconds']:.1f} s)", flush=True)
 

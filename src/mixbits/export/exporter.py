@@ -22,6 +22,7 @@ from torch import nn
 
 from ..cost import Bits
 from ..space import BitSpace
+from ..targets import unwrap_compiled
 from .fileformat import (FORMAT_VERSION, SCALE_DTYPE, LayerRecord, encode_tensors, float_records, records_to_json,
                          write_mbits)
 
@@ -154,6 +155,7 @@ def export_model(model: nn.Module, space: BitSpace, path: str | Path, *,
             belong to ``model``, or a bad model source.
     """
     source = model_source(zoo=zoo, import_path=import_path, model_kwargs=model_kwargs)
+    model = unwrap_compiled(model)  # state keys without torch.compile's "_orig_mod." prefix
     if bits is None:
         bits = space.fixed_bits()
         if bits is None:

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..parametrized import fold_for_keys_
 from ..safetext import printable
-from ..targets import DECISIONS_ATTR
+from ..targets import DECISIONS_ATTR, unwrap_compiled
 from .fileformat import MbitsFile, MbitsFormatError, decode_state_dict, path_repr, read_mbits, short_repr
 
 __all__ = ["load", "build_model", "CodeNotTrustedError"]
@@ -140,7 +141,9 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
 
     Args:
         path: the file (or an already read :class:`MbitsFile`).
-        model: a plain (not prepared) instance of the architecture to fill in place;
+        model: a plain (not prepared) instance of the architecture to fill in place (a
+            ``torch.compile``'d one is filled through the module it wraps; weight_norm/spectral_norm
+            parametrizations of the weights the file stores are folded into plain parameters);
             default: built (on the CPU) from the manifest's recipe.
         trust_code: let the manifest's recipe import and call code (``import`` recipes,
             ``torchvision:``/``timm:``/``package.module:function`` zoo names). Off by default:
@@ -166,11 +169,16 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
         raise ValueError("model is prepared (mixbits.prepare_): pass a plain instance of the architecture, "
                          "or call mixbits.unprepare_(model) first")
     shapes = _record_shapes(f)  # keys and shapes are checked before anything is decoded or allocated
+    given = model
     if model is None:
         recipe = f.manifest.get("model")
         if not trust_code:  # shapes first, on the meta device: a crafted width allocates nothing
-            _check_fits(build_model(recipe, path=where, device="meta"), shapes, where)
-        model = build_model(recipe, path=where, trust_code=trust_code)
+            meta = build_model(recipe, path=where, device="meta")
+            fold_for_keys_(meta, shapes)
+            _check_fits(meta, shapes, where)
+        model = given = build_model(recipe, path=where, trust_code=trust_code)
+    model = unwrap_compiled(model)  # a torch.compile'd model is filled through the module it wraps
+    fold_for_keys_(model, shapes)  # weight_norm / spectral_norm weights are stored folded (mixbits.parametrized)
     _check_fits(model, shapes, where)
     state = decode_state_dict(f)
     on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
@@ -179,7 +187,7 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
     model.load_state_dict(state, strict=False, assign=on_meta)
     if on_meta:
         _materialize_meta_leftovers_(model)
-    return model.eval()
+    return given.eval()
 
 
 def _materialize_meta_leftovers_(model: nn.Module) -> None:

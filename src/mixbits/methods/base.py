@@ -37,6 +37,8 @@ class AllocationContext:
         resume: a state the method gave ``on_checkpoint`` in an interrupted run, to continue from
             (methods that do not checkpoint ignore it and start over).
         on_checkpoint: called by methods that checkpoint with their full state at the end of every epoch.
+        loss_fn: the task loss ``loss_fn(outputs, targets)`` -> mean-reduced scalar; None: cross-entropy
+            on integer class labels.
     """
 
     model: nn.Module
@@ -52,6 +54,7 @@ class AllocationContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     resume: Mapping[str, Any] | None = None
     on_checkpoint: Callable[[dict], None] | None = None
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
 
 
 @dataclass

@@ -17,7 +17,7 @@ def differentiable_search(ctx: AllocationContext) -> Allocation:
                           distill_weight=0.5 if ctx.teacher is not None else 0.0, **dict(ctx.options))
     result = search(ctx.model, ctx.space, ctx.loaders["weights"], ctx.loaders["held_out"], config,
                     device=ctx.device, teacher=ctx.teacher, progress=ctx.progress,
-                    resume=ctx.resume, on_checkpoint=ctx.on_checkpoint)
+                    resume=ctx.resume, on_checkpoint=ctx.on_checkpoint, loss_fn=ctx.loss_fn)
     return Allocation(bits=result.bits, history=result.history,
                       weight_epochs=float(config.epochs) if config.train_weights else 0.0,
                       info={"init": config.init, "multiplier": result.multiplier, **result.movement,

@@ -56,7 +56,7 @@ def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
         raise ValueError(f"hessian: structure_traces must be 'structure' or 'layer', got {per!r}")
     return sensitivity(ctx.model, ctx.space, ctx.loaders[split], seed=ctx.seed,
                        batches=int(options.get("batches", 4)), samples=int(options.get("samples", 8)),
-                       structure_traces=per)
+                       structure_traces=per, loss_fn=ctx.loss_fn)
 
 
 @register_method("hessian")

@@ -20,7 +20,7 @@ from ..data import TensorLoader
 from ..methods import Allocation, AllocationContext, allocate
 from ..space import BitSpace, PrepareConfig, prepare_
 from ..train import evaluate, recalibrate_bn_
-from .config import Settings
+from .config import Settings, loss_function
 from .data import Data
 from .float_model import new_model
 
@@ -43,9 +43,9 @@ class Row:
 
 
 def prepare_config(settings: Settings) -> PrepareConfig:
-    """The model surgery the settings ask for (candidates, pins, excluded layers)."""
+    """The model surgery the settings ask for (candidates, pins, excluded layers, extra parameters)."""
     return PrepareConfig(candidates=settings.candidates, pins=settings.pins, exclude=settings.exclude,
-                         granularity=settings.granularity)
+                         params=settings.params, granularity=settings.granularity)
 
 
 def start_row(settings: Settings, data: Data, float_state: Mapping[str, torch.Tensor], seed: int) -> Row:
@@ -71,7 +71,7 @@ def allocate_bits(row: Row, settings: Settings, method: str, *, budget: int, tar
     ctx = AllocationContext(model=row.model, space=row.space, loaders=row.loaders, budget_bits=budget, target=target,
                             epochs=settings.search_epochs, seed=row.seed, device=row.device,
                             teacher=row.teacher, progress=progress, options=dict(options or {}), resume=resume,
-                            on_checkpoint=on_checkpoint)
+                            on_checkpoint=on_checkpoint, loss_fn=loss_function(settings))
     result = allocator(ctx) if allocator is not None else allocate(method, ctx)
     result.bits = row.space.cost.normalize(result.bits)
     size = row.space.cost.quantized_bits(result.bits)

@@ -11,14 +11,15 @@ targets, seeds) and its outputs. Both are checked field by field against
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+from .._imports import import_callable
 from ..budget import parse_target
 from ..granularity import parse_granularity
 from ..methods import DEFAULT_METHOD, METHODS
 from ..space import DEFAULT_CANDIDATES
 
-__all__ = ["Settings", "RunConfig", "SweepConfig", "parse_method"]
+__all__ = ["Settings", "RunConfig", "SweepConfig", "parse_method", "loss_function"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +30,11 @@ class Settings:
         data, data_root, model: the data set, where it lives, the model name.
         candidates: the bitwidths a layer may take.
         pins: {layer glob: bits} fixed before the allocation; exclude: layer globs kept in float.
+        params: fully qualified names of other parameters to quantize (``PrepareConfig.params``).
+        loss: ``package.module:function`` computing ``loss(outputs, labels)`` -> a mean-reduced scalar,
+            the task loss of the allocation (Hessian traces, search) and the fine-tuning; None:
+            cross-entropy. The data sets of the pipeline have class labels, so test accuracy is still
+            reported.
         granularity: one bitwidth per ``layer``, ``channel``, ``group:N`` or ``head`` (see
             :mod:`mixbits.granularity`).
         float_epochs, float_lr: the float training (skipped with ``checkpoint``).
@@ -54,6 +60,8 @@ class Settings:
     candidates: tuple[int, ...] = DEFAULT_CANDIDATES
     pins: Mapping[str, int] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+    loss: str | None = None
     granularity: str = "layer"
     float_epochs: int = 30
     search_epochs: int = 10
@@ -72,8 +80,9 @@ class Settings:
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("candidates", "exclude"):
+        for name in ("candidates", "exclude", "params"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        loss_function(self)  # a bad loss fails here, before any training
         if not self.candidates:
             raise ValueError("candidates is empty; give at least one bitwidth")
         object.__setattr__(self, "granularity", parse_granularity(self.granularity).text)
@@ -151,6 +160,15 @@ class SweepConfig(Settings):
             parse_target(t)
         for m in self.methods:
             parse_method(m)
+
+
+def loss_function(settings: Settings) -> Callable[[Any, Any], Any] | None:
+    """The loss the settings name (``package.module:function``, imported), or None for cross-entropy.
+
+    Raises:
+        ValueError: a malformed name, or a module or function that cannot be imported.
+    """
+    return None if settings.loss is None else import_callable(str(settings.loss), "loss")
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:

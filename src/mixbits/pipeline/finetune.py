@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 from ..finetune import finetune_
 from ..train import TrainConfig, evaluate, recalibrate_bn_
 from .allocation import Row
-from .config import Settings
+from .config import Settings, loss_function
 
 __all__ = ["Finetuned", "finetune_epochs", "finetune_and_evaluate"]
 
@@ -55,7 +55,7 @@ def finetune_and_evaluate(row: Row, settings: Settings, bits: Mapping[str, int],
                         TrainConfig(epochs=epochs, lr=settings.finetune_lr,
                                     distill_weight=0.5 if settings.distill else 0.0),
                         device=row.device, teacher=row.teacher, progress=progress, resume=resume,
-                        on_checkpoint=on_checkpoint)
+                        on_checkpoint=on_checkpoint, loss_fn=loss_function(settings))
     recalibrate_bn_(row.model, row.loaders["full"], device=row.device)
     seconds = time.time() - t0
     return Finetuned(epochs, method_epochs, evaluate(row.model, row.loaders["test"], device=row.device), history,
