@@ -688,8 +688,10 @@ def main() -> None:
     print(json.dumps({k: v for k, v in summary.items() if k not in ("not_library_errors", "cases")}, indent=2))
     for rec in summary["not_library_errors"]:
         print("NOT A LIBRARY ERROR:", rec)
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    if args.json:  # one line per case
+        head = json.dumps({k: v for k, v in summary.items() if k != "cases"}, indent=2)[:-2]
+        cases = ",\n".join("    " + json.dumps(c) for c in summary["cases"])
+        Path(args.json).write_text(f'{head},\n  "cases": [\n{cases}\n  ]\n}}\n')
     if args.markdown:
         Path(args.markdown).write_text(markdown(summary, provenance_line()))
 
