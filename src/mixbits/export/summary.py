@@ -25,6 +25,10 @@ def describe(path: str | Path | MbitsFile) -> dict[str, Any]:
         ``structure_bits`` is {bits: structures at those bits}, ascending; ``average_bits`` the
         weight-weighted mean bitwidth (scales not included).
 
+    Names, kinds and the recipe are the file's strings as they are: print them through
+    :func:`mixbits.safetext.printable` (``mixbits inspect`` does), as they may hold control
+    characters, bidi overrides or lone surrogates.
+
     Raises:
         FileNotFoundError, ValueError: as :func:`read_mbits`.
     """

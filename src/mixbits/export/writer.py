@@ -134,7 +134,12 @@ def float_records(model: torch.nn.Module, skip: set[int]) -> list[tuple[FloatRec
             continue
         groups.setdefault(id(t), (t, []))[1].append(key)
     return [(FloatRecord(key=keys[0], shape=tuple(t.shape), aliases=tuple(keys[1:]),
-                         infinite=bool(torch.isinf(t.detach()).any())), t) for t, keys in groups.values()]
+                         infinite=_has_inf(t)), t) for t, keys in groups.values()]
+
+
+def _has_inf(t: torch.Tensor) -> bool:
+    """Whether a tensor holds +-inf (False on the meta device, which has no values)."""
+    return t.device.type != "meta" and bool(torch.isinf(t.detach()).any())
 
 
 def header_bytes_bound(layers: list[LayerRecord] | tuple[LayerRecord, ...],
