@@ -9,6 +9,7 @@ dtype, shape and bytes, in the order below)::
     {"format_version": 3, "mixbits_version": "0.1.0", "scale_dtype": "float16", "bit_order": "little",
      "model": {"zoo": "digits_cnn", "kwargs": {...}},      # or {"import": "pkg.mod:fn", "kwargs": ...}, or null
      "input_shape": [1, 8, 8],                             # or null
+     "preprocessing": {"mean": [0.5], "std": [0.25]},      # optional: see export/preprocessing.py
      "layer_fields": ["name", "kind", "shape", "bits", "aliases"],
      "layers": [["features.0", "Conv2d", [32, 1, 3, 3], 2], ...],   # aliases only for a shared weight
      "float_fields": ["module", "names", "shape"],
@@ -84,6 +85,8 @@ from ..quant import (FLOAT_BITS, HALF_BITS, INT_BITS, VALID_BITS, channels_back,
                      weight_codes)
 from ..runfiles import atomic_write
 from .pack import pack_codes, packed_nbytes, unpack_codes
+from .preprocessing import MANIFEST_KEY as PREPROCESSING_KEY
+from .preprocessing import parse_preprocessing
 
 __all__ = ["FORMAT_VERSION", "READ_VERSIONS", "MbitsFormatError", "LayerRecord", "FloatRecord", "MbitsFile",
            "write_mbits", "read_mbits", "decode_state_dict", "records_to_json", "weight_key", "checksum",
@@ -673,6 +676,10 @@ def _check_fields(manifest: dict[str, Any], path: str) -> None:
     shape = manifest.get("input_shape")
     if shape is not None and (len(_shape(shape, path, "input_shape")) > 4 or _numel(tuple(shape)) > 1 << 24):
         raise _corrupt(path, f"input_shape {short_repr(shape)} is larger than one sample can be")
+    try:
+        parse_preprocessing(manifest.get(PREPROCESSING_KEY), shape)
+    except ValueError as exc:
+        raise _corrupt(path, f"bad preprocessing in the manifest: {str(exc)[:160]}") from None
     recipe = manifest.get("model")
     if recipe is None:
         return

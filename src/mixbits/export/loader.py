@@ -26,6 +26,10 @@ import torch
 from torch import nn
 
 from .fileformat import MbitsFile, MbitsFormatError, decode_state_dict, path_repr, read_mbits, short_repr
+from .layer_runs import float_tensors, layer_runs
+from .packed_model import pack_model_
+from .preprocessing import MANIFEST_KEY as PREPROCESSING_KEY
+from .preprocessing import parse_preprocessing
 
 __all__ = ["load", "build_model", "CodeNotTrustedError"]
 
@@ -125,8 +129,42 @@ def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> 
         raise MbitsFormatError(f"{path} does not match the model: " + "; ".join(problems))
 
 
-def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_code: bool = False) -> nn.Module:
-    """Rebuild a runnable float model from a ``.mbits`` file, in eval mode.
+def _meta_build_suffices(model: nn.Module, stored: dict[str, torch.Tensor]) -> bool:
+    """Whether a ``meta`` model can be filled from the file alone: every tensor it holds is in the file,
+    but for ``num_batches_tracked`` counters (zero in a fresh model); no non-persistent buffers."""
+    if any(m._non_persistent_buffers_set for m in model.modules()):
+        return False
+    return all(k in stored or k.rpartition(".")[2] == "num_batches_tracked" for k in model.state_dict())
+
+
+def _load_packed(f: MbitsFile, model: nn.Module | None, where: str, trust_code: bool, cache: bool) -> nn.Module:
+    """The packed model (see :mod:`mixbits.export.packed_model`); no float copy of a quantized weight is made."""
+    runs = layer_runs(f)
+    floats = {k: t.clone() for k, t in float_tensors(f).items()}
+    shapes = {k: torch.empty(lr.record.shape, device="meta") for lr in runs for k in lr.record.state_keys}
+    shapes.update(floats)
+    if model is None:
+        recipe = f.manifest.get("model")
+        if not trust_code:
+            _check_fits(build_model(recipe, path=where, device="meta"), shapes, where)
+        meta = build_model(recipe, path=where, trust_code=trust_code, device="meta")
+        # built on the meta device when the file holds all it needs: the quantized weights are never allocated
+        model = meta if _meta_build_suffices(meta, shapes) else build_model(recipe, path=where, trust_code=trust_code)
+    _check_fits(model, shapes, where)
+    on_meta = any(t.is_meta for t in model.state_dict().values())
+    model.load_state_dict(floats, strict=False, assign=on_meta)
+    pack_model_(model, runs, cache=cache)
+    if on_meta:
+        for m in model.modules():
+            for name, b in m._buffers.items():
+                if b is not None and b.is_meta:  # num_batches_tracked only (_meta_build_suffices)
+                    m._buffers[name] = torch.zeros(b.shape, dtype=b.dtype)
+    return model
+
+
+def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_code: bool = False,
+         packed: bool = False, cache: bool = False) -> nn.Module:
+    """Rebuild a runnable model from a ``.mbits`` file, in eval mode.
 
     Args:
         path: the file (or an already read :class:`MbitsFile`).
@@ -135,17 +173,23 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
         trust_code: let the manifest's recipe import and call code (``import`` recipes,
             ``torchvision:``/``timm:``/``package.module:function`` zoo names). Off by default:
             only built-in models are built, after a shape check on the ``meta`` device.
+        packed: keep every quantized weight packed (its codes and scales) and unpack a layer's weight
+            when it is read (:mod:`mixbits.export.packed_model`): memory near the file's size plus the
+            largest layer in float, the same outputs; ``state_dict()`` then holds the packed buffers.
+        cache: with ``packed``, keep each unpacked weight after its first use.
 
     Returns:
-        the model with dequantized weights; integer buffers (``num_batches_tracked``) keep
-        the values the model was built with.
+        the model with dequantized (or packed) weights; integer buffers (``num_batches_tracked``) keep
+        the values the model was built with (zero when a packed model is built on the ``meta`` device).
+        ``model.mixbits_preprocessing`` is the file's :class:`~mixbits.export.preprocessing.Preprocessing`
+        (input normalisation and class names), or None when the file records none.
 
     Raises:
         FileNotFoundError: no such file.
         MbitsFormatError: (a ValueError) a truncated, corrupted or inconsistent file, an unknown
             format version, or a file that does not match the model.
         CodeNotTrustedError: (a ValueError) the recipe names code and ``trust_code`` is False.
-        ValueError: a prepared model.
+        ValueError: a prepared model; with ``packed``, a layer whose weight is not a module's ``weight``.
     """
     from ..space import _DECISION_ATTR
 
@@ -156,12 +200,16 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
     if model is not None and any(hasattr(m, _DECISION_ATTR) for m in model.modules()):
         raise ValueError("model is prepared (mixbits.prepare_): pass a plain instance of the architecture, "
                          "or call mixbits.unprepare_(model) first")
-    state = decode_state_dict(f)
-    if model is None:
-        recipe = f.manifest.get("model")
-        if not trust_code:  # shapes first, on the meta device: a crafted width allocates nothing
-            _check_fits(build_model(recipe, path=where, device="meta"), state, where)
-        model = build_model(recipe, path=where, trust_code=trust_code)
-    _check_fits(model, state, where)
-    model.load_state_dict(state, strict=False)  # strict=False only for the integer buffers not stored
+    if packed:
+        model = _load_packed(f, model, where, trust_code, cache)
+    else:
+        state = decode_state_dict(f)
+        if model is None:
+            recipe = f.manifest.get("model")
+            if not trust_code:  # shapes first, on the meta device: a crafted width allocates nothing
+                _check_fits(build_model(recipe, path=where, device="meta"), state, where)
+            model = build_model(recipe, path=where, trust_code=trust_code)
+        _check_fits(model, state, where)
+        model.load_state_dict(state, strict=False)  # strict=False only for the integer buffers not stored
+    model.mixbits_preprocessing = parse_preprocessing(f.manifest.get(PREPROCESSING_KEY), f.manifest.get("input_shape"))
     return model.eval()
