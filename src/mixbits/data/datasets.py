@@ -29,6 +29,7 @@ class TensorDataset:
         num_classes: number of classes.
         mean, std: per-channel normalisation applied to images scaled to [0, 1], shape (C,).
         augment: ``"none"`` or ``"crop_flip"`` (random crop with 4-pixel padding, horizontal flip).
+        class_names: label ``i``'s name at index ``i``; empty when unknown (kept in exported files).
     """
 
     name: str
@@ -40,6 +41,7 @@ class TensorDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: str = "none"
+    class_names: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -142,7 +144,8 @@ def digits(root: str | None = None, test_fraction: float = 0.2, seed: int = 0) -
     perm = torch.randperm(len(y), generator=g)
     n_test = int(round(len(y) * test_fraction))
     test, train = perm[:n_test], perm[n_test:]
-    return TensorDataset("digits", x[train], y[train], x[test], y[test], 10, (0.3,), (0.4,))
+    return TensorDataset("digits", x[train], y[train], x[test], y[test], 10, (0.3,), (0.4,),
+                         class_names=tuple(str(d) for d in range(10)))
 
 
 @register_dataset("mnist5k")
@@ -169,4 +172,5 @@ def mnist5k(root: str | None = None, test_size: int = 1000, seed: int = 0) -> Te
         test_parts.append(idx[: test_size // classes])
         train_parts.append(idx[test_size // classes:])
     test, train = torch.cat(test_parts).sort().values, torch.cat(train_parts).sort().values
-    return TensorDataset("mnist5k", x[train], y[train], x[test], y[test], classes, (0.1307,), (0.3081,))
+    return TensorDataset("mnist5k", x[train], y[train], x[test], y[test], classes, (0.1307,), (0.3081,),
+                         class_names=tuple(str(d) for d in range(classes)))

@@ -30,7 +30,7 @@ from .layer_runs import LayerRuns, Run, layer_runs
 from .pack import code_offset
 from .packed_values import layer_weight, unpack_values
 
-__all__ = ["pack_graph", "PACKED_OPSET", "INT2_OPSET", "PackedFormError"]
+__all__ = ["pack_graph", "replace_weights_", "compact_names_", "PACKED_OPSET", "INT2_OPSET", "PackedFormError"]
 
 PACKED_OPSET = 21  # INT4 and per-axis DequantizeLinear of every integer type
 INT2_OPSET = 25  # INT2
@@ -66,7 +66,7 @@ class _Builder:
 
     def name(self, stem: str) -> str:
         self.count += 1
-        return f"mb{self.count}_{stem}"
+        return f"m{self.count}"  # short: a ResNet-20 has a few hundred of these
 
     def init(self, array: np.ndarray, stem: str) -> str:
         name = self.name(stem)
@@ -111,26 +111,26 @@ class _Builder:
             return self.node("DequantizeLinear", [q, self.init(scales, "scale")], axis=0)
         # a UINT8 stream of values at run.bits bits (the file's bytes), unpacked bit by bit
         n, b = run.numel, run.bits
-        data = self.init(run.codes.numpy(), f"u{b}")
-        bytes2d = self.node("Unsqueeze", [data, self.const("ax1", np.array([1], np.int64))])  # (nb, 1)
+        bytes2d = self.init(run.codes.numpy()[:, None], f"u{b}")  # (nb, 1)
         shifted = self.node("BitShift", [bytes2d, self.const("sh8", np.arange(8, dtype=np.uint8))],
                             direction="RIGHT")  # (nb, 8)
         bits = self.node("BitwiseAnd", [shifted, self.const("one_u8", np.array(1, np.uint8))])  # (nb, 8)
-        flat = self.node("Reshape", [bits, self.const("flat", np.array([-1], np.int64))])  # (nb * 8,)
-        if n * b < 8 * run.codes.numel():
-            flat = self.node("Slice", [flat, self.const("zero_i64", np.array([0], np.int64)),
+        if n * b < 8 * run.codes.numel():  # padding bits at the end: flatten, cut
+            flat = self.node("Reshape", [bits, self.const("flat", np.array([-1], np.int64))])  # (nb * 8,)
+            bits = self.node("Slice", [flat, self.const("zero_i64", np.array([0], np.int64)),
                                        self.init(np.array([n * b], np.int64), "end")])  # (n * b,)
-        if b == 1:
-            v = self.node("Cast", [flat], to=tp.FLOAT)  # (n,) in {0, 1}
-            code = self.node("Sub", [self.node("Mul", [v, self.const("two_f", np.array(2.0, np.float32))]),
-                                     self.const("one_f", np.array(1.0, np.float32))])  # (n,) in {-1, 1}
-        else:
-            per_value = self.node("Reshape", [flat, self.init(np.array([n, b], np.int64), "nb")])  # (n, b)
-            v = self.node("MatMul", [self.node("Cast", [per_value], to=tp.FLOAT),
-                                     self.const(f"pow{b}", (2.0 ** np.arange(b, dtype=np.float32))[:, None])])  # (n, 1)
-            code = self.node("Sub", [v, self.const(f"off{b}", np.array(float(code_offset(b)), np.float32))])
-        shaped = self.node("Reshape", [code, self.init(np.array(run.shape, np.int64), "shape")])  # (c, ...)
         view = scales.reshape((-1,) + (1,) * (len(run.shape) - 1))  # (c, 1, ...)
+        if b == 1:
+            shaped = self.node("Reshape", [bits, self.init(np.array(run.shape, np.int64), "shape")])  # (c, ...)
+            v = self.node("Cast", [shaped], to=tp.FLOAT)  # (c, ...) in {0, 1}
+            code = self.node("Sub", [self.node("Mul", [v, self.const("two_f", np.array(2.0, np.float32))]),
+                                     self.const("one_f", np.array(1.0, np.float32))])  # (c, ...) in {-1, 1}
+            return self.node("Mul", [code, self.init(view, "scale")])
+        per_value = self.node("Reshape", [bits, self.init(np.array([n, b], np.int64), "nb")])  # (n, b)
+        v = self.node("MatMul", [self.node("Cast", [per_value], to=tp.FLOAT),
+                                 self.const(f"pow{b}", (2.0 ** np.arange(b, dtype=np.float32))[:, None])])  # (n, 1)
+        code = self.node("Sub", [v, self.const(f"off{b}", np.array(float(code_offset(b)), np.float32))])
+        shaped = self.node("Reshape", [code, self.init(np.array(run.shape, np.int64), "shape")])  # (c, ...)
         return self.node("Mul", [shaped, self.init(view, "scale")])
 
     def layer(self, lr: LayerRuns) -> str:
@@ -164,28 +164,16 @@ def _weights_by_value(f: MbitsFile) -> dict[tuple, tuple[LayerRuns, bool]]:
     return table
 
 
-def pack_graph(proto: Any, f: MbitsFile) -> Any:
-    """The packed form of a float graph exported from ``mixbits.load(f)``.
-
-    Args:
-        proto: the float ``onnx.ModelProto`` (weights as FLOAT initializers named by the exporter).
-        f: the ``.mbits`` file it was exported from.
-
-    Returns:
-        a new ModelProto at opset 21 (25 with a 2-bit run), every quantized weight stored packed.
+def replace_weights_(proto: Any, f: MbitsFile, builder: _Builder, form: str) -> None:
+    """Replace every quantized weight initializer of ``proto`` by the nodes ``builder.layer`` makes, in place.
 
     Raises:
-        PackedFormError: a quantized weight that is no initializer of the graph (an LSTM's weights,
-            which the exporter reorders into gates): use the float form for such a model.
+        PackedFormError: a quantized weight that is no initializer of the graph.
     """
     import onnx
-    from onnx import numpy_helper, version_converter
+    from onnx import numpy_helper
 
-    int2 = any(r.bits == 2 for lr in layer_runs(f) for r in lr.runs)
-    opset = INT2_OPSET if int2 else PACKED_OPSET
-    proto = version_converter.convert_version(proto, opset)
     table = _weights_by_value(f)
-    builder = _Builder(onnx, int2)
     found: set[str] = set()
     keep = []
     for init in proto.graph.initializer:
@@ -209,7 +197,7 @@ def pack_graph(proto: Any, f: MbitsFile) -> Any:
                and (lr.record.grouped or lr.record.bits != FLOAT_BITS)]
     if missing:
         raise PackedFormError(
-            f"the packed ONNX form cannot hold layer(s) {', '.join(missing[:5])}: the ONNX exporter transformed "
+            f"the {form} ONNX form cannot hold layer(s) {', '.join(missing[:5])}: the ONNX exporter transformed "
             f"their weights (e.g. an LSTM's gates are reordered), so no initializer holds them; export the float "
             f"form instead (mixbits export --onnx-float, or form='float')")
     del proto.graph.initializer[:]
@@ -217,7 +205,50 @@ def pack_graph(proto: Any, f: MbitsFile) -> Any:
     nodes = list(builder.nodes) + list(proto.graph.node)
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
+
+
+def pack_graph(proto: Any, f: MbitsFile) -> Any:
+    """The packed form of a float graph exported from ``mixbits.load(f)``.
+
+    Args:
+        proto: the float ``onnx.ModelProto`` (weights as FLOAT initializers named by the exporter).
+        f: the ``.mbits`` file it was exported from.
+
+    Returns:
+        a new ModelProto at opset 21 (25 with a 2-bit run), every quantized weight stored packed.
+
+    Raises:
+        PackedFormError: a quantized weight that is no initializer of the graph (an LSTM's weights,
+            which the exporter reorders into gates): use the float form for such a model.
+    """
+    import onnx
+    from onnx import version_converter
+
+    int2 = any(r.bits == 2 for lr in layer_runs(f) for r in lr.runs)
+    proto = version_converter.convert_version(proto, INT2_OPSET if int2 else PACKED_OPSET)
+    replace_weights_(proto, f, _Builder(onnx, int2), "packed")
     proto.ir_version = 11 if int2 else 10
+    compact_names_(proto)
     return proto
+
+
+def compact_names_(proto: Any) -> None:
+    """Drop node names, doc strings and shape annotations, and name intermediate tensors ``t0``, ``t1``...
+
+    The exporter's names (``/stage1/stage1.0/conv1/Conv_output_0``) take as many bytes as a small
+    model's weights; the graph's inputs, outputs and initializers keep their names.
+    """
+    g = proto.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output} | {i.name for i in g.initializer}
+    rename: dict[str, str] = {}
+    for node in g.node:
+        node.name, node.doc_string = "", ""
+        for i, out in enumerate(node.output):
+            if out and out not in keep:
+                rename[out] = node.output[i] = f"t{len(rename)}"
+        for i, inp in enumerate(node.input):
+            node.input[i] = rename.get(inp, inp)
+    del g.value_info[:]
+    proto.doc_string = g.doc_string = ""
 
 
