@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))
 
 from _provenance import describe  # noqa: E402
 
-FORMS = ("mbits", "packed_torch", "float_ckpt", "onnx_packed", "onnx_float", "qonnx")
+FORMS = ("mbits", "packed_torch", "float_ckpt", "onnx_packed", "onnx_matmulnbits", "onnx_float", "qonnx")
 
 
 class Block(nn.Module):
@@ -169,7 +169,8 @@ def _export_all(name: str, folder: Path, run: str | None) -> tuple[dict, float]:
     net = mixbits.load(mb, model=transformer() if name == "transformer" else None)
     files["float_ckpt"] = str(folder / f"{name}.pt")
     torch.save(net.state_dict(), files["float_ckpt"])
-    for form, kind in (("onnx_packed", "packed"), ("onnx_float", "float"), ("qonnx", "qonnx")):
+    for form, kind in (("onnx_packed", "packed"), ("onnx_matmulnbits", "matmulnbits"), ("onnx_float", "float"),
+                       ("qonnx", "qonnx")):
         files[form] = str(folder / f"{name}.{form}.onnx")
         export_onnx(mb, files[form], model=transformer() if name == "transformer" else None, form=kind)
     files["packed_torch"] = str(mb)

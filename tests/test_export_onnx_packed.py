@@ -131,3 +131,37 @@ def test_unknown_form(tmp_path):
     export_model(model, space, tmp_path / "r.mbits", input_shape=(3, 8, 8))
     with pytest.raises(ValueError, match="packed"):
         export_onnx(tmp_path / "r.mbits", tmp_path / "r.onnx", model=TinyResNet(width=4), form="int3")
+
+
+class _Mlp(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(200, 64), torch.nn.Linear(64, 48, bias=False), torch.nn.Linear(48, 5)
+
+    def forward(self, x):  # x: (B, T, 200): Linear on 3-D inputs is a MatMul in ONNX
+        return self.c(torch.relu(self.b(torch.relu(self.a(x))))).mean(1)  # (B, 5)
+
+
+def test_matmulnbits_runs_linear_layers_packed(tmp_path):
+    from mixbits.export.onnx_matmulnbits import block_size
+
+    assert block_size(200, 4) == 128 and block_size(20, 4) == 32 and block_size(64, 4) == 64 and block_size(256, 8) == 128
+    for net, shape in ((_Mlp, (7, 200)), (TinyResNet, (3, 8, 8))):  # MatMul and Gemm
+        model, space, bits = prepared(net(), lambda i, l: [4, 8, 2][i % 3])
+        mb = tmp_path / "m.mbits"
+        export_model(model, space, mb, input_shape=shape)
+        path = export_onnx(mb, tmp_path / "m.onnx", model=net(), form="matmulnbits")
+        proto = onnx.load(str(path))
+        linear = [l.name for l in space.layers if l.kind == "Linear"]
+        assert sum(n.op_type == "MatMulNBits" for n in proto.graph.node) == len(linear)
+        smallest = min(l.num_weights for l in space.layers)
+        from onnx import numpy_helper
+
+        # no weight left in float: FLOAT initializers are biases, norms and scales only
+        assert all(numpy_helper.to_array(i).size < smallest for i in proto.graph.initializer
+                   if i.data_type == onnx.TensorProto.FLOAT)
+        x = torch.randn(3, *shape)
+        with torch.no_grad():
+            scale = float(load(mb, model=net())(x).abs().max())
+        assert onnx_max_abs_diff(path, load(mb, model=net()), x) <= 1e-5 * max(scale, 1.0)
+        assert path.stat().st_size <= 1.05 * mb.stat().st_size + 8192

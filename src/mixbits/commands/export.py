@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", nargs="?", const="", default=None, metavar="PATH",
                    help="also write a packed ONNX graph (standard operators: integer codes + DequantizeLinear, about "
                         "the .mbits size; default: the output with .onnx) and check it with onnxruntime")
+    p.add_argument("--matmulnbits", action="store_true",
+                   help="with --onnx: run the 2-, 4- and 8-bit Linear layers as onnxruntime's MatMulNBits (faster on "
+                        "CPU, onnxruntime only)")
     p.add_argument("--onnx-float", nargs="?", const="", default=None, metavar="PATH",
                    help="also write the float ONNX graph (dequantized float32 weights, the float model's size; "
                         "default: the output with .float.onnx) and check it with onnxruntime")
@@ -96,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     _check_trust(args)
     if args.onnx_normalize and args.onnx is None and args.onnx_float is None and args.qonnx is None:
         raise ValueError("--onnx-normalize changes the ONNX graphs: add --onnx, --onnx-float or --qonnx")
+    if args.matmulnbits and args.onnx is None:
+        raise ValueError("--matmulnbits changes the --onnx graph: add --onnx")
     result, rm = export_run(args.run_folder, out)
     rows = [("written", str(out))] + _size_rows(result, rm.report_model_bits)
 
@@ -115,14 +120,14 @@ def run(args: argparse.Namespace) -> int:
         rows.append(("test accuracy", f"{100 * acc_fq:.2f}% fake-quantized, {100 * acc_loaded:.2f}% reloaded "
                                       f"({same})"))
         batches, what = loader, "whole test set"
-    forms = [("packed", args.onnx, ".onnx"), ("float", args.onnx_float, ".float.onnx"),
+    forms = [("matmulnbits" if args.matmulnbits else "packed", args.onnx, ".onnx"), ("float", args.onnx_float, ".float.onnx"),
              ("qonnx", args.qonnx, ".qonnx.onnx")]
     for form, arg, suffix in forms:
         if arg is None:
             continue
         onnx_path = Path(arg) if arg else out.with_suffix(suffix)
         export_onnx(out, onnx_path, trust_code=args.trust_model_code, form=form, normalize=args.onnx_normalize)
-        label = {"packed": "onnx", "float": "float onnx", "qonnx": "qonnx"}[form]
+        label = {"packed": "onnx", "matmulnbits": "onnx", "float": "float onnx", "qonnx": "qonnx"}[form]
         rows.append((label, f"{onnx_path}: {_kib(onnx_path.stat().st_size)}"))
         if not batches:
             continue

@@ -12,6 +12,7 @@ Module map:
 - ``packed_values`` torch unpacking of a run; ``packed_model`` ``load(packed=True)``.
 - ``onnx_export``  ONNX graph (packed, float or MatMulNBits form), bits and preprocessing in its metadata.
 - ``onnx_packed``  the packed form: codes + DequantizeLinear / bit unpacking in standard operators.
+- ``onnx_matmulnbits`` the packed form with 2/4/8-bit Linear layers as onnxruntime's MatMulNBits.
 - ``qonnx_export`` QONNX (Quant / BipolarQuant weights) for FINN and hls4ml.
 - ``summary``      ``describe(path)``: per-layer bits and sizes (``mixbits inspect``).
 """

@@ -8,6 +8,8 @@ Forms (``form=``):
   file's size, the same weights as :func:`mixbits.load`;
 * ``"float"``: the dequantized float32 weights, opset 17, for runtimes without DequantizeLinear
   of those types (the size of the float model);
+* ``"matmulnbits"``: the packed form whose 2-, 4- and 8-bit ``Linear`` layers run as onnxruntime's
+  ``com.microsoft::MatMulNBits`` (onnxruntime only; :mod:`mixbits.export.onnx_matmulnbits`);
 * ``"qonnx"``: QONNX for FPGA flows (FINN, hls4ml): float weights through ``Quant`` /
   ``BipolarQuant`` nodes with each layer's bitwidth and scales (:mod:`mixbits.export.qonnx_export`).
 
@@ -57,10 +59,13 @@ class NormalizedModel(nn.Module):
 
     def __init__(self, net: nn.Module, pre: Preprocessing) -> None:
         super().__init__()
-        self.net, self.pre = net, pre
+        self.net = net
+        self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32), persistent=False)  # (C,) or (1,)
+        self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32), persistent=False)
 
     def forward(self, x):  # x: (B, C, ...) scaled to [0, 1]
-        return self.net(self.pre.normalize(x))
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return self.net((x - self.mean.view(view)) / self.std.view(view))
 
 
 def float_graph(net: nn.Module, input_shape: Sequence[int], *, keep_weights: bool = False) -> Any:
@@ -95,6 +100,12 @@ def _packed(proto: Any, f: MbitsFile) -> Any:
     return pack_graph(proto, f)
 
 
+def _matmulnbits(proto: Any, f: MbitsFile) -> Any:
+    from .onnx_matmulnbits import matmulnbits_graph
+
+    return matmulnbits_graph(proto, f)
+
+
 def _qonnx(proto: Any, f: MbitsFile) -> Any:
     from .qonnx_export import qonnx_graph
 
@@ -109,6 +120,7 @@ ONNX_FORMS: Registry[Callable[[Any, MbitsFile], Any]] = Registry("ONNX form")
 ONNX_FORMS.register("packed")(_packed)
 ONNX_FORMS.register("float")(_float)
 ONNX_FORMS.register("qonnx")(_qonnx)
+ONNX_FORMS.register("matmulnbits")(_matmulnbits)
 
 
 def export_onnx(mbits: str | Path | MbitsFile, onnx_path: str | Path, *, model: nn.Module | None = None,
@@ -123,7 +135,8 @@ def export_onnx(mbits: str | Path | MbitsFile, onnx_path: str | Path, *, model: 
         input_shape: one sample's shape, e.g. (3, 32, 32); default the manifest's ``input_shape``.
         trust_code: let the file's model recipe import code (see :func:`mixbits.load`).
         form: ``"packed"`` (codes + DequantizeLinear, standard operators), ``"float"`` (dequantized
-            float32 weights) or ``"qonnx"`` (float weights through Quant/BipolarQuant, for FINN and hls4ml).
+            float32 weights), ``"matmulnbits"`` (packed, 2/4/8-bit Linear layers as onnxruntime's
+            MatMulNBits) or ``"qonnx"`` (float weights through Quant/BipolarQuant, for FINN and hls4ml).
         normalize: put the file's input normalisation into the graph (the input is then scaled to [0, 1]).
 
     Returns:

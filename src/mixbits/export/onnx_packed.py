@@ -30,7 +30,7 @@ from .layer_runs import LayerRuns, Run, layer_runs
 from .pack import code_offset
 from .packed_values import layer_weight, unpack_values
 
-__all__ = ["pack_graph", "replace_weights_", "compact_names_", "PACKED_OPSET", "INT2_OPSET", "PackedFormError"]
+__all__ = ["pack_graph", "replace_weights_", "weights_by_value", "compact_names_", "PACKED_OPSET", "INT2_OPSET", "PackedFormError"]
 
 PACKED_OPSET = 21  # INT4 and per-axis DequantizeLinear of every integer type
 INT2_OPSET = 25  # INT2
@@ -150,7 +150,7 @@ class _Builder:
         return out
 
 
-def _weights_by_value(f: MbitsFile) -> dict[tuple, tuple[LayerRuns, bool]]:
+def weights_by_value(f: MbitsFile) -> dict[tuple, tuple[LayerRuns, bool]]:
     """{(shape, bytes): (layer, transposed)} of every quantized weight not kept at 32 bits, and of 2-D transposes."""
     table: dict[tuple, tuple[LayerRuns, bool]] = {}
     for lr in layer_runs(f):
@@ -164,8 +164,13 @@ def _weights_by_value(f: MbitsFile) -> dict[tuple, tuple[LayerRuns, bool]]:
     return table
 
 
-def replace_weights_(proto: Any, f: MbitsFile, builder: _Builder, form: str) -> None:
+def replace_weights_(proto: Any, f: MbitsFile, builder: _Builder, form: str, skip: frozenset[str] = frozenset()
+                     ) -> None:
     """Replace every quantized weight initializer of ``proto`` by the nodes ``builder.layer`` makes, in place.
+
+    Args:
+        skip: initializer names to leave as they are (a later pass rewrites them), with their layers
+            counted as held.
 
     Raises:
         PackedFormError: a quantized weight that is no initializer of the graph.
@@ -173,7 +178,7 @@ def replace_weights_(proto: Any, f: MbitsFile, builder: _Builder, form: str) -> 
     import onnx
     from onnx import numpy_helper
 
-    table = _weights_by_value(f)
+    table = weights_by_value(f)
     found: set[str] = set()
     keep = []
     for init in proto.graph.initializer:
@@ -181,8 +186,10 @@ def replace_weights_(proto: Any, f: MbitsFile, builder: _Builder, form: str) -> 
         if init.data_type == onnx.TensorProto.FLOAT:
             arr = numpy_helper.to_array(init)
             hit = table.get((arr.shape, np.ascontiguousarray(arr).tobytes()))
-        if hit is None:
+        if hit is None or init.name in skip:
             keep.append(init)
+            if hit is not None:
+                found.add(hit[0].record.name)
             continue
         lr, transposed = hit
         out = builder.layer(lr)
@@ -207,12 +214,13 @@ def replace_weights_(proto: Any, f: MbitsFile, builder: _Builder, form: str) -> 
     proto.graph.node.extend(nodes)
 
 
-def pack_graph(proto: Any, f: MbitsFile) -> Any:
+def pack_graph(proto: Any, f: MbitsFile, *, skip: frozenset[str] = frozenset()) -> Any:
     """The packed form of a float graph exported from ``mixbits.load(f)``.
 
     Args:
         proto: the float ``onnx.ModelProto`` (weights as FLOAT initializers named by the exporter).
         f: the ``.mbits`` file it was exported from.
+        skip: initializer names left as float (the MatMulNBits pass rewrites them).
 
     Returns:
         a new ModelProto at opset 21 (25 with a 2-bit run), every quantized weight stored packed.
@@ -226,7 +234,7 @@ def pack_graph(proto: Any, f: MbitsFile) -> Any:
 
     int2 = any(r.bits == 2 for lr in layer_runs(f) for r in lr.runs)
     proto = version_converter.convert_version(proto, INT2_OPSET if int2 else PACKED_OPSET)
-    replace_weights_(proto, f, _Builder(onnx, int2), "packed")
+    replace_weights_(proto, f, _Builder(onnx, int2), "packed", skip)
     proto.ir_version = 11 if int2 else 10
     compact_names_(proto)
     return proto
