@@ -5,6 +5,9 @@ subprocess (one torch / onnxruntime thread): its file bytes against the promised
 |output difference| from ``mixbits.load`` on 8 fixed inputs, the median latency at batch 1 and
 64, and the peak resident memory (VmHWM) of loading and of running, minus the process's
 resident memory after ``import torch, mixbits`` (and onnxruntime / qonnx where the form needs them).
+For the transformer, which no zoo recipe builds, the float instance that ``load(model=...)`` fills
+exists before the baseline in every form (``packed_torch`` then frees its quantized weights, so its
+figures can be negative: memory given back below the baseline).
 
 Models: the digits CNN of a ``mixbits search`` run folder (``--run``, the default search);
 ResNet-20 (the committed CIFAR-10 checkpoint) at 24x with bits derived post-training from the
@@ -92,17 +95,21 @@ def _status(key: str) -> int:
 
 def measure(name: str, form: str, files: dict) -> dict:
     """In this (fresh) process: load one form, run it, report bytes, outputs, latency and memory."""
+    import safetensors.torch  # noqa: F401  (imported lazily by mixbits.load: part of the baseline)
+
     import mixbits
+    import mixbits.export.loader  # noqa: F401
+    import mixbits.models  # noqa: F401
 
     torch.set_num_threads(1)
     if form.startswith("onnx"):
         import onnxruntime as ort
     if form == "qonnx":
         from mixbits.export.qonnx_export import execute_qonnx
+    # the transformer has no zoo recipe: its (random, float) instance is built before the baseline in every
+    # form, so the figures count what each form adds; the zoo models are built by mixbits.load itself
     model = transformer() if name == "transformer" else None
     base = _status("VmRSS:")
-    if name == "transformer":  # the model object exists before loading in every form: not counted
-        base = _status("VmRSS:")
     path = files[form]
     t0 = time.perf_counter()
     if form in ("mbits", "packed_torch"):
