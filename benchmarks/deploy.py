@@ -5,9 +5,9 @@ subprocess (one torch / onnxruntime thread): its file bytes against the promised
 |output difference| from ``mixbits.load`` on 8 fixed inputs, the median latency at batch 1 and
 64, and the peak resident memory (VmHWM) of loading and of running, minus the process's
 resident memory after ``import torch, mixbits`` (and onnxruntime / qonnx where the form needs them).
-For the transformer, which no zoo recipe builds, the float instance that ``load(model=...)`` fills
-exists before the baseline in every form (``packed_torch`` then frees its quantized weights, so its
-figures can be negative: memory given back below the baseline).
+The transformer's file names its builder (``import_path="deploy:transformer"``, loaded with
+``trust_code=True``), so ``load(packed=True)`` builds it on the meta device and never allocates its
+quantized weights in float.
 
 Models: the digits CNN of a ``mixbits search`` run folder (``--run``, the default search);
 ResNet-20 (the committed CIFAR-10 checkpoint) at 24x with bits derived post-training from the
@@ -106,18 +106,17 @@ def measure(name: str, form: str, files: dict) -> dict:
         import onnxruntime as ort
     if form == "qonnx":
         from mixbits.export.qonnx_export import execute_qonnx
-    # the transformer has no zoo recipe: its (random, float) instance is built before the baseline in every
-    # form, so the figures count what each form adds; the zoo models are built by mixbits.load itself
-    model = transformer() if name == "transformer" else None
+    trust = name == "transformer"  # its recipe imports deploy:transformer (this file)
     base = _status("VmRSS:")
     path = files[form]
     t0 = time.perf_counter()
     if form in ("mbits", "packed_torch"):
-        net = mixbits.load(path, model=model, packed=form == "packed_torch")
+        net = mixbits.load(path, packed=form == "packed_torch", trust_code=trust)
         run = lambda x: net(x).numpy()  # noqa: E731
     elif form == "float_ckpt":
-        net = mixbits.load(files["mbits"], model=model) if model is None else model  # the architecture
+        net = transformer() if trust else mixbits.models.create_model(files["zoo"][0], **files["zoo"][1])  # the float architecture
         net.load_state_dict(torch.load(path, weights_only=True))
+        net.eval()
         run = lambda x: net(x).numpy()  # noqa: E731
     elif form.startswith("onnx"):
         opts = ort.SessionOptions()
@@ -166,21 +165,23 @@ def _export_all(name: str, folder: Path, run: str | None) -> tuple[dict, float]:
             recipe = {"zoo": "resnet20", "model_kwargs": ckpt["model_kwargs"]}
             target, pre = "24x", {"mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616]}
         else:
-            model, recipe, target, pre = transformer(), {}, "16x", None
+            model, recipe, target, pre = transformer(), {"import_path": "deploy:transformer"}, "16x", None
         space = prepare_(model, PrepareConfig(candidates=(1, 2, 3, 4, 8, 16, 32)))
         bits = derive_bits(space, budget_bits(target, space.cost))
         space.fix_(bits)
         export_model(model.eval(), space, mb, input_shape=SHAPES[name], preprocessing=pre, **recipe)
         mixbits.unprepare_(model)
     files = {"mbits": str(mb)}
-    net = mixbits.load(mb, model=transformer() if name == "transformer" else None)
+    net = mixbits.load(mb, trust_code=True)
+    source = read_mbits(mb).manifest["model"]
     files["float_ckpt"] = str(folder / f"{name}.pt")
     torch.save(net.state_dict(), files["float_ckpt"])
     for form, kind in (("onnx_packed", "packed"), ("onnx_matmulnbits", "matmulnbits"), ("onnx_float", "float"),
                        ("qonnx", "qonnx")):
         files[form] = str(folder / f"{name}.{form}.onnx")
-        export_onnx(mb, files[form], model=transformer() if name == "transformer" else None, form=kind)
+        export_onnx(mb, files[form], trust_code=True, form=kind)
     files["packed_torch"] = str(mb)
+    files["zoo"] = [source.get("zoo"), source.get("kwargs", {})] if "zoo" in source else None
     return files, read_mbits(mb).manifest["promised_model_bits"] / 8
 
 
