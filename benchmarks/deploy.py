@@ -37,7 +37,10 @@ sys.path.insert(0, str(HERE))
 
 from _provenance import describe  # noqa: E402
 
-FORMS = ("mbits", "packed_torch", "float_ckpt", "onnx_packed", "onnx_matmulnbits", "onnx_float", "qonnx")
+FORMS = ("mbits", "packed_torch", "float_ckpt", "onnx_packed", "onnx_packed_acc0", "onnx_matmulnbits", "onnx_float",
+         "qonnx")
+# onnx_packed_acc0: the packed file with the session option session.qdq_matmulnbits_accuracy_level=0, which stops
+# onnxruntime from fusing an 8-bit DequantizeLinear + MatMul into a MatMulNBits that quantizes its activations to int8
 
 
 class Block(nn.Module):
@@ -121,6 +124,9 @@ def measure(name: str, form: str, files: dict) -> dict:
     elif form.startswith("onnx"):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+        if form == "onnx_packed_acc0":
+            opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+            path = files["onnx_packed"]
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         run = lambda x: sess.run(None, {"input": x.numpy()})[0]  # noqa: E731
     else:
@@ -181,6 +187,7 @@ def _export_all(name: str, folder: Path, run: str | None) -> tuple[dict, float]:
         files[form] = str(folder / f"{name}.{form}.onnx")
         export_onnx(mb, files[form], trust_code=True, form=kind)
     files["packed_torch"] = str(mb)
+    files["onnx_packed_acc0"] = files["onnx_packed"]
     files["zoo"] = [source.get("zoo"), source.get("kwargs", {})] if "zoo" in source else None
     return files, read_mbits(mb).manifest["promised_model_bits"] / 8
 

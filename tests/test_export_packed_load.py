@@ -75,3 +75,24 @@ def test_lstm_is_refused(tmp_path):
     export_model(model, space, tmp_path / "l.mbits")
     with pytest.raises(ValueError, match="packed=False"):
         load(tmp_path / "l.mbits", model=_Lstm(), packed=True)
+
+
+def test_import_recipe_is_built_on_meta_too(tmp_path, monkeypatch):
+    """A trusted import recipe is built on the meta device as well: no float copy of the weights is made."""
+    import tests._export_nets as nets
+
+    built = []
+    real = nets.tiny_resnet
+
+    def spy(**kw):
+        m = real(**kw)
+        built.append(next(m.parameters()).device.type)
+        return m
+
+    monkeypatch.setattr(nets, "tiny_resnet", spy)
+    model, space, _ = prepared(TinyResNet(), lambda i, l: 2)
+    mb = tmp_path / "r.mbits"
+    export_model(model, space, mb, import_path="tests._export_nets:tiny_resnet")
+    packed = load(mb, trust_code=True, packed=True)
+    assert built == ["meta"]
+    assert _same(load(mb, trust_code=True), packed, torch.randn(2, 3, 8, 8))

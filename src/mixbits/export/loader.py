@@ -18,6 +18,7 @@ libraries' remote code.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,11 @@ def _build_registered(name: str, kwargs: dict[str, Any], path: str, device: str 
                                f"{short_repr(str(exc))}") from None
 
 
+def _default_device(device: str | None):
+    """``torch.device(device)`` as a context manager, or one that changes nothing."""
+    return torch.device(device) if device is not None else contextlib.nullcontext()
+
+
 def build_model(source: Any, *, path: str = "the file", trust_code: bool = False,
                 device: str | None = None) -> nn.Module:
     """Build the float model a manifest's ``model`` entry describes.
@@ -86,7 +92,8 @@ def build_model(source: Any, *, path: str = "the file", trust_code: bool = False
 
         name = str(source["zoo"])
         try:
-            model = create_model(name, **kwargs)
+            with _default_device(device):
+                model = create_model(name, **kwargs)
         except TypeError as exc:
             raise ValueError(f"model {name!r} cannot be built with {kwargs}: {exc}") from None
     elif "import" in source:
@@ -104,7 +111,8 @@ def build_model(source: Any, *, path: str = "the file", trust_code: bool = False
             raise ValueError(f"cannot import the model builder {target!r} named in {path}: {exc}; "
                              f"install its package, or pass model=") from None
         try:
-            model = obj(**kwargs)
+            with _default_device(device):
+                model = obj(**kwargs)
         except TypeError as exc:
             raise ValueError(f"model builder {target!r} fails on {kwargs}: {exc}") from None
     else:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .fileformat import MbitsFile
 from .layer_runs import LayerRuns
-from .onnx_packed import pack_graph, weights_by_value
+from .onnx_packed import compact_names_, pack_graph, weights_by_value
 from .pack import code_offset
 from .packed_values import unpack_values
 
@@ -103,7 +103,7 @@ def matmulnbits_graph(proto: Any, f: MbitsFile) -> Any:
     from onnx import helper, numpy_helper
 
     cands = _candidates(proto, f)
-    proto = pack_graph(proto, f, skip=frozenset(cands))
+    proto = pack_graph(proto, f, skip=frozenset(cands), compact=False)
     g = proto.graph
     new_inits = []
     replaced: dict[str, list[Any]] = {}
@@ -128,4 +128,5 @@ def matmulnbits_graph(proto: Any, f: MbitsFile) -> Any:
     g.initializer.extend(keep + new_inits)
     if cands:
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    compact_names_(proto)
     return proto

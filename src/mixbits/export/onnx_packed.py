@@ -14,7 +14,11 @@ folded one) and replaced by nodes that compute the same float32 values from the 
   ``Gather`` that puts the channels back in order.
 
 The arithmetic is that of :func:`mixbits.quant.dequantize` in float32, so the graph's weights are
-those of :func:`mixbits.load`, bit for bit. The graph is opset 21 (``INT4``), or 25 when a
+those of :func:`mixbits.load`, bit for bit. One runtime caveat: with its default session options,
+onnxruntime (1.32) fuses some ``DequantizeLinear`` (INT8) + ``MatMul`` pairs into a ``MatMulNBits``
+that quantizes the activations to int8 (``accuracy_level`` 4): faster, but ~1e-3 relative off.
+``SessionOptions.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")`` keeps
+those exact. Convolutions are not fused. The graph is opset 21 (``INT4``), or 25 when a
 2-bit run is stored as ``INT2``.
 """
 
@@ -69,13 +73,16 @@ class _Builder:
         return f"m{self.count}"  # short: a ResNet-20 has a few hundred of these
 
     def init(self, array: np.ndarray, stem: str) -> str:
+        array = np.ascontiguousarray(array)
+        if array.nbytes <= 64:  # shapes, slice ends: made once per distinct value
+            return self.const(f"{array.dtype}{array.shape}{array.tobytes().hex()}", array)
         name = self.name(stem)
-        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.inits.append(self.onnx.numpy_helper.from_array(array, name))
         return name
 
     def const(self, key: str, array: np.ndarray) -> str:
         if key not in self.consts:
-            name = f"mbc_{key}"
+            name = self.name("const")
             self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
             self.consts[key] = name
         return self.consts[key]
@@ -104,11 +111,12 @@ class _Builder:
         if run.bits == HALF_BITS:
             return self.node("Cast", [self.init(run.values.numpy(), "w16")], to=tp.FLOAT)
         assert run.codes is not None and run.scales is not None
-        scales = run.scales.float().numpy()  # (c,), exact: float16 values
+        # the file's float16 scales, cast to float32 in the graph (exact): half the bytes of float32 scales
         if run.bits in (4, 8) or (run.bits == 2 and self.int2):
             codes = (unpack_values(run.codes, run.bits, run.numel) - code_offset(run.bits)).numpy()
             q = self.typed(codes.reshape(run.shape), run.bits)
-            return self.node("DequantizeLinear", [q, self.init(scales, "scale")], axis=0)
+            scale = self.node("Cast", [self.init(run.scales.numpy(), "scale")], to=tp.FLOAT)  # (c,)
+            return self.node("DequantizeLinear", [q, scale], axis=0)
         # a UINT8 stream of values at run.bits bits (the file's bytes), unpacked bit by bit
         n, b = run.numel, run.bits
         bytes2d = self.init(run.codes.numpy()[:, None], f"u{b}")  # (nb, 1)
@@ -119,19 +127,20 @@ class _Builder:
             flat = self.node("Reshape", [bits, self.const("flat", np.array([-1], np.int64))])  # (nb * 8,)
             bits = self.node("Slice", [flat, self.const("zero_i64", np.array([0], np.int64)),
                                        self.init(np.array([n * b], np.int64), "end")])  # (n * b,)
-        view = scales.reshape((-1,) + (1,) * (len(run.shape) - 1))  # (c, 1, ...)
+        view = self.node("Cast", [self.init(run.scales.numpy().reshape((-1,) + (1,) * (len(run.shape) - 1)), "scale")],
+                         to=tp.FLOAT)  # (c, 1, ...)
         if b == 1:
             shaped = self.node("Reshape", [bits, self.init(np.array(run.shape, np.int64), "shape")])  # (c, ...)
             v = self.node("Cast", [shaped], to=tp.FLOAT)  # (c, ...) in {0, 1}
             code = self.node("Sub", [self.node("Mul", [v, self.const("two_f", np.array(2.0, np.float32))]),
                                      self.const("one_f", np.array(1.0, np.float32))])  # (c, ...) in {-1, 1}
-            return self.node("Mul", [code, self.init(view, "scale")])
+            return self.node("Mul", [code, view])
         per_value = self.node("Reshape", [bits, self.init(np.array([n, b], np.int64), "nb")])  # (n, b)
         v = self.node("MatMul", [self.node("Cast", [per_value], to=tp.FLOAT),
                                  self.const(f"pow{b}", (2.0 ** np.arange(b, dtype=np.float32))[:, None])])  # (n, 1)
         code = self.node("Sub", [v, self.const(f"off{b}", np.array(float(code_offset(b)), np.float32))])
         shaped = self.node("Reshape", [code, self.init(np.array(run.shape, np.int64), "shape")])  # (c, ...)
-        return self.node("Mul", [shaped, self.init(view, "scale")])
+        return self.node("Mul", [shaped, view])
 
     def layer(self, lr: LayerRuns) -> str:
         """Nodes whose output is the layer's float32 weight in the state-dict layout."""
@@ -214,13 +223,14 @@ def replace_weights_(proto: Any, f: MbitsFile, builder: _Builder, form: str, ski
     proto.graph.node.extend(nodes)
 
 
-def pack_graph(proto: Any, f: MbitsFile, *, skip: frozenset[str] = frozenset()) -> Any:
+def pack_graph(proto: Any, f: MbitsFile, *, skip: frozenset[str] = frozenset(), compact: bool = True) -> Any:
     """The packed form of a float graph exported from ``mixbits.load(f)``.
 
     Args:
         proto: the float ``onnx.ModelProto`` (weights as FLOAT initializers named by the exporter).
         f: the ``.mbits`` file it was exported from.
         skip: initializer names left as float (the MatMulNBits pass rewrites them).
+        compact: shorten the names (:func:`compact_names_`); the MatMulNBits pass does it after its rewrite.
 
     Returns:
         a new ModelProto at opset 21 (25 with a 2-bit run), every quantized weight stored packed.
@@ -236,19 +246,25 @@ def pack_graph(proto: Any, f: MbitsFile, *, skip: frozenset[str] = frozenset()) 
     proto = version_converter.convert_version(proto, INT2_OPSET if int2 else PACKED_OPSET)
     replace_weights_(proto, f, _Builder(onnx, int2), "packed", skip)
     proto.ir_version = 11 if int2 else 10
-    compact_names_(proto)
+    if compact:
+        compact_names_(proto)
     return proto
 
 
 def compact_names_(proto: Any) -> None:
-    """Drop node names, doc strings and shape annotations, and name intermediate tensors ``t0``, ``t1``...
+    """Drop node names, doc strings and shape annotations, and name every tensor but the graph's input and
+    output ``t0``, ``t1``...
 
-    The exporter's names (``/stage1/stage1.0/conv1/Conv_output_0``) take as many bytes as a small
-    model's weights; the graph's inputs, outputs and initializers keep their names.
+    The exporter's names (``/stage1/stage1.0/conv1/Conv_output_0``, ``layer3.0.bn1.running_mean``, each
+    written where it is made and where it is used) take 10-20% of a ResNet-20's packed file; the layers'
+    bits stay in the metadata under their names.
     """
     g = proto.graph
-    keep = {v.name for v in g.input} | {v.name for v in g.output} | {i.name for i in g.initializer}
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
     rename: dict[str, str] = {}
+    for init in g.initializer:
+        if init.name not in keep:
+            rename[init.name] = init.name = f"t{len(rename)}"
     for node in g.node:
         node.name, node.doc_string = "", ""
         for i, out in enumerate(node.output):
@@ -258,5 +274,56 @@ def compact_names_(proto: Any) -> None:
             node.input[i] = rename.get(inp, inp)
     del g.value_info[:]
     proto.doc_string = g.doc_string = ""
+    _constants_to_initializers_(proto)
+    _drop_default_attributes_(proto)
+
+
+# attributes the exporter writes with their default values (ONNX operator specs): (operator, name) -> is default
+_DEFAULTS = {
+    ("Conv", "group"): lambda v: v == 1,
+    ("Conv", "dilations"): lambda v: all(x == 1 for x in v),
+    ("BatchNormalization", "momentum"): lambda v: abs(v - 0.9) < 1e-6,
+    ("BatchNormalization", "training_mode"): lambda v: v == 0,
+}
+
+
+def _drop_default_attributes_(proto: Any) -> None:
+    """Drop the attributes that only restate their default (a ResNet-20 writes 38 of them)."""
+    from onnx import helper
+
+    for node in proto.graph.node:
+        keep = [a for a in node.attribute if not _DEFAULTS.get((node.op_type, a.name), lambda v: False)(
+            helper.get_attribute_value(a))]
+        if len(keep) != len(node.attribute):
+            del node.attribute[:]
+            node.attribute.extend(keep)
+
+
+def _constants_to_initializers_(proto: Any) -> None:
+    """``Constant`` nodes holding a tensor become initializers, one per distinct value."""
+    from onnx import helper, numpy_helper
+
+    g = proto.graph
+    by_value: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    nodes = []
+    for node in g.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or set(attrs) != {"value"} \
+                or node.output[0] in {o.name for o in g.output}:
+            nodes.append(node)
+            continue
+        t = helper.get_attribute_value(attrs["value"])
+        arr = numpy_helper.to_array(t)
+        key = (t.data_type, tuple(t.dims), np.ascontiguousarray(arr).tobytes())
+        if key not in by_value:
+            by_value[key] = node.output[0]
+            g.initializer.append(numpy_helper.from_array(arr, node.output[0]))
+        alias[node.output[0]] = by_value[key]
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            node.input[i] = alias.get(name, name)
+    del g.node[:]
+    g.node.extend(nodes)
 
 
