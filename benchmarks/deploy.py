@@ -12,7 +12,8 @@ quantized weights in float.
 Models: the digits CNN of a ``mixbits search`` run folder (``--run``, the default search);
 ResNet-20 (the committed CIFAR-10 checkpoint) at 24x with bits derived post-training from the
 prepared space's initial preferences, filled to the budget (no search, no fine-tuning: only the
-forms are compared); a 13.7M-parameter decoder-style transformer with random weights at 16x.
+forms are compared); a 13.7M-parameter decoder-style transformer with random weights at 16x, and
+the same transformer with every layer at 4 bits (where onnxruntime's MatMulNBits applies).
 
     python benchmarks/deploy.py --run RUN_FOLDER --out benchmarks/results/deploy.md
 """
@@ -81,12 +82,12 @@ def transformer() -> nn.Module:
 
 def _inputs(name: str, batch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(batch)
-    if name == "transformer":
+    if name.startswith("transformer"):
         return torch.randint(0, 4096, (batch, 32), generator=g).float()
     return torch.randn((batch, *SHAPES[name]), generator=g)
 
 
-SHAPES = {"digits": (1, 8, 8), "resnet20": (3, 32, 32), "transformer": (32,)}
+SHAPES = {"digits": (1, 8, 8), "resnet20": (3, 32, 32), "transformer": (32,), "transformer_4bit": (32,)}
 
 
 def _status(key: str) -> int:
@@ -109,7 +110,9 @@ def measure(name: str, form: str, files: dict) -> dict:
         import onnxruntime as ort
     if form == "qonnx":
         from mixbits.export.qonnx_export import execute_qonnx
-    trust = name == "transformer"  # its recipe imports deploy:transformer (this file)
+    trust = name.startswith("transformer")  # its recipe imports deploy:transformer (this file)
+    with torch.device("meta"):  # mixbits.load's shape check on the meta device imports torch's meta kernels
+        nn.Linear(2, 2)  # (~70 MB of code, once per process): part of the baseline, not of a model
     base = _status("VmRSS:")
     path = files[form]
     t0 = time.perf_counter()
@@ -173,7 +176,10 @@ def _export_all(name: str, folder: Path, run: str | None) -> tuple[dict, float]:
         else:
             model, recipe, target, pre = transformer(), {"import_path": "deploy:transformer"}, "16x", None
         space = prepare_(model, PrepareConfig(candidates=(1, 2, 3, 4, 8, 16, 32)))
-        bits = derive_bits(space, budget_bits(target, space.cost))
+        if name == "transformer_4bit":  # every layer at 4 bits: where MatMulNBits applies
+            bits = {layer.name: 4 for layer in space.layers}
+        else:
+            bits = derive_bits(space, budget_bits(target, space.cost))
         space.fix_(bits)
         export_model(model.eval(), space, mb, input_shape=SHAPES[name], preprocessing=pre, **recipe)
         mixbits.unprepare_(model)
@@ -192,12 +198,15 @@ def _export_all(name: str, folder: Path, run: str | None) -> tuple[dict, float]:
     return files, read_mbits(mb).manifest["promised_model_bits"] / 8
 
 
+from mixbits.export import read_mbits  # noqa: E402
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", help="a finished mixbits search --out folder (the digits CNN)")
     ap.add_argument("--out", default=str(HERE / "results/deploy.md"))
     ap.add_argument("--work", default="/tmp/mixbits_deploy")
-    ap.add_argument("--models", default="digits,resnet20,transformer")
+    ap.add_argument("--models", default="digits,resnet20,transformer,transformer_4bit")
     ap.add_argument("--measure", nargs=3, metavar=("MODEL", "FORM", "FILES_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
@@ -215,7 +224,7 @@ def main() -> None:
         files, promised = _export_all(name, work, args.run)
         rows = {}
         for form in FORMS:
-            if name == "transformer" and form == "qonnx":
+            if name.startswith("transformer") and form == "qonnx":
                 continue  # the qonnx executor runs node by node in numpy: minutes per batch of 64
             res = subprocess.run([sys.executable, __file__, "--measure", name, form, json.dumps(files)],
                                  capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -238,6 +247,15 @@ def main() -> None:
             lines.append(f"| {form} | {r['bytes']:,} | {r['bytes'] / promised:.2f} | {diff:.1e} | "
                          f"{r['load_peak'] * mib:.1f} | {r['resident'] * mib:.1f} | {r['run_peak'] * mib:.1f} | "
                          f"{1e3 * r['lat1']:.2f} | {1e3 * r['lat64']:.1f} |")
+        largest = max(4 * rec.num_weights for rec in read_mbits(files["mbits"]).layers)
+        pk, fc = rows.get("packed_torch", {}), rows.get("float_ckpt", {})
+        if "resident" in pk and "load_peak" in fc:
+            bound = 1.3 * promised + largest
+            lines += ["", f"load(packed=True): resident {pk['resident'] / 2**20:.1f} MiB against 1.3 x promised + largest "
+                          f"layer in float32 ({largest:,} B) = {bound / 2**20:.1f} MiB: "
+                          f"{'within' if pk['resident'] <= bound else 'ABOVE'}; load peak {pk['load_peak'] / 2**20:.1f} "
+                          f"MiB against {fc['load_peak'] / 2**20:.1f} MiB for the float checkpoint: "
+                          f"{'below' if pk['load_peak'] < fc['load_peak'] else 'NOT below'}"]
         lines.append("")
         Path(args.out).write_text("\n".join(lines) + "\n")
         print("\n".join(lines[-len(rows) - 6:]), flush=True)
