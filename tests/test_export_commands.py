@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 
 import pytest
 import torch
@@ -97,6 +96,26 @@ def test_command_errors_are_one_line(run_folder, tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "cut.mbits")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "truncated or corrupted" in err
+
+
+def test_export_other_onnx_forms_and_normalisation(run_folder, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("qonnx")
+    run, *_ = run_folder
+    out = tmp_path / "m.mbits"
+    assert main(["export", str(run), "-o", str(out), "--onnx-normalize"]) == 2
+    assert "add --onnx" in capsys.readouterr().err
+    assert main(["export", str(run), "-o", str(out), "--matmulnbits"]) == 2
+    assert "add --onnx" in capsys.readouterr().err
+    assert main(["export", str(run), "-o", str(out), "--onnx", "--matmulnbits", "--qonnx", "--onnx-normalize",
+                 "--accuracy"]) == 0
+    text = capsys.readouterr().out
+    for label in ("onnx max |output diff|", "qonnx max |output diff|"):
+        line = next(line for line in text.splitlines() if line.startswith(label))
+        assert float(line[len(label):].split()[0]) <= 1e-4, text
+    assert read_mbits(out).manifest["preprocessing"]["mean"] == [0.3]  # the digits data set's normalisation
+    assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m.qonnx.onnx").is_file()
+    assert load(out).mixbits_preprocessing.class_names == tuple("0123456789")
 
 
 def test_inspect_into_a_closed_pipe_exits_quietly(tmp_path):

@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append(("test accuracy", f"{100 * acc_fq:.2f}% fake-quantized, {100 * acc_loaded:.2f}% reloaded "
                                       f"({same})"))
         batches, what = loader, "whole test set"
-    forms = [("matmulnbits" if args.matmulnbits else "packed", args.onnx, ".onnx"), ("float", args.onnx_float, ".float.onnx"),
-             ("qonnx", args.qonnx, ".qonnx.onnx")]
+    forms = [("matmulnbits" if args.matmulnbits else "packed", args.onnx, ".onnx"),
+             ("float", args.onnx_float, ".float.onnx"), ("qonnx", args.qonnx, ".qonnx.onnx")]
     for form, arg, suffix in forms:
         if arg is None:
             continue

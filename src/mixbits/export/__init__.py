@@ -28,5 +28,6 @@ from .summary import describe
 __all__ = [
     "FORMAT_VERSION", "CodeNotTrustedError", "ExportResult", "MbitsFile", "MbitsFormatError", "RunModel", "build_model", "compare_onnx", "describe",
     "export_model", "export_onnx", "export_run", "load", "load_run_model", "model_source", "onnx_bits",
-    "onnx_max_abs_diff", "read_mbits", "ONNX_FORMS", "onnx_preprocessing", "Preprocessing", "run_test_loader", "size_bound_bytes",
+    "onnx_max_abs_diff", "read_mbits", "ONNX_FORMS", "onnx_preprocessing", "Preprocessing", "run_test_loader",
+    "size_bound_bytes",
 ]

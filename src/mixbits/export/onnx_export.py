@@ -62,6 +62,7 @@ class NormalizedModel(nn.Module):
         self.net = net
         self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32), persistent=False)  # (C,) or (1,)
         self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32), persistent=False)
+        self.train(net.training)  # a wrapper must not switch an eval-mode model to training mode
 
     def forward(self, x):  # x: (B, C, ...) scaled to [0, 1]
         view = (1, -1) + (1,) * (x.dim() - 2)

@@ -34,7 +34,8 @@ from .layer_runs import LayerRuns, Run, layer_runs
 from .pack import code_offset
 from .packed_values import layer_weight, unpack_values
 
-__all__ = ["pack_graph", "replace_weights_", "weights_by_value", "compact_names_", "PACKED_OPSET", "INT2_OPSET", "PackedFormError"]
+__all__ = ["WeightGraphBuilder", "pack_graph", "replace_weights_", "weights_by_value", "compact_names_", "PACKED_OPSET",
+           "INT2_OPSET", "PackedFormError"]
 
 PACKED_OPSET = 21  # INT4 and per-axis DequantizeLinear of every integer type
 INT2_OPSET = 25  # INT2
@@ -58,7 +59,7 @@ def _signed_raw(codes: np.ndarray, bits: int) -> bytes:
     return out.tobytes()
 
 
-class _Builder:
+class WeightGraphBuilder:
     """Nodes and initializers appended to a graph, with shared constants made once."""
 
     def __init__(self, onnx: Any, int2: bool) -> None:
@@ -173,8 +174,8 @@ def weights_by_value(f: MbitsFile) -> dict[tuple, tuple[LayerRuns, bool]]:
     return table
 
 
-def replace_weights_(proto: Any, f: MbitsFile, builder: _Builder, form: str, skip: frozenset[str] = frozenset()
-                     ) -> None:
+def replace_weights_(proto: Any, f: MbitsFile, builder: WeightGraphBuilder, form: str,
+                     skip: frozenset[str] = frozenset()) -> None:
     """Replace every quantized weight initializer of ``proto`` by the nodes ``builder.layer`` makes, in place.
 
     Args:
@@ -244,7 +245,7 @@ def pack_graph(proto: Any, f: MbitsFile, *, skip: frozenset[str] = frozenset(), 
 
     int2 = any(r.bits == 2 for lr in layer_runs(f) for r in lr.runs)
     proto = version_converter.convert_version(proto, INT2_OPSET if int2 else PACKED_OPSET)
-    replace_weights_(proto, f, _Builder(onnx, int2), "packed", skip)
+    replace_weights_(proto, f, WeightGraphBuilder(onnx, int2), "packed", skip)
     proto.ir_version = 11 if int2 else 10
     if compact:
         compact_names_(proto)

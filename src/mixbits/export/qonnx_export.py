@@ -29,7 +29,7 @@ import numpy as np
 from ..quant import HALF_BITS
 from .fileformat import MbitsFile
 from .layer_runs import Run
-from .onnx_packed import _Builder, replace_weights_
+from .onnx_packed import WeightGraphBuilder, replace_weights_
 from .packed_values import run_values
 
 __all__ = ["qonnx_graph", "QONNX_DOMAIN", "execute_qonnx"]
@@ -37,7 +37,7 @@ __all__ = ["qonnx_graph", "QONNX_DOMAIN", "execute_qonnx"]
 QONNX_DOMAIN = "qonnx.custom_op.general"
 
 
-class _QonnxBuilder(_Builder):
+class QonnxGraphBuilder(WeightGraphBuilder):
     """Weights as FLOAT initializers followed by Quant / BipolarQuant nodes."""
 
     def run(self, run: Run) -> str:
@@ -63,7 +63,7 @@ def qonnx_graph(proto: Any, f: MbitsFile) -> Any:
     """
     import onnx
 
-    replace_weights_(proto, f, _QonnxBuilder(onnx, int2=False), "QONNX")
+    replace_weights_(proto, f, QonnxGraphBuilder(onnx, int2=False), "QONNX")
     proto.opset_import.append(onnx.helper.make_opsetid(QONNX_DOMAIN, 1))
     return proto
 
