@@ -5,12 +5,14 @@ Module map:
 - ``pack``         bit packing of integer codes at exactly 1..8 bits (pure array math).
 - ``fileformat``   the ``.mbits`` layout (safetensors + JSON manifest): write, read, validate, decode.
 - ``exporter``     ``export_model(model, space, path)``: a prepared model at fixed bits -> file; size check.
-- ``loader``       ``load(path, model=None, trust_code=False)``: file -> plain nn.Module; runs no code the file names.
+- ``loader``       ``load(path, model=None, trust_code=False, packed=False)``: file -> nn.Module; runs no code
+                   the file names.
 - ``run_export``   rebuild a run folder's fine-tuned model and export it (``mixbits export``).
 - ``preprocessing`` the optional input normalisation and class names of the manifest.
 - ``layer_runs``   a file's quantized weights as stored runs (codes, scales), not dequantized.
 - ``packed_values`` torch unpacking of a run; ``packed_model`` ``load(packed=True)``.
-- ``onnx_export``  ONNX graph (packed, float or MatMulNBits form), bits and preprocessing in its metadata.
+- ``onnx_export``  ``export_onnx(path, out, form=...)``: packed, MatMulNBits, float or QONNX graph; bits and
+                   preprocessing in its metadata.
 - ``onnx_packed``  the packed form: codes + DequantizeLinear / bit unpacking in standard operators.
 - ``onnx_matmulnbits`` the packed form with 2/4/8-bit Linear layers as onnxruntime's MatMulNBits.
 - ``qonnx_export`` QONNX (Quant / BipolarQuant weights) for FINN and hls4ml.
