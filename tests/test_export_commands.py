@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -38,18 +39,23 @@ def run_folder(tmp_path):
 def test_export_command_prints_promised_and_measured(run_folder, tmp_path, capsys):
     run, model, space, bits = run_folder
     out = tmp_path / "m.mbits"
-    assert main(["export", str(run), "-o", str(out), "--onnx", "--accuracy"]) == 0
+    assert main(["export", str(run), "-o", str(out), "--onnx", "--onnx-float", "--accuracy"]) == 0
     text = capsys.readouterr().out
+    flat = re.sub(" {2,}", "  ", text)  # the column width depends on the longest label
     promised = space.cost.model_bits(bits) / 8
     size = out.stat().st_size
-    assert f"promised size (report)     {promised:,.0f} B" in text
-    assert f"measured file size         {size:,} B" in text
+    assert f"promised size (report)  {promised:,.0f} B" in flat
+    assert f"measured file size  {size:,} B" in flat
     assert "(2% + 4 KiB): ok" in text
-    assert "reload max |logit diff|    0 " in text
+    assert "reload max |logit diff|  0 " in flat
     assert "(identical)" in text
     onnx_line = next(line for line in text.splitlines() if line.startswith("onnx max |output diff|"))
     assert float(onnx_line.split()[4]) <= 1e-4
-    assert (tmp_path / "m.onnx").is_file()
+    assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m.float.onnx").is_file()
+    float_line = next(line for line in text.splitlines() if line.startswith("float onnx max |output diff|"))
+    assert float(float_line.split()[5]) <= 1e-4
+    # the packed graph is about the .mbits file's size
+    assert (tmp_path / "m.onnx").stat().st_size <= 1.05 * size + 8192
     f = read_mbits(out)
     assert {r.name: r.bits for r in f.layers} == bits
     assert [r.key for r in f.floats][-2:] == ["classifier.weight", "classifier.bias"]  # excluded: kept in float
@@ -91,6 +97,26 @@ def test_command_errors_are_one_line(run_folder, tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "cut.mbits")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "truncated or corrupted" in err
+
+
+def test_export_other_onnx_forms_and_normalisation(run_folder, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("qonnx")
+    run, *_ = run_folder
+    out = tmp_path / "m.mbits"
+    assert main(["export", str(run), "-o", str(out), "--onnx-normalize"]) == 2
+    assert "add --onnx" in capsys.readouterr().err
+    assert main(["export", str(run), "-o", str(out), "--matmulnbits"]) == 2
+    assert "add --onnx" in capsys.readouterr().err
+    assert main(["export", str(run), "-o", str(out), "--onnx", "--matmulnbits", "--qonnx", "--onnx-normalize",
+                 "--accuracy"]) == 0
+    text = capsys.readouterr().out
+    for label in ("onnx max |output diff|", "qonnx max |output diff|"):
+        line = next(line for line in text.splitlines() if line.startswith(label))
+        assert float(line[len(label):].split()[0]) <= 1e-4, text
+    assert read_mbits(out).manifest["preprocessing"]["mean"] == [0.3]  # the digits data set's normalisation
+    assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m.qonnx.onnx").is_file()
+    assert load(out).mixbits_preprocessing.class_names == tuple("0123456789")
 
 
 def test_inspect_into_a_closed_pipe_exits_quietly(tmp_path):

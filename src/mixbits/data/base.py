@@ -24,6 +24,7 @@ class TensorDataset:
         num_classes: number of classes.
         mean, std: per-channel normalisation applied to images scaled to [0, 1], shape (C,).
         augment: ``"none"`` or ``"crop_flip"`` (random crop with 4-pixel padding, horizontal flip).
+        class_names: label ``i``'s name at index ``i``; empty when unknown (kept in exported files).
     """
 
     name: str
@@ -35,6 +36,7 @@ class TensorDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: str = "none"
+    class_names: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -65,4 +65,4 @@ def cifar10(root: str | None = None) -> TensorDataset:
     else:
         d = _from_torchvision(path)
     return TensorDataset("cifar10", d["train_x"], d["train_y"], d["test_x"], d["test_y"], 10,
-                         CIFAR10_MEAN, CIFAR10_STD, augment="crop_flip")
+                         CIFAR10_MEAN, CIFAR10_STD, augment="crop_flip", class_names=CIFAR10_CLASSES)

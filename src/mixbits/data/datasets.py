@@ -90,7 +90,8 @@ def digits(root: str | None = None, test_fraction: float = 0.2, seed: int = 0) -
     perm = torch.randperm(len(y), generator=g)
     n_test = int(round(len(y) * test_fraction))
     test, train = perm[:n_test], perm[n_test:]
-    return TensorDataset("digits", x[train], y[train], x[test], y[test], 10, (0.3,), (0.4,))
+    return TensorDataset("digits", x[train], y[train], x[test], y[test], 10, (0.3,), (0.4,),
+                         class_names=tuple(str(d) for d in range(10)))
 
 
 @register_dataset("mnist5k")
@@ -117,4 +118,5 @@ def mnist5k(root: str | None = None, test_size: int = 1000, seed: int = 0) -> Te
         test_parts.append(idx[: test_size // classes])
         train_parts.append(idx[test_size // classes:])
     test, train = torch.cat(test_parts).sort().values, torch.cat(train_parts).sort().values
-    return TensorDataset("mnist5k", x[train], y[train], x[test], y[test], classes, (0.1307,), (0.3081,))
+    return TensorDataset("mnist5k", x[train], y[train], x[test], y[test], classes, (0.1307,), (0.3081,),
+                         class_names=tuple(str(d) for d in range(classes)))

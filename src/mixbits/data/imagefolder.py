@@ -158,7 +158,7 @@ def image_folder_dataset(path: str | Path, *, name: str | None = None, augment: 
     d = read_image_folder(path)
     mean, std = channel_stats(d["train_x"])
     return TensorDataset(name or f"imagefolder:{path}", d["train_x"], d["train_y"], d["test_x"], d["test_y"],
-                         len(d["classes"]), mean, std, augment)
+                         len(d["classes"]), mean, std, augment, class_names=tuple(d["classes"]))
 
 
 @register_dataset("imagefolder")

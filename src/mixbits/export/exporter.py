@@ -25,6 +25,8 @@ from ..space import BitSpace
 from ..targets import unwrap_compiled
 from .fileformat import (FORMAT_VERSION, SCALE_DTYPE, LayerRecord, encode_tensors, float_records, records_to_json,
                          write_mbits)
+from .preprocessing import MANIFEST_KEY as PREPROCESSING_KEY
+from .preprocessing import Preprocessing, parse_preprocessing
 
 __all__ = ["ExportResult", "export_model", "size_bound_bytes", "model_source"]
 
@@ -132,7 +134,8 @@ def export_model(model: nn.Module, space: BitSpace, path: str | Path, *,
                  bits: Mapping[str, Bits | Sequence[int]] | None = None,
                  zoo: str | None = None, import_path: str | None = None,
                  model_kwargs: Mapping[str, Any] | None = None,
-                 input_shape: tuple[int, ...] | None = None) -> ExportResult:
+                 input_shape: tuple[int, ...] | None = None,
+                 preprocessing: Preprocessing | Mapping[str, Any] | None = None) -> ExportResult:
     """Write a prepared model at fixed bits to a packed ``.mbits`` file (atomically).
 
     Args:
@@ -146,16 +149,23 @@ def export_model(model: nn.Module, space: BitSpace, path: str | Path, *,
             being given one (see :func:`model_source`); without them, ``load`` needs ``model=``.
         input_shape: one sample's shape without the batch dimension, e.g. (3, 32, 32); kept in
             the manifest for the ONNX export.
+        preprocessing: the input normalisation (and class names) the model expects, a
+            :class:`~mixbits.export.preprocessing.Preprocessing` or its JSON form; kept in the manifest,
+            exposed by :func:`mixbits.load` and copied into the ONNX metadata.
 
     Returns:
         the :class:`ExportResult` (promised and measured sizes).
 
     Raises:
         ValueError: no fixed bits, bits that do not match ``space``, a space that does not
-            belong to ``model``, or a bad model source.
+            belong to ``model``, a bad model source or bad preprocessing values.
     """
     source = model_source(zoo=zoo, import_path=import_path, model_kwargs=model_kwargs)
     model = unwrap_compiled(model)  # state keys without torch.compile's "_orig_mod." prefix
+    if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+        preprocessing = parse_preprocessing(dict(preprocessing))
+    if preprocessing is not None:
+        preprocessing.check_input_shape(input_shape)
     if bits is None:
         bits = space.fixed_bits()
         if bits is None:
@@ -192,6 +202,7 @@ def export_model(model: nn.Module, space: BitSpace, path: str | Path, *,
         "bit_order": "little",
         "model": source,
         "input_shape": list(input_shape) if input_shape is not None else None,
+        **({PREPROCESSING_KEY: preprocessing.to_json()} if preprocessing is not None else {}),
         **records_to_json([rec for rec, _ in layers], [rec for rec, _ in floats]),
         "promised_model_bits": promised_bits,
         "float_model_bits": space.cost.float_model_bits(),

@@ -9,6 +9,7 @@ dtype, shape and bytes, in the order below)::
     {"format_version": 3, "mixbits_version": "0.1.0", "scale_dtype": "float16", "bit_order": "little",
      "model": {"zoo": "digits_cnn", "kwargs": {...}},      # or {"import": "pkg.mod:fn", "kwargs": ...}, or null
      "input_shape": [1, 8, 8],                             # or null
+     "preprocessing": {"mean": [0.5], "std": [0.25]},      # optional: see export/preprocessing.py
      "layer_fields": ["name", "kind", "shape", "bits", "aliases"],
      "layers": [["features.0", "Conv2d", [32, 1, 3, 3], 2], ...],   # aliases only for a shared weight
      "float_fields": ["module", "names", "shape"],

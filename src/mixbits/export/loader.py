@@ -18,6 +18,7 @@ libraries' remote code.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ from ..parametrized import fold_for_keys_
 from ..safetext import printable
 from ..targets import DECISIONS_ATTR, unwrap_compiled
 from .fileformat import MbitsFile, MbitsFormatError, decode_state_dict, path_repr, read_mbits, short_repr
+from .layer_runs import float_tensors, layer_runs
+from .packed_model import pack_model_
+from .preprocessing import MANIFEST_KEY as PREPROCESSING_KEY
+from .preprocessing import parse_preprocessing
 
 __all__ = ["load", "build_model", "CodeNotTrustedError"]
 
@@ -54,6 +59,11 @@ def _build_registered(name: str, kwargs: dict[str, Any], path: str, device: str 
     except Exception as exc:  # a built-in builder failing on the file's arguments
         raise MbitsFormatError(f"{path}: model {name!r} cannot be built with {short_repr(kwargs)}: "
                                f"{short_repr(str(exc))}") from None
+
+
+def _default_device(device: str | None):
+    """``torch.device(device)`` as a context manager, or one that changes nothing."""
+    return torch.device(device) if device is not None else contextlib.nullcontext()
 
 
 def build_model(source: Any, *, path: str = "the file", trust_code: bool = False,
@@ -85,7 +95,8 @@ def build_model(source: Any, *, path: str = "the file", trust_code: bool = False
 
         name = str(source["zoo"])
         try:
-            model = create_model(name, **kwargs)
+            with _default_device(device):
+                model = create_model(name, **kwargs)
         except TypeError as exc:
             raise ValueError(f"model {name!r} cannot be built with {kwargs}: {exc}") from None
     elif "import" in source:
@@ -103,7 +114,8 @@ def build_model(source: Any, *, path: str = "the file", trust_code: bool = False
             raise ValueError(f"cannot import the model builder {target!r} named in {path}: {exc}; "
                              f"install its package, or pass model=") from None
         try:
-            model = obj(**kwargs)
+            with _default_device(device):
+                model = obj(**kwargs)
         except TypeError as exc:
             raise ValueError(f"model builder {target!r} fails on {kwargs}: {exc}") from None
     else:
@@ -136,8 +148,42 @@ def _check_fits(model: nn.Module, shapes: dict[str, tuple[int, ...]], path: str)
         raise MbitsFormatError(f"{path} does not match the model: " + "; ".join(problems))
 
 
-def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_code: bool = False) -> nn.Module:
-    """Rebuild a runnable float model from a ``.mbits`` file, in eval mode.
+def _meta_build_suffices(model: nn.Module, stored: dict[str, torch.Tensor]) -> bool:
+    """Whether a ``meta`` model can be filled from the file alone: every tensor it holds is in the file,
+    but for ``num_batches_tracked`` counters (zero in a fresh model); no non-persistent buffers."""
+    if any(m._non_persistent_buffers_set for m in model.modules()):
+        return False
+    return all(k in stored or k.rpartition(".")[2] == "num_batches_tracked" for k in model.state_dict())
+
+
+def _load_packed(f: MbitsFile, model: nn.Module | None, where: str, trust_code: bool, cache: bool) -> nn.Module:
+    """The packed model (see :mod:`mixbits.export.packed_model`); no float copy of a quantized weight is made."""
+    runs = layer_runs(f)
+    floats = {k: t.clone() for k, t in float_tensors(f).items()}
+    shapes = {k: tuple(lr.record.shape) for lr in runs for k in lr.record.state_keys}
+    shapes.update({k: tuple(t.shape) for k, t in floats.items()})
+    if model is None:
+        recipe = f.manifest.get("model")
+        if not trust_code:
+            _check_fits(build_model(recipe, path=where, device="meta"), shapes, where)
+        meta = build_model(recipe, path=where, trust_code=trust_code, device="meta")
+        # built on the meta device when the file holds all it needs: the quantized weights are never allocated
+        model = meta if _meta_build_suffices(meta, shapes) else build_model(recipe, path=where, trust_code=trust_code)
+    _check_fits(model, shapes, where)
+    on_meta = any(t.is_meta for t in model.state_dict().values())
+    model.load_state_dict(floats, strict=False, assign=on_meta)
+    pack_model_(model, runs, cache=cache)
+    if on_meta:
+        for m in model.modules():
+            for name, b in m._buffers.items():
+                if b is not None and b.is_meta:  # num_batches_tracked only (_meta_build_suffices)
+                    m._buffers[name] = torch.zeros(b.shape, dtype=b.dtype)
+    return model
+
+
+def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_code: bool = False,
+         packed: bool = False, cache: bool = False) -> nn.Module:
+    """Rebuild a runnable model from a ``.mbits`` file, in eval mode.
 
     Args:
         path: the file (or an already read :class:`MbitsFile`).
@@ -148,17 +194,23 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
         trust_code: let the manifest's recipe import and call code (``import`` recipes,
             ``torchvision:``/``timm:``/``package.module:function`` zoo names). Off by default:
             only built-in models are built, after a shape check on the ``meta`` device.
+        packed: keep every quantized weight packed (its codes and scales) and unpack a layer's weight
+            when it is read (:mod:`mixbits.export.packed_model`): memory near the file's size plus the
+            largest layer in float, the same outputs; ``state_dict()`` then holds the packed buffers.
+        cache: with ``packed``, keep each unpacked weight after its first use.
 
     Returns:
-        the model with dequantized weights; integer buffers (``num_batches_tracked``) keep
-        the values the model was built with.
+        the model with dequantized (or packed) weights; integer buffers (``num_batches_tracked``) keep
+        the values the model was built with (zero when a packed model is built on the ``meta`` device).
+        ``model.mixbits_preprocessing`` is the file's :class:`~mixbits.export.preprocessing.Preprocessing`
+        (input normalisation and class names), or None when the file records none.
 
     Raises:
         FileNotFoundError: no such file.
         MbitsFormatError: (a ValueError) a truncated, corrupted or inconsistent file, an unknown
             format version, or a file that does not match the model.
         CodeNotTrustedError: (a ValueError) the recipe names code and ``trust_code`` is False.
-        ValueError: a prepared model.
+        ValueError: a prepared model; with ``packed``, a layer whose weight is not a module's ``weight``.
     """
 
     f = path if isinstance(path, MbitsFile) else read_mbits(path)
@@ -168,25 +220,31 @@ def load(path: str | Path | MbitsFile, model: nn.Module | None = None, *, trust_
     if model is not None and any(hasattr(m, DECISIONS_ATTR) for m in model.modules()):
         raise ValueError("model is prepared (mixbits.prepare_): pass a plain instance of the architecture, "
                          "or call mixbits.unprepare_(model) first")
-    shapes = _record_shapes(f)  # keys and shapes are checked before anything is decoded or allocated
     given = model
-    if model is None:
-        recipe = f.manifest.get("model")
-        if not trust_code:  # shapes first, on the meta device: a crafted width allocates nothing
-            meta = build_model(recipe, path=where, device="meta")
-            fold_for_keys_(meta, shapes)
-            _check_fits(meta, shapes, where)
-        model = given = build_model(recipe, path=where, trust_code=trust_code)
-    model = unwrap_compiled(model)  # a torch.compile'd model is filled through the module it wraps
-    fold_for_keys_(model, shapes)  # weight_norm / spectral_norm weights are stored folded (mixbits.parametrized)
-    _check_fits(model, shapes, where)
-    state = decode_state_dict(f)
-    on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
-    # strict=False only for the integer buffers not stored. A model built on the meta device has no storage
-    # to copy into: the file's tensors are assigned instead.
-    model.load_state_dict(state, strict=False, assign=on_meta)
-    if on_meta:
-        _materialize_meta_leftovers_(model)
+    if model is not None:
+        model = unwrap_compiled(model)  # a torch.compile'd model is filled through the module it wraps
+    if packed:
+        model = _load_packed(f, model, where, trust_code, cache)
+        given = given if given is not None else model
+    else:
+        shapes = _record_shapes(f)  # keys and shapes are checked before anything is decoded or allocated
+        if model is None:
+            recipe = f.manifest.get("model")
+            if not trust_code:  # shapes first, on the meta device: a crafted width allocates nothing
+                meta = build_model(recipe, path=where, device="meta")
+                fold_for_keys_(meta, shapes)
+                _check_fits(meta, shapes, where)
+            model = given = build_model(recipe, path=where, trust_code=trust_code)
+        fold_for_keys_(model, shapes)  # weight_norm / spectral_norm weights are stored folded (mixbits.parametrized)
+        _check_fits(model, shapes, where)
+        state = decode_state_dict(f)
+        on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        # strict=False only for the integer buffers not stored. A model built on the meta device has no storage
+        # to copy into: the file's tensors are assigned instead.
+        model.load_state_dict(state, strict=False, assign=on_meta)
+        if on_meta:
+            _materialize_meta_leftovers_(model)
+    given.mixbits_preprocessing = parse_preprocessing(f.manifest.get(PREPROCESSING_KEY), f.manifest.get("input_shape"))
     return given.eval()
 
 

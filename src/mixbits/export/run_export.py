@@ -9,6 +9,7 @@ are an int, or a list (JSON) / tuple of one int per structure.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,11 @@ from ..cost import Bits
 from ..runfiles import load_checkpoint
 from ..space import BitSpace, PrepareConfig, prepare_
 from .exporter import ExportResult, export_model
+from .preprocessing import Preprocessing
 
-__all__ = ["RunModel", "load_run_model", "export_run", "run_test_loader"]
+log = logging.getLogger(__name__)
+
+__all__ = ["RunModel", "load_run_model", "export_run", "run_test_loader", "run_preprocessing"]
 
 CHECKPOINT_NAME = "finetuned.pt"
 
@@ -107,15 +111,29 @@ def load_run_model(run_dir: str | Path) -> RunModel:
                     report_model_bits=int(promised) if promised is not None else None)
 
 
+def run_preprocessing(info: dict[str, Any]) -> Preprocessing | None:
+    """The input normalisation and class names of the run's data set, or None (logged) when it cannot be read."""
+    from ..data import load_dataset
+
+    try:
+        ds = load_dataset(str(info.get("data")), root=info.get("data_root"))
+        return Preprocessing(mean=ds.mean, std=ds.std, class_names=ds.class_names)
+    except (ImportError, OSError, ValueError) as exc:
+        log.warning("the run's data set %r cannot be read (%s): the file records no input normalisation",
+                    info.get("data"), str(exc)[:200])
+        return None
+
+
 def export_run(run_dir: str | Path, out: str | Path) -> tuple[ExportResult, RunModel]:
-    """Export a run folder's fine-tuned model to ``out`` (a ``.mbits`` file).
+    """Export a run folder's fine-tuned model to ``out`` (a ``.mbits`` file), with its data set's preprocessing.
 
     Returns:
         (the export result, the rebuilt fake-quantized model to check against).
     """
     rm = load_run_model(run_dir)
     result = export_model(rm.model, rm.space, out, bits=rm.bits, zoo=str(rm.info["model"]),
-                    model_kwargs=rm.info.get("model_kwargs") or {}, input_shape=rm.input_shape)
+                          model_kwargs=rm.info.get("model_kwargs") or {}, input_shape=rm.input_shape,
+                          preprocessing=run_preprocessing(rm.info))
     return result, rm
 
 

@@ -17,7 +17,8 @@ def describe(path: str | Path | MbitsFile) -> dict[str, Any]:
     """Per-layer rows and totals of a ``.mbits`` file, read and checked without building the model.
 
     Returns:
-        {"path", "format_version", "model", "input_shape", "layers": [row], "totals": {...}}; sizes in
+        {"path", "format_version", "model", "input_shape", "preprocessing" (None when not recorded),
+        "layers": [row], "totals": {...}}; sizes in
         bytes (a 1..8-bit layer stores one float16 scale per index of ``shape[channel_dim]``). A row is
         {name, aliases, kind, shape, channel_dim, weights, bits, group_size, structures, structure_bits,
         average_bits, stored_bytes}: ``bits`` is an int, or for a layer with bits per structure the list
@@ -61,5 +62,6 @@ def describe(path: str | Path | MbitsFile) -> dict[str, Any]:
     if isinstance(m.get("float_model_bits"), int):
         totals["file_compression"] = m["float_model_bits"] / 8 / f.file_bytes
     return {"path": f.path, "format_version": m.get("format_version"), "mixbits_version": m.get("mixbits_version"),
-            "model": m.get("model"), "input_shape": m.get("input_shape"), "layers": rows,
+            "model": m.get("model"), "input_shape": m.get("input_shape"), "preprocessing": m.get("preprocessing"),
+            "layers": rows,
             "float_tensors": len(f.floats), "totals": totals}

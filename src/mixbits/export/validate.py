@@ -10,6 +10,8 @@ from ..quant import VALID_BITS
 from .group_codes import unpack_group_bits
 from .layout import (FLOAT_FIELDS, FORMAT_VERSION, GROUPED_ROW_BITS, LAYER_FIELDS, MAX_DIM, MAX_DIMS,
                      MAX_NAME_CHARS, READ_VERSIONS, SCALE_DTYPE, MbitsFormatError, corrupt, path_repr, short_repr)
+from .preprocessing import MANIFEST_KEY as PREPROCESSING_KEY
+from .preprocessing import parse_preprocessing
 from .records import FloatRecord, LayerRecord, numel, weight_key
 
 __all__ = ["parse_records", "check_fields"]
@@ -213,6 +215,10 @@ def check_fields(manifest: dict[str, Any], path: str) -> None:
     shape = manifest.get("input_shape")
     if shape is not None and (len(_shape(shape, path, "input_shape")) > 4 or numel(tuple(shape)) > 1 << 24):
         raise corrupt(path, f"input_shape {short_repr(shape)} is larger than one sample can be")
+    try:
+        parse_preprocessing(manifest.get(PREPROCESSING_KEY), shape)
+    except ValueError as exc:
+        raise corrupt(path, f"bad preprocessing in the manifest: {str(exc)[:160]}") from None
     recipe = manifest.get("model")
     if recipe is None:
         return
