@@ -180,12 +180,12 @@ def test_fill_upgrades_are_reported_and_can_be_turned_off():
         model = Zoo()
         train, held, _ = _loaders()
         space = prepare_(model)
-        result = search(model, space, train, held, SearchConfig(target="8x", epochs=2, init="uniform", fill=fill))
+        result = search(model, space, train, held, SearchConfig(target="12x", epochs=2, init="uniform", fill=fill))
         runs[fill] = (space, result)
     space, filled = runs[True]
     _, chosen = runs[False]
     assert chosen.fill_upgrades == {}
-    assert filled.fill_upgrades == {"c1": [2, 4]}
+    assert filled.fill_upgrades == {"out": [1, 2]}
     # the fill only upgrades: every layer keeps at least the search's bits, and says so
     for name, (before, after) in filled.fill_upgrades.items():
         assert after > before and chosen.bits[name] == before and filled.bits[name] == after

@@ -1,12 +1,15 @@
 """The ``.mbits`` file: a safetensors file whose metadata holds a JSON manifest.
 
-Format version 3 (version 2 files are read too: a version 2 file is a version 3 file
-without structures, so it has no ``layer_groups`` and no ``group_bits``). The
+Format version 4. Version 4 is version 3 with the four-level 2-bit quantizer (codes
+``-2..1``, levels ``(c + 1/2) * scale``; see :mod:`mixbits.quant`); version 2 and 3
+files are read too unless they hold a 2-bit layer, whose codes meant the ternary levels
+of older releases (a clear error asks to export it again). A version 2 file is a version
+3 file without structures, so it has no ``layer_groups`` and no ``group_bits``. The
 safetensors metadata has two keys: ``"mixbits"``, the manifest (compact JSON), and
 ``"mixbits_sha256"``, one SHA-256 over the manifest text and every tensor (name,
 dtype, shape and bytes, in the order below)::
 
-    {"format_version": 3, "mixbits_version": "0.1.0", "scale_dtype": "float16", "bit_order": "little",
+    {"format_version": 4, "mixbits_version": "0.1.0", "scale_dtype": "float16", "bit_order": "little",
      "model": {"zoo": "digits_cnn", "kwargs": {...}},      # or {"import": "pkg.mod:fn", "kwargs": ...}, or null
      "input_shape": [1, 8, 8],                             # or null
      "layer_fields": ["name", "kind", "shape", "bits", "aliases"],
@@ -89,8 +92,8 @@ __all__ = ["FORMAT_VERSION", "READ_VERSIONS", "MbitsFormatError", "LayerRecord",
            "write_mbits", "read_mbits", "decode_state_dict", "records_to_json", "weight_key", "checksum",
            "float_records", "header_bytes_bound", "RECIPE_ALLOWANCE_BYTES", "pack_group_bits", "unpack_group_bits"]
 
-FORMAT_VERSION = 3
-READ_VERSIONS = (2, 3)  # version 2 is version 3 without structures
+FORMAT_VERSION = 4
+READ_VERSIONS = (2, 3, 4)  # version 2 is version 3 without structures; 3 is 4 with a ternary 2-bit quantizer
 METADATA_KEY = "mixbits"
 CHECKSUM_KEY = "mixbits_sha256"
 MAX_HEADER_BYTES = 16 << 20  # a ResNet-20's header is 3 KB; this bounds what is parsed before the checksum
@@ -658,7 +661,7 @@ def _check_fields(manifest: dict[str, Any], path: str) -> None:
         older = type(version) is int and 0 < version < min(READ_VERSIONS)
         raise MbitsFormatError(
             f"{path_repr(path)} has format version {short_repr(version)}, but this mixbits reads versions "
-            f"{' and '.join(str(v) for v in READ_VERSIONS)}" + ("; upgrade mixbits to read it" if newer else "")
+            f"{', '.join(str(v) for v in READ_VERSIONS[:-1])} and {READ_VERSIONS[-1]}" + ("; upgrade mixbits to read it" if newer else "")
             + ("; export it again with this mixbits (mixbits export RUN_FOLDER)" if older else ""))
     if manifest.get("scale_dtype") != SCALE_DTYPE or manifest.get("bit_order") != "little":
         raise _corrupt(path, f"unsupported scale dtype {short_repr(manifest.get('scale_dtype'))} or bit order "
@@ -705,7 +708,7 @@ def _json(raw: bytes | str, path: str, what: str) -> Any:
 
 
 def read_mbits(path: str | Path) -> MbitsFile:
-    """Read and validate a ``.mbits`` file (version 2 or 3) without building any model and without unpickling.
+    """Read and validate a ``.mbits`` file (version 2, 3 or 4) without building any model and without unpickling.
 
     The checksum is verified before the manifest is parsed; the manifest is then checked
     field by field (types, bounds, consistency with the tensors), and the per-structure
@@ -752,6 +755,13 @@ def read_mbits(path: str | Path) -> MbitsFile:
         raise _corrupt(path, "the manifest is not a JSON object")
     _check_fields(manifest, path)
     layers, floats = _parse_records(manifest, path, tensors.get("group_bits"))
+    if manifest["format_version"] < 4:
+        old = [rec.name for rec in layers if 2 in (rec.group_bits if rec.grouped else (rec.bits,))]
+        if old:
+            raise MbitsFormatError(
+                f"{path_repr(path)} (format version {manifest['format_version']}) holds 2-bit layers "
+                f"({short_repr(old[:3])}) whose codes are the ternary levels of older mixbits releases; this "
+                f"mixbits reads 2-bit codes as four levels: export it again (mixbits export RUN_FOLDER)")
     expected = _expected_blob_sizes(layers, floats)
     blobs = {}
     for name, dtype in BLOBS.items():
