@@ -14,5 +14,6 @@ budget under the same cost model). ``mixbits search --method NAME`` picks one.
 from .base import METHODS, Allocation, AllocationContext, allocate, register_method
 from . import differentiable  # noqa: F401  (registers "search")
 from . import hessian, random, uniform  # noqa: F401  (register "hessian", "random", "uniform")
+from . import evolution, hard_search  # noqa: F401  (register "evolution", "hardsearch")
 
 __all__ = ["METHODS", "Allocation", "AllocationContext", "allocate", "register_method"]

@@ -33,6 +33,9 @@ class AllocationContext:
         resume: a state the method gave ``on_checkpoint`` in an interrupted run, to continue from
             (methods that do not checkpoint ignore it and start over).
         on_checkpoint: called by methods that checkpoint with their full state at the end of every epoch.
+        post_training: no weight may change (the weights stay the float ones; methods that learn
+            logits learn them on the frozen weights).
+        calibration: the most training images a method may read (None: no bound).
     """
 
     model: nn.Module
@@ -48,6 +51,8 @@ class AllocationContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     resume: Mapping[str, Any] | None = None
     on_checkpoint: Callable[[dict], None] | None = None
+    post_training: bool = False
+    calibration: int | None = None
 
 
 @dataclass
