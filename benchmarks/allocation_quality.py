@@ -128,6 +128,7 @@ def main() -> None:
     p.add_argument("--reference", default="exhaustive", help="exhaustive, evolution:N or none")
     p.add_argument("--calibration", type=int, default=None, help="images a method may read (default: no bound)")
     p.add_argument("--search-epochs", type=int, default=10)
+    p.add_argument("--options", default="{}", help='JSON {label: {option: value}} merged into the methods\' options')
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -147,6 +148,8 @@ def main() -> None:
     load_float_state(model, args.checkpoint)
     float_state = {k: v.clone() for k, v in model.state_dict().items()}
     budgets = dict(zip(args.targets, check_targets(model, prepare_config(settings), args.targets)))
+    for label, extra in json.loads(args.options).items():
+        METHODS[label] = (METHODS[label][0], {**METHODS[label][1], **extra})
     done = _done()
     for seed in args.seeds:
         for target in args.targets:
