@@ -17,7 +17,8 @@ The reference per (model, target, seed):
 - ``evolution:N`` (models too large to enumerate): the ``evolution`` method (EvoPress-style)
   with N held-out-loss evaluations.
 
-Rows are appended to the CSV as they finish (a killed run keeps its rows); ``--report``
+Rows are appended to the CSV as they finish (a killed run keeps its rows, and a rerun skips the
+(model, regime, method, target, seed) rows already there, whatever commit wrote them); ``--report``
 rewrites the Markdown summary from the CSV.
 
     OMP_NUM_THREADS=1 python benchmarks/allocation_quality.py --model lenet5 --data mnist5k \\
@@ -89,7 +90,7 @@ def _done() -> set:
     if not CSV_PATH.exists():
         return set()
     with CSV_PATH.open() as f:
-        return {(r["model"], r["regime"], r["method"], r["target"], r["seed"], r["commit"]) for r in csv.DictReader(f)}
+        return {(r["model"], r["regime"], r["method"], r["target"], r["seed"]) for r in csv.DictReader(f)}
 
 
 def _enumerate_band(costs: dict, budget: int, low: float = 0.85):
@@ -177,7 +178,7 @@ def main() -> None:
                     acc = _post_accuracy(row, best) if regime == "post" else _ft1_accuracy(row, settings, best)
                     ref[regime] = acc
                     label = "reference"
-                    if (args.model, regime, label, target, str(seed), st["commit"]) not in done:
+                    if (args.model, regime, label, target, str(seed)) not in done:
                         _append({"model": args.model, "regime": regime, "method": label, "target": target,
                                  "seed": seed, "weight_compression": round(row.space.cost.float_quantized_bits()
                                                                            / row.space.cost.quantized_bits(best), 3),
@@ -187,7 +188,7 @@ def main() -> None:
                                  "budget_bits": budget, "bits": json.dumps(best), **st, "machine": machine})
                     log.info("%s %s %s seed %d reference %.4f (%s)", args.model, regime, target, seed, acc, ref_name)
             for label in args.methods:
-                if all((args.model, r, label, target, str(seed), st["commit"]) in done for r in args.regimes):
+                if all((args.model, r, label, target, str(seed)) in done for r in args.regimes):
                     continue
                 name, options = METHODS[label]
                 row = start_row(settings, data, float_state, seed)
