@@ -65,3 +65,11 @@ def test_cli_post_training_with_finetune_epochs_fails_before_any_work(tmp_path, 
     assert main(["search", "--post-training", "--finetune-epochs", "2", "--out", str(out)]) != 0
     assert "post_training updates no weight" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_default_method_follows_the_regime():
+    from mixbits.pipeline.config import DEFAULT_METHOD, DEFAULT_POST_TRAINING_METHOD
+
+    assert RunConfig().method == DEFAULT_METHOD
+    assert RunConfig(post_training=True).method == DEFAULT_POST_TRAINING_METHOD
+    assert RunConfig(post_training=True, method="hessian").method == "hessian"

@@ -18,7 +18,11 @@ from ..granularity import parse_granularity
 from ..methods import METHODS
 from ..space import DEFAULT_CANDIDATES
 
-__all__ = ["Settings", "RunConfig", "SweepConfig", "parse_method"]
+__all__ = ["Settings", "RunConfig", "SweepConfig", "parse_method", "DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD"]
+
+# The default allocation method with fine-tuning, and post-training (benchmarks/results/allocation_quality.md).
+DEFAULT_METHOD = "hessian"
+DEFAULT_POST_TRAINING_METHOD = "evolution"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,19 +122,22 @@ class RunConfig(Settings):
     """Every setting of a ``mixbits search`` run: the :class:`Settings`, one method, target and seed.
 
     Attributes:
-        method: a registered method name (default ``hessian``).
+        method: a registered method name (None: :data:`DEFAULT_METHOD`, or
+            :data:`DEFAULT_POST_TRAINING_METHOD` with ``post_training``).
         method_options: {option: value} of that method.
         target: the size target, e.g. ``"24x"``, ``"300KB"``, ``"1.5bits"``.
         seed: seeds the model, the shuffling and the method.
     """
 
-    method: str = "hessian"
+    method: str | None = None
     method_options: Mapping[str, Any] = field(default_factory=dict)
     target: str = "24x"
     seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.method is None:
+            object.__setattr__(self, "method", DEFAULT_POST_TRAINING_METHOD if self.post_training else DEFAULT_METHOD)
         parse_target(self.target)
 
 
