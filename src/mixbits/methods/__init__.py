@@ -9,6 +9,11 @@ It receives the prepared model (float weights), its BitSpace, the loaders, the
 budget and the run's settings, and returns the bits (always derived with the
 exact budget solver of :mod:`mixbits.derive`, so every method meets the same
 budget under the same cost model). ``mixbits search --method NAME`` picks one.
+
+Registered: ``hessian`` (HAWQ-style sensitivity, the default with fine-tuning), ``evolution``
+(EvoPress-style search over assignments scored by held-out loss, the default post-training),
+``hardsearch`` (the relaxation learned on frozen weights with a hard forward), ``search`` (the
+differentiable search of :mod:`mixbits.search`), ``random`` and ``uniform``.
 """
 
 from .base import METHODS, Allocation, AllocationContext, allocate, register_method

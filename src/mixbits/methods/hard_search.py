@@ -104,7 +104,7 @@ def _reinforce_surrogate(model, space, x: torch.Tensor, y: torch.Tensor, samples
     for _ in range(samples):
         picks, logp = {}, 0.0
         for layer, d in space.items():
-            if d.fixed_bits is not None and layer.pinned:
+            if layer.pinned:
                 continue
             p = d.probs()  # priced and tempered
             k = int(torch.multinomial(p.detach().float().cpu(), 1, generator=gen))
