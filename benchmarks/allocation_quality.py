@@ -232,7 +232,19 @@ def report() -> None:
              f"Written by `{command_line()}`; rows from commits {', '.join(f'{c} (dirty={d})' for c, d in commits)}.",
              f"{describe()}", "",
              "Mean test accuracy (%) over seeds, min-max spread, mean gap to the reference (points), mean seconds "
-             "of the allocation. Reference: see the `reference` column of `allocation_quality.csv`.", ""]
+             "of the allocation. Reference: see the `reference` column of `allocation_quality.csv`.", "",
+             "Protocol: every method allocates on the frozen float weights of the committed checkpoint "
+             "(`benchmarks/checkpoints/`); `post` = bits fixed, BatchNorm re-estimated on 50 training batches, "
+             "test accuracy; `ft1` = the same bits, one epoch of fine-tuning from the float weights (distilled, "
+             "the same for every method), BatchNorm re-estimated, test accuracy. `reference` on lenet5 and "
+             "digits_cnn: every assignment using 85-100% of the budget, the best by held-out loss (the fixed "
+             "held-out part of the training split); in ft1 that same assignment fine-tuned. On resnet20 "
+             "(train subset of 5,000 images, seed 0; full 10,000-image test set) the reference is `evolution` "
+             "with 200 held-out-loss evaluations, and the methods' `evolution` row uses 60. Labels: `search` = "
+             "the differentiable search learning only its logits on the frozen weights (10 epochs); "
+             "`hardsearch_noselect` = hardsearch's last derivation, without the held-out selection; "
+             "`hardsearch_adam`, `hardsearch_reinforce` = removed variants (Adam beta1 0.9; score-function "
+             "estimator), rows from commits fdfcbff and 8d3ed54.", ""]
     for model in sorted({k[0] for k in groups}):
         for regime in sorted({k[1] for k in groups if k[0] == model}):
             targets = sorted({k[2] for k in groups if k[:2] == (model, regime)}, key=lambda t: float(t.rstrip("x")))
