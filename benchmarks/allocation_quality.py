@@ -129,6 +129,8 @@ def main() -> None:
     p.add_argument("--reference", default="exhaustive", help="exhaustive, evolution:N or none")
     p.add_argument("--calibration", type=int, default=None, help="images a method may read (default: no bound)")
     p.add_argument("--search-epochs", type=int, default=10)
+    p.add_argument("--bits", help="candidate bitwidths, e.g. 1,2,3,4,5,6,7,8,16,32 (default: the default candidates); "
+                                  "the model column then reads MODEL[bits=...]")
     p.add_argument("--options", default="{}", help='JSON {label: {option: value}} merged into the methods\' options')
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
@@ -141,7 +143,9 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     st = stamp()
     machine = describe()
-    settings = Settings(data=args.data, data_root=args.data_root, model=args.model, checkpoint=args.checkpoint,
+    extra = {"candidates": tuple(int(b) for b in args.bits.split(","))} if args.bits else {}
+    label_model = f"{args.model}[bits={args.bits}]" if args.bits else args.model
+    settings = Settings(**extra, data=args.data, data_root=args.data_root, model=args.model, checkpoint=args.checkpoint,
                         train_subset=args.train_subset, search_epochs=args.search_epochs, finetune_epochs=1,
                         compute_matched=False, finetune_from="float", device="cpu")
     data = build_data(args.data, root=args.data_root, train_subset=args.train_subset, device=torch.device("cpu"))
@@ -178,8 +182,8 @@ def main() -> None:
                     acc = _post_accuracy(row, best) if regime == "post" else _ft1_accuracy(row, settings, best)
                     ref[regime] = acc
                     label = "reference"
-                    if (args.model, regime, label, target, str(seed)) not in done:
-                        _append({"model": args.model, "regime": regime, "method": label, "target": target,
+                    if (label_model, regime, label, target, str(seed)) not in done:
+                        _append({"model": label_model, "regime": regime, "method": label, "target": target,
                                  "seed": seed, "weight_compression": round(row.space.cost.float_quantized_bits()
                                                                            / row.space.cost.quantized_bits(best), 3),
                                  "test_accuracy": round(acc, 5), "reference_accuracy": round(acc, 5),
@@ -188,7 +192,7 @@ def main() -> None:
                                  "budget_bits": budget, "bits": json.dumps(best), **st, "machine": machine})
                     log.info("%s %s %s seed %d reference %.4f (%s)", args.model, regime, target, seed, acc, ref_name)
             for label in args.methods:
-                if all((args.model, r, label, target, str(seed)) in done for r in args.regimes):
+                if all((label_model, r, label, target, str(seed)) in done for r in args.regimes):
                     continue
                 name, options = METHODS[label]
                 row = start_row(settings, data, float_state, seed)
@@ -206,7 +210,7 @@ def main() -> None:
                 row.space.unfix_()
                 for regime in args.regimes:
                     acc = _post_accuracy(row, bits) if regime == "post" else _ft1_accuracy(row, settings, bits)
-                    _append({"model": args.model, "regime": regime, "method": label, "target": target, "seed": seed,
+                    _append({"model": label_model, "regime": regime, "method": label, "target": target, "seed": seed,
                              "weight_compression": round(row.space.cost.float_quantized_bits()
                                                          / row.space.cost.quantized_bits(bits), 3),
                              "test_accuracy": round(acc, 5), "reference_accuracy": ref.get(regime, ""),
