@@ -4,7 +4,10 @@ A search step is one forward/backward/update through the mixed weights: a weight
 step (SGD on the weights, a training batch) or a logit step (Adam on the logits,
 a held-out batch, plus the exact budget projection). The search interleaves them
 in the proportion of the split (80% / 20% by default), so the figure that counts
-is the weighted mean. Float and search steps alternate in rounds and the median
+is the weighted mean. A ``hardsearch`` step (:mod:`mixbits.methods.hard_search`) is one
+forward with ONE sampled candidate per layer on the frozen weights (every candidate's
+quantized weight computed once), a backward to the logits only, an SGD step of the
+logits and the budget projection; it is reported as ``ratio_hard_step``. Float and search steps alternate in rounds and the median
 of each is reported, so background load hits both alike.
 
     python benchmarks/step_time.py            # both models, CPU, quick
@@ -58,6 +61,15 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int, hel
     f_opt = torch.optim.SGD(float_model.parameters(), lr=0.01, momentum=0.9)
     w_opt = torch.optim.SGD(search_model.parameters(), lr=0.01, momentum=0.9)
     a_opt = torch.optim.Adam(space.parameters(), lr=0.01)
+    hard_model = copy.deepcopy(model).to(device)
+    hard_space = prepare_(hard_model, PrepareConfig(granularity=granularity)).to(device)
+    for p in hard_model.parameters():
+        p.requires_grad_(False)
+    hard_space.set_gumbel_(True)
+    for d in hard_space.decision_list:
+        d.hard = True
+    hard_space.project_(budget)
+    h_opt = torch.optim.SGD(hard_space.parameters(), lr=0.01)
 
     def float_step():
         loss = F.cross_entropy(float_model(x), y)
@@ -79,6 +91,13 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int, hel
         a_opt.step()
         space.project_(budget)
 
+    def hard_step():
+        loss = F.cross_entropy(hard_model(x), y)
+        h_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        h_opt.step()
+        hard_space.project_(budget)
+
     def timed(fn) -> float:
         _sync(device)
         t = time.perf_counter()
@@ -86,14 +105,15 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int, hel
         _sync(device)
         return time.perf_counter() - t
 
-    for fn in (float_step, weight_step, logit_step):  # warm-up
+    for fn in (float_step, weight_step, logit_step, hard_step):  # warm-up
         fn()
         fn()
-    times = {"float": [], "weight": [], "logit": []}
+    times = {"float": [], "weight": [], "logit": [], "hard": []}
     for _ in range(rounds):
         times["float"].append(timed(float_step))
         times["weight"].append(timed(weight_step))
         times["logit"].append(timed(logit_step))
+        times["hard"].append(timed(hard_step))
     med = {k: statistics.median(v) for k, v in times.items()}
     search_step = (1 - held_fraction) * med["weight"] + held_fraction * med["logit"]
     return {
@@ -104,6 +124,8 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int, hel
         "ratio_weight_step": med["weight"] / med["float"],
         "ratio_logit_step": med["logit"] / med["float"],
         "ratio_search_step": search_step / med["float"],
+        "hard_step_s": med["hard"],
+        "ratio_hard_step": med["hard"] / med["float"],
         "layers": len(space.layers),
         "decision_units": space.cost.num_units,
         "granularity": granularity,
@@ -141,7 +163,8 @@ def main() -> None:
         results[name] = r
         print(f"{name}: float step {1000 * r['float_step_s']:.1f} ms, weight step {1000 * r['weight_step_s']:.1f} ms, "
               f"logit step {1000 * r['logit_step_s']:.1f} ms -> search step / float step = "
-              f"{r['ratio_search_step']:.3f} (weight {r['ratio_weight_step']:.3f}, logit {r['ratio_logit_step']:.3f})")
+              f"{r['ratio_search_step']:.3f} (weight {r['ratio_weight_step']:.3f}, logit {r['ratio_logit_step']:.3f}); "
+              f"hardsearch step {1000 * r['hard_step_s']:.1f} ms -> {r['ratio_hard_step']:.3f}")
     meta = {
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(),

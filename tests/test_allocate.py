@@ -57,3 +57,14 @@ def test_bad_method_and_unreachable_target_fail_before_any_work():
     with pytest.raises(ValueError, match="unreachable"):
         mixbits.allocate(model, space, train, held, target="40x", method="search")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_post_training_runs_its_own_default_and_changes_no_weight():
+    model = tiny_model()
+    space = prepare_(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train, held = _loaders()
+    result = mixbits.allocate(model, space, train, held, target="16x", post_training=True, seed=0)
+    assert space.cost.quantized_bits(result.bits) <= mixbits.budget_bits("16x", space.cost)
+    assert result.weight_epochs == 0.0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

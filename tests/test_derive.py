@@ -74,3 +74,26 @@ def test_floor_matches_brute_force(seed):
         got = solver(scores, costs, budget, floor=floor)
         assert floor <= sum(costs[n][b] for n, b in got.items()) <= budget
         assert sum(scores[n][b] for n, b in got.items()) == pytest.approx(ref_val, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_near_ties_are_solved_exactly(seed):
+    """Scores of order 1 that differ by ~1e-6: a solver stopping at HiGHS's default 1e-4 relative gap
+    can return a worse assignment; the exact solvers agree with brute force."""
+    rng = random.Random(500 + seed)
+    cands = (1, 2, 4, 8)
+    costs, scores = {}, {}
+    for i in range(6):
+        n = rng.randint(5, 30)
+        costs[f"l{i}"] = {b: n * b for b in cands}
+        base = rng.uniform(-1.0, -0.5)
+        # concave in bits, every layer nearly the same: many assignments within 1e-5 of the best
+        scores[f"l{i}"] = {b: base - 0.3 / b + rng.uniform(0, 1e-5) for b in cands}
+    lo = sum(min(c.values()) for c in costs.values())
+    hi = sum(max(c.values()) for c in costs.values())
+    budget = lo + (hi - lo) // 3
+    _, ref_val = brute_force(scores, costs, budget)
+    for solver in (solve_budget, solve_budget_dp):
+        got = solver(scores, costs, budget)
+        assert sum(costs[n][b] for n, b in got.items()) <= budget
+        assert sum(scores[n][b] for n, b in got.items()) >= ref_val - 1e-9

@@ -11,6 +11,7 @@ import torch
 from mixbits import export_model, load
 from mixbits.export import FORMAT_VERSION, CodeNotTrustedError, MbitsFormatError, describe, read_mbits
 from mixbits.export import fileformat, writer
+from mixbits.quant import quantize_hard
 
 from ._export_nets import TinyResNet, prepared
 
@@ -43,7 +44,7 @@ def _rewrite_manifest(src, dst, change, *, rehash=True):
 
 def test_good_file_reads(good):
     f = read_mbits(good)
-    assert f.manifest["format_version"] == FORMAT_VERSION == 3
+    assert f.manifest["format_version"] == FORMAT_VERSION == 4
     assert f.manifest["scale_dtype"] == "float16" and f.manifest["bit_order"] == "little"
     assert set(f.blobs) == {"codes", "scales", "half", "float", "group_bits"}
     assert f.blobs["group_bits"].numel() == 0 and "layer_groups" not in f.manifest  # no layer with structures
@@ -102,11 +103,11 @@ def test_garbage_and_plain_safetensors(tmp_path):
 
 
 def test_unknown_format_version(good, tmp_path):
-    newer = _rewrite_manifest(good, tmp_path / "v4.mbits", lambda m: m.update(format_version=4))
-    with pytest.raises(MbitsFormatError, match="format version 4, but this mixbits reads versions 2 and 3; upgrade"):
+    newer = _rewrite_manifest(good, tmp_path / "v5.mbits", lambda m: m.update(format_version=5))
+    with pytest.raises(MbitsFormatError, match="format version 5, but this mixbits reads versions 2, 3 and 4; upgrade"):
         read_mbits(newer)
     odd = _rewrite_manifest(good, tmp_path / "vx.mbits", lambda m: m.update(format_version="one"))
-    with pytest.raises(MbitsFormatError, match="format version 'one', but this mixbits reads versions 2 and 3$"):
+    with pytest.raises(MbitsFormatError, match="format version 'one', but this mixbits reads versions 2, 3 and 4$"):
         load(odd, trust_code=True)
     for fake in (True, 2.0):  # a bool or a float is not a version
         with pytest.raises(MbitsFormatError, match=f"format version {fake!r}, but"):
@@ -123,7 +124,7 @@ def test_version_1_file_asks_for_a_new_export(good, tmp_path):
     old = tmp_path / "v1.mbits"
     old.write_bytes(save(st_load(data), metadata={"mixbits": json.dumps(manifest)}))  # version 1: no sha256
     with pytest.raises(MbitsFormatError,
-                       match="format version 1, but this mixbits reads versions 2 and 3; export it again"):
+                       match="format version 1, but this mixbits reads versions 2, 3 and 4; export it again"):
         read_mbits(old)
 
 
@@ -265,3 +266,29 @@ def test_inspect_into_a_closed_pipe_exits_quietly(good):
     proc.stdout.close()  # the reader is gone before the first line, like `| head -0`
     err = proc.stderr.read().decode()
     assert proc.wait() == 0 and "Broken pipe" not in err and "Traceback" not in err, err
+
+
+def test_two_bit_layers_round_trip_with_four_levels(tmp_path):
+    """2-bit codes are four levels; the file reproduces quantize_hard exactly and stores 2 bits a weight."""
+    model, space, bits = prepared(TinyResNet(width=4), lambda i, l: 2)
+    path = tmp_path / "two.mbits"
+    export_model(model, space, path, import_path="tests._export_nets:tiny_resnet", model_kwargs={"width": 4})
+    f = read_mbits(path)
+    state = fileformat.decode_state_dict(f)
+    counts = []
+    for rec in f.layers:
+        assert rec.bits == 2
+        w = space.float_weight(rec.name).detach()
+        got = state[rec.state_keys[0]]
+        assert torch.equal(got, quantize_hard(w, 2))
+        counts += [len(row.unique()) for row in got.reshape(got.shape[0], -1)]
+    assert max(counts) == 4  # four levels in a channel, not the three of a ternary quantizer
+
+
+def test_version_3_file_with_two_bit_layers_asks_for_a_new_export(tmp_path):
+    model, space, bits = prepared(TinyResNet(width=4), lambda i, l: [2, 8][i % 2])
+    path = tmp_path / "two.mbits"
+    export_model(model, space, path, import_path="tests._export_nets:tiny_resnet", model_kwargs={"width": 4})
+    old = _rewrite_manifest(path, tmp_path / "v3.mbits", lambda m: m.update(format_version=3))
+    with pytest.raises(MbitsFormatError, match="2-bit layers .* ternary levels of older mixbits releases; .*export it again"):
+        read_mbits(old)

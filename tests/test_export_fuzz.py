@@ -95,7 +95,7 @@ def test_the_original_has_layers_with_structures(fuzz, tmp_path):
     from mixbits.export import read_mbits
 
     f = read_mbits(fuzz.make_original(tmp_path / "original.mbits"))
-    assert f.manifest["format_version"] == 3
+    assert f.manifest["format_version"] == 4
     assert f.manifest["layer_groups"] == {"features.3": 3, "features.7": 3, "classifier": 3}
     assert {r.name: r.bits for r in f.layers} == {
         "features.0": 2, "features.3": (4, 32, 16, 8, 2, 1), "features.7": (32, 16, 8, 2, 1, 4),

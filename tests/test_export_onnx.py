@@ -71,7 +71,7 @@ def test_bits_per_structure_in_the_metadata(tmp_path):
     path = export_onnx(mb, tmp_path / "g.onnx", model=TinyResNet(width=4))
     assert onnx_bits(path) == bits
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert props["mixbits.format_version"] == "3"
+    assert props["mixbits.format_version"] == "4"
     assert props["mixbits.bits.fc"] == "32,2,1,3" and props["mixbits.group_size.fc"] == "3"
     assert props["mixbits.bits.stem"] == "1,3" and props["mixbits.group_size.stem"] == "3"
     assert onnx_max_abs_diff(path, model, torch.randn(3, 3, 8, 8)) <= 1e-4

@@ -71,7 +71,7 @@ def test_quantizer_codes_round_trip(bits, c_out, n_in):
 
 
 def test_code_offsets():
-    assert [code_offset(b) for b in range(1, 9)] == [0, 1, 3, 7, 15, 31, 63, 127]
+    assert [code_offset(b) for b in range(1, 9)] == [0, 2, 3, 7, 15, 31, 63, 127]
 
 
 def test_bad_inputs_are_value_errors():

@@ -117,7 +117,7 @@ def test_records_are_canonical_and_checked():
 def test_round_trip_equals_quantize_hard_per_structure(grouped_file):
     conv, hf, plain, bias = _weights()
     f = read_mbits(grouped_file)
-    assert f.manifest["format_version"] == 3 and f.manifest["layer_groups"] == {"conv": 2, "hf": 3}
+    assert f.manifest["format_version"] == 4 and f.manifest["layer_groups"] == {"conv": 2, "hf": 3}
     assert [row[3] for row in f.manifest["layers"]] == [0, 0, 4]  # a layer with structures has bits 0 in its row
     assert [(r.name, r.bits, r.group_size) for r in f.layers] == [("conv", CONV_BITS, 2), ("hf", HF_BITS, 3),
                                                                    ("plain", 4, 0)]

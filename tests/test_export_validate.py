@@ -208,7 +208,7 @@ def test_codes_that_do_not_reach_their_scale_are_refused_on_decoding(good, tmp_p
     n = packed_nbytes(stem.num_weights, 4)
     bad = forge(good, tmp_path / "bad.mbits", tensors=_set("codes", slice(0, n), 0x77))  # every code 0
     read_mbits(bad)  # each code is one a quantizer produces...
-    with pytest.raises(MbitsFormatError, match=r"layer 'stem': a 4-bit channel's codes reach only 0 of 7"):
+    with pytest.raises(MbitsFormatError, match=r"layer 'stem': a 4-bit channel's levels reach only 0 of 7"):
         load(bad, model=TinyResNet(width=4))  # ...but not with these scales
 
 

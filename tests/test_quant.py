@@ -19,7 +19,10 @@ def test_uniform_levels_and_error(bits):
     codes, scale = weight_codes(w, bits)
     qmax = 2 ** (bits - 1) - 1
     assert codes.dtype == torch.int16
-    assert int(codes.abs().max()) <= qmax
+    if bits == 2:  # four codes, all used by a Gaussian weight
+        assert sorted(codes.unique().tolist()) == [-2, -1, 0, 1]
+    else:
+        assert int(codes.abs().max()) <= qmax
     # scales are exactly representable in float16
     assert torch.equal(scale.half().float(), scale)
     q = dequantize(codes, scale, bits)
@@ -81,11 +84,13 @@ def test_chunked_clip_search_equals_the_one_shot_grid(monkeypatch):
     torch.manual_seed(0)
     w = torch.randn(37, 5, 3)
     flat = w.reshape(37, -1)
-    qmax = torch.tensor([1.0, 7.0, 127.0])
+    lo = torch.tensor([-2.0, -7.0, -127.0]).view(-1, 1, 1, 1)
+    hi = torch.tensor([1.0, 7.0, 127.0]).view(-1, 1, 1, 1)
+    off = torch.tensor([0.5, 0.0, 0.0]).view(-1, 1, 1, 1)
+    top = torch.tensor([1.5, 7.0, 127.0])
     wmax = flat.abs().amax(1)
-    scales = q._to_half_exact(wmax[None, :, None] * q._CLIP_GRID[None, None, :] / qmax[:, None, None])  # (B, C, G)
-    qq = torch.minimum(torch.maximum((flat[None, :, None] / scales[..., None]).round(), -qmax.view(-1, 1, 1, 1)),
-                       qmax.view(-1, 1, 1, 1))
+    scales = q._to_half_exact(wmax[None, :, None] * q._CLIP_GRID[None, None, :] / top[:, None, None])  # (B, C, G)
+    qq = torch.minimum(torch.maximum((flat[None, :, None] / scales[..., None] - off).round(), lo), hi) + off
     ref = q._CLIP_GRID[((qq * scales[..., None] - flat[None, :, None]) ** 2).sum(3).argmin(2)]  # (B, C)
     monkeypatch.setattr(q, "_CHUNK_ELEMENTS", 3 * 15 * 4)  # four channels per chunk
     assert torch.equal(q.best_clip(w, (2, 4, 8)), ref)

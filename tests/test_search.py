@@ -187,7 +187,7 @@ def test_fill_upgrades_are_reported_and_can_be_turned_off():
         model = Zoo()
         train, held, _ = _loaders()
         space = prepare_(model)
-        result = search(model, space, train, held, SearchConfig(target="8x", epochs=2, init="uniform", fill=fill))
+        result = search(model, space, train, held, SearchConfig(target="12x", epochs=2, init="uniform", fill=fill))
         runs[fill] = (space, result)
     space, filled = runs[True]
     _, chosen = runs[False]

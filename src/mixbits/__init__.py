@@ -25,7 +25,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .allocate import DEFAULT_METHOD, allocate
+    from .allocate import DEFAULT_METHOD, DEFAULT_POST_TRAINING_METHOD, allocate
     from .budget import Target, budget_bits, parse_target
     from .cost import CostModel, LayerInfo
     from .derive import solve_budget
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "allocate": "allocate",
     "DEFAULT_METHOD": "allocate",
+    "DEFAULT_POST_TRAINING_METHOD": "allocate",
     "Allocation": "methods",
     "Target": "budget",
     "budget_bits": "budget",
@@ -81,7 +82,7 @@ _LAZY = {
 __version__ = "0.1.0"
 
 __all__ = [
-    "Allocation", "DEFAULT_METHOD", "allocate", "BitSpace", "CostModel", "Decision", "LayerInfo", "NonFiniteLossError", "PrepareConfig", "SearchConfig",
+    "Allocation", "DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD", "allocate", "BitSpace", "CostModel", "Decision", "LayerInfo", "NonFiniteLossError", "PrepareConfig", "SearchConfig",
     "SearchResult", "Target", "TrainConfig", "budget_bits", "build_report", "derive_bits", "evaluate",
     "fake_quantize", "finetune_", "fit", "format_table", "parse_target", "prepare_", "recalibrate_bn_", "search", "solve_budget",
     "to_markdown", "unprepare_", "weight_codes",

@@ -3,7 +3,8 @@
 A multiple-choice knapsack: pick one candidate per layer, maximise the summed
 preference (log-probabilities of the search), keep the summed exact size at or
 under the budget. :func:`solve_budget` solves it exactly with HiGHS
-(``scipy.optimize.milp``); :func:`solve_budget_dp` is an exact dynamic programme
+(``scipy.optimize.milp`` with a zero relative MIP gap and a scaled objective, so that near-ties are decided by the
+scores and not by the solver's stopping rule); :func:`solve_budget_dp` is an exact dynamic programme
 over sizes for small problems, used as a reference in tests.
 """
 
@@ -17,6 +18,8 @@ __all__ = ["InfeasibleError", "solve_budget", "solve_budget_dp"]
 
 # Among assignments of equal preference, prefer the one that uses more of the budget.
 _TIE_BREAK = 1e-7
+# The spread the solver's objective is scaled to (see solve_budget).
+_OBJECTIVE_RANGE = 1e6
 
 
 def _validate(scores: Mapping[str, Mapping[int, float]], costs: Mapping[str, Mapping[int, int]], budget: int,
@@ -62,13 +65,22 @@ def solve_budget(scores: Mapping[str, Mapping[int, float]], costs: Mapping[str, 
     cost_vec = np.array([costs[n][b] for n, b in index], dtype=np.float64)
     scale = max(float(budget), 1.0)
     objective = -np.array([scores[n][b] + _TIE_BREAK * costs[n][b] / scale for n, b in index])
+    # HiGHS also stops within an absolute gap of 1e-6 (not settable through scipy): shift each unit's
+    # scores to a maximum of 0 (the same constant for every assignment) and scale their range to
+    # _OBJECTIVE_RANGE, so that gap is ~1e-12 of the range of the scores.
+    objective -= np.minimum.reduceat(objective, np.r_[0, np.cumsum([len(costs[n]) for n in names])[:-1]])[row]
+    spread = float(objective.max()) if objective.size else 0.0
+    if spread > 0:
+        objective *= _OBJECTIVE_RANGE / spread
     # one choice per unit: a sparse (units, variables) matrix, so tens of thousands of units stay cheap
     choose_one = csr_array((np.ones(len(index)), (row, np.arange(len(index)))), shape=(len(names), len(index)))
     bound = float(budget)
     for _ in range(5):
         constraints = [LinearConstraint(choose_one, 1.0, 1.0),
                        LinearConstraint(cost_vec[None, :], float(floor) if floor > 0 else -np.inf, bound)]
-        res = milp(objective, constraints=constraints, integrality=np.ones(len(index)), bounds=Bounds(0, 1))
+        # mip_rel_gap=0: prove optimality (HiGHS stops at a 1e-4 relative gap by default, so near-ties could lose)
+        res = milp(objective, constraints=constraints, integrality=np.ones(len(index)), bounds=Bounds(0, 1),
+                   options={"mip_rel_gap": 0.0})
         if res.status == 2:  # infeasible
             raise InfeasibleError(f"no assignment has a size between {floor} and {budget} bits")
         if res.x is None:

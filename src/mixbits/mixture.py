@@ -3,7 +3,9 @@
 A :class:`Decision` holds logits over the candidate bitwidths (one row per structure
 when bits are chosen per structure) and computes the weight a layer runs with: the
 quantized weight at fixed bits, or the probability-weighted mixture
-``sum_b p_b Q_b(W)`` while the search is on. Pure per-tensor arithmetic lives in
+``sum_b p_b Q_b(W)`` while the search is on, or, with ``hard`` set, ONE sampled candidate
+per forward (straight-through gradient to the logits: the loss is always that of a real
+discrete assignment). Pure per-tensor arithmetic lives in
 :mod:`mixbits.quant`; model surgery in :mod:`mixbits.space`.
 """
 
@@ -50,6 +52,9 @@ class Decision(nn.Module):
                 torch.arange(self.groups), torch.tensor(groups)), persistent=False)
         self.temperature = 1.0
         self.gumbel = False
+        # Hard forward: one candidate (the argmax of the, Gumbel-perturbed when enabled, probabilities)
+        # per forward, the straight-through gradient of the softmax to the logits.
+        self.hard = False
         self.fixed_bits: Bits | None = None
         if len(self.candidates) == 1:
             self.fixed_bits = self.candidates[0] if self.groups == 1 else (self.candidates[0],) * self.groups
@@ -58,13 +63,15 @@ class Decision(nn.Module):
         self.clip_refresh = 16
         self._clip: torch.Tensor | None = None
         self._clip_age = 0
-        self._hard: tuple | None = None  # (key, quantized weight) at the fixed bits
+        self._hard: dict = {}  # {bits: (key, quantized weight)}, one entry per fixed bits used
+        self._stack: tuple | None = None  # (key, every candidate's quantized weight), for the hard forward
 
     def reset_cache_(self) -> None:
         """Forget the cached clipping ratios (recomputed at the next mixed forward)."""
         self._clip = None
         self._clip_age = 0
-        self._hard = None
+        self._hard = {}
+        self._stack = None
 
     def _fixed_weight(self, w: torch.Tensor) -> torch.Tensor:
         """``fake_quantize(w, fixed_bits)``, its grid search done once per weight version.
@@ -78,14 +85,16 @@ class Decision(nn.Module):
         return w + (self._cached_hard(w, bits) - w).detach()
 
     def _cached_hard(self, w: torch.Tensor, bits: Bits) -> torch.Tensor:
-        """The quantized weight at ``bits``, cached per weight version."""
-        key = (id(w), w._version, bits, w.device, w.dtype)
-        if self._hard is None or self._hard[0] != key:
+        """The quantized weight at ``bits``, cached per weight version (one entry per bits)."""
+        key = (id(w), w._version, w.device, w.dtype)
+        cached = self._hard.get(bits)
+        if cached is None or cached[0] != key:
             if isinstance(bits, tuple):
-                self._hard = (key, self._structured_hard(w, bits))
+                cached = (key, self._structured_hard(w, bits))
             else:
-                self._hard = (key, quantize_hard(w, bits, self.channel_dim))
-        return self._hard[1]
+                cached = (key, quantize_hard(w, bits, self.channel_dim))
+            self._hard[bits] = cached
+        return cached[1]
 
     @torch.no_grad()
     def _structured_hard(self, w: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
@@ -108,6 +117,37 @@ class Decision(nn.Module):
             logits = logits - torch.log(-torch.log(u))
         return F.softmax(logits / self.temperature, dim=-1)
 
+    def sample(self) -> torch.Tensor:
+        """A one-hot choice (the argmax of :meth:`probs`) with the straight-through gradient of the
+        probabilities, shape (K,) or (G, K). With ``gumbel`` in training it is a draw from the
+        softmax of the priced logits (the Gumbel-max trick)."""
+        p = self.probs()
+        y = F.one_hot(p.argmax(dim=-1), p.shape[-1]).to(p.dtype)
+        return y + p - p.detach()
+
+    def _candidate_stack(self, w: torch.Tensor) -> torch.Tensor:
+        """Every candidate's quantized weight minus ``w``, (K', *w.shape) with the 32-bit candidate
+        left out, exactly as the fixed forward computes them; cached per weight version (the hard
+        search keeps its weights frozen, so this is computed once)."""
+        key = (id(w), w._version, w.device, w.dtype)
+        if self._stack is None or self._stack[0] != key:
+            wd = w.detach()
+            parts = [quantize_hard(wd, b, self.channel_dim) - wd for b in self.candidates if b != FLOAT_BITS]
+            self._stack = (key, torch.stack(parts) if parts else wd.new_zeros((0,) + tuple(wd.shape)))
+        return self._stack[1]
+
+    def _hard_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight of one sampled candidate, with the straight-through gradient to the logits."""
+        y = self.sample().to(w.dtype)  # (K,) or (G, K)
+        deltas = self._candidate_stack(w)  # (K', *w.shape), candidates in order, 32 last and left out
+        k = deltas.shape[0]
+        if self.groups == 1:
+            return w + torch.tensordot(y[:k], deltas, dims=1)
+        d = channels_first(deltas.movedim(0, -1), self.channel_dim)  # (C, ..., K')
+        coef = y[self.channel_group.to(y.device), :k]  # (C, K')
+        mix = (d * coef.reshape((coef.shape[0],) + (1,) * (d.dim() - 2) + (k,))).sum(dim=-1)
+        return w + channels_back(mix, self.channel_dim)
+
     def preference(self) -> torch.Tensor:
         """Log-probabilities at temperature 1 (what the budget solver maximises), shape (K,) or (G, K)."""
         return F.log_softmax(self.logits.detach().float(), dim=-1)
@@ -123,6 +163,8 @@ class Decision(nn.Module):
         """The weight a layer computes with: fixed bits, or the probability-weighted mixture."""
         if self.fixed_bits is not None:
             return self._fixed_weight(w)
+        if self.hard:
+            return self._hard_weight(w)
         p = self.probs().to(w.dtype)  # (K,) or (G, K)
         # sum_k p_k Q_k(w) written as w + sum_k p_k (Q_k(w) - w): the straight-through
         # gradient to w is the identity and the gradient to p_k is Q_k(w) - w, which

@@ -8,9 +8,11 @@ two faces that always agree exactly:
 * ``fake_quantize``: the float weight the network computes with during search and
   fine-tuning, ``dequantize(weight_codes(w))`` with a straight-through gradient.
 
-Bitwidths: 1 is binary (sign times the channel's mean |w|, as in BWN); 2..8 are
-symmetric uniform with levels ``-qmax..qmax`` (``qmax = 2**(b-1) - 1``) and a
-clipping scale chosen per channel to minimise the squared error; 16 is IEEE half
+Bitwidths: 1 is binary (sign times the channel's mean |w|, as in BWN); 2 uses all
+four levels of its codes, ``(c + 1/2) * scale`` for ``c`` in ``-2..1`` (the levels
+``±scale/2, ±3 scale/2``: symmetric, no zero); 3..8 are symmetric uniform with levels
+``-qmax..qmax`` (``qmax = 2**(b-1) - 1``). Every uniform quantizer (2..8) picks a
+clipping scale per channel that minimises the squared error; 16 is IEEE half
 precision; 32 leaves the weight unchanged.
 
 A weight whose output channels lie on another dimension (a Hugging Face ``Conv1D``
@@ -79,6 +81,45 @@ def _qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
+def _code_range(bits: int) -> tuple[int, int, float]:
+    """(lowest code, highest code, half-step offset) of the uniform quantizer at ``bits`` in 2..8.
+
+    A code ``c`` stands for ``(c + offset) * scale``: 2 bits use four codes with levels at
+    the half-integers, wider quantizers the symmetric integers ``-qmax..qmax``.
+    """
+    if bits == 2:
+        return -2, 1, 0.5
+    q = _qmax(bits)
+    return -q, q, 0.0
+
+
+def level_offset(bits: int) -> float:
+    """What a 2..8-bit code ``c`` adds before the scale: ``(c + offset) * scale``; 0.5 at 2 bits, else 0."""
+    return _code_range(bits)[2]
+
+
+def level_top(bits: int) -> float:
+    """The largest |level| of the 2..8-bit quantizer, in units of the scale: ``qmax``, or 3/2 at 2 bits."""
+    return _top(bits)
+
+
+def _top(bits: int) -> float:
+    """The largest level of the uniform quantizer at ``bits``, in units of its scale."""
+    lo, hi, off = _code_range(bits)
+    return hi + off
+
+
+def _level_tensors(bits: tuple[int, ...], like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(lo, hi, offset, top) of several uniform bitwidths, each of shape (B,)."""
+    rows = [_code_range(b) + (_top(b),) for b in bits]
+    return tuple(torch.tensor(col, dtype=like.dtype, device=like.device) for col in zip(*rows))
+
+
+def _round_codes(x: torch.Tensor, lo, hi, off) -> torch.Tensor:
+    """The code nearest to ``x`` (in units of the scale): ``clamp(round(x - off), lo, hi)``."""
+    return torch.minimum(torch.maximum((x - off).round(), lo), hi)
+
+
 def _to_half_exact(scale: torch.Tensor) -> torch.Tensor:
     """Round a positive scale to a float16 value (kept in the input dtype)."""
     return scale.clamp(min=_MIN_SCALE, max=60000.0).half().to(scale.dtype)
@@ -103,15 +144,15 @@ def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
         return _to_half_exact(flat.abs().mean(dim=1))
     clip = best_clip(w, (bits,))[0]  # (C,)
     wmax = flat.abs().amax(dim=1).clamp(min=_MIN_SCALE)  # (C,)
-    return _to_half_exact(wmax * clip / _qmax(bits))
+    return _to_half_exact(wmax * clip / _top(bits))
 
 
 @torch.no_grad()
 def weight_codes(w: torch.Tensor, bits: int, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer codes and per-channel scale of ``w`` at ``bits`` in 1..8.
 
-    Binary codes are 0 (negative) and 1 (non-negative); uniform codes are the
-    signed levels ``-qmax..qmax``.
+    Binary codes are 0 (negative) and 1 (non-negative); 2-bit codes are ``-2..1``
+    (levels ``(c + 1/2) * scale``); wider uniform codes the signed levels ``-qmax..qmax``.
 
     Args:
         w: weight, shape (C_out, ...).
@@ -127,8 +168,8 @@ def weight_codes(w: torch.Tensor, bits: int, scale: torch.Tensor | None = None) 
     if bits == 1:
         codes = (w >= 0).to(torch.int16)
     else:
-        qmax = _qmax(bits)
-        codes = (w / scale.view(view)).round().clamp(-qmax, qmax).to(torch.int16)
+        lo, hi, off = _code_range(bits)
+        codes = (w / scale.view(view) - off).round().clamp(lo, hi).to(torch.int16)
     return codes, scale
 
 
@@ -138,7 +179,7 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Ten
     scale = scale.float().view(view)
     if bits == 1:
         return (codes.float() * 2.0 - 1.0) * scale
-    return codes.float() * scale
+    return (codes.float() + _code_range(bits)[2]) * scale
 
 
 def quantize_hard(w: torch.Tensor, bits: int, channel_dim: int = 0) -> torch.Tensor:
@@ -170,20 +211,20 @@ def best_clip(w: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
         clip ratios, shape (len(bits), C_out), values from the clipping grid.
     """
     flat = w.detach().reshape(w.shape[0], -1)  # (C, n)
-    qmax = torch.tensor([_qmax(b) for b in bits], dtype=w.dtype, device=w.device)  # (B,)
+    lo, hi, off, top = (t.view(-1, 1, 1) for t in _level_tensors(bits, w))  # (B, 1, 1) each
     wmax = flat.abs().amax(dim=1).clamp(min=_MIN_SCALE)  # (C,)
     grid = _CLIP_GRID.to(device=w.device, dtype=w.dtype)  # (G,)
     # Channels in chunks, one clipping ratio at a time: temporaries of (B, c, n) <= _CHUNK_ELEMENTS elements
     # instead of one (B, C, G, n) tensor.
     step = max(1, _CHUNK_ELEMENTS // (len(bits) * max(flat.shape[1], 1)))
     out = []
-    for lo in range(0, flat.shape[0], step):
-        f, m = flat[lo:lo + step], wmax[lo:lo + step]  # (c, n), (c,)
-        scales = _to_half_exact(m[None, :, None] * grid[None, None, :] / qmax[:, None, None])  # (B, c, G)
+    for first in range(0, flat.shape[0], step):
+        f, m = flat[first:first + step], wmax[first:first + step]  # (c, n), (c,)
+        scales = _to_half_exact(m[None, :, None] * grid[None, None, :] / top)  # (B, c, G)
         err = torch.zeros(scales.shape, dtype=w.dtype, device=w.device)  # (B, c, G)
         for g in range(len(grid)):
             s = scales[:, :, g, None]  # (B, c, 1)
-            q = torch.minimum(torch.maximum((f[None] / s).round(), -qmax.view(-1, 1, 1)), qmax.view(-1, 1, 1))
+            q = _round_codes(f[None] / s, lo, hi, off) + off
             err[:, :, g] = (q * s - f[None]).pow(2).sum(dim=2)
         out.append(grid[err.argmin(dim=2)])  # (B, c)
     return torch.cat(out, dim=1)  # (B, C)
@@ -206,10 +247,10 @@ def quantize_int_stack(w: torch.Tensor, bits: tuple[int, ...], clip: torch.Tenso
     """
     w = w.detach()
     flat = w.reshape(1, w.shape[0], -1)  # (1, C, n)
-    qmax = torch.tensor([_qmax(b) for b in bits], dtype=w.dtype, device=w.device).view(-1, 1, 1)  # (B, 1, 1)
+    lo, hi, off, top = (t.view(-1, 1, 1) for t in _level_tensors(bits, w))  # (B, 1, 1) each
     wmax = flat.abs().amax(dim=2, keepdim=True).clamp(min=_MIN_SCALE)  # (1, C, 1)
-    scale = _to_half_exact(wmax * clip[..., None] / qmax)  # (B, C, 1)
-    q = torch.minimum(torch.maximum((flat / scale).round(), -qmax), qmax) * scale  # (B, C, n)
+    scale = _to_half_exact(wmax * clip[..., None] / top)  # (B, C, 1)
+    q = (_round_codes(flat / scale, lo, hi, off) + off) * scale  # (B, C, n)
     return q.reshape((len(bits),) + tuple(w.shape))
 
 

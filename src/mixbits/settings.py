@@ -22,12 +22,12 @@ __all__ = ["BOUNDS", "validate_settings", "check_method_options"]
 # Ranges by setting name, shared by the configs that have the setting.
 BOUNDS: dict[str, dict[str, float]] = {
     "float_epochs": {"ge": 0, "le": 100_000}, "finetune_epochs": {"ge": 0, "le": 100_000},
-    "search_epochs": {"ge": 2, "le": 100_000}, "epochs": {"ge": 1, "le": 100_000},
+    "search_epochs": {"ge": 1, "le": 100_000}, "epochs": {"ge": 1, "le": 100_000},
     "batch_size": {"ge": 1, "le": 1 << 20}, "held_out_fraction": {"gt": 0, "lt": 1},
     "float_lr": {"gt": 0, "le": 100}, "finetune_lr": {"gt": 0, "le": 100}, "lr": {"gt": 0, "le": 100},
     "momentum": {"ge": 0, "lt": 1}, "weight_decay": {"ge": 0, "le": 1}, "warmup_epochs": {"ge": 0},
     "label_smoothing": {"ge": 0, "lt": 1}, "seed": {"ge": 0, "le": 2 ** 63 - 1},
-    "train_subset": {"ge": 1}, "test_subset": {"ge": 2},
+    "train_subset": {"ge": 1}, "test_subset": {"ge": 2}, "calibration": {"ge": 1},
 }
 
 _MODELS: dict[type, type[pydantic.BaseModel]] = {}
@@ -94,11 +94,12 @@ def check_method_options(method_options: Mapping[str, Any], methods: list[str], 
     Raises:
         ValueError: an option no method of ``methods`` knows, or options that are not a table.
     """
-    from .methods import hessian
+    from .methods import evolution, hard_search, hessian
     from .search import SearchConfig
 
     known = {"search": {f.name for f in dataclasses.fields(SearchConfig)} - {"target", "epochs", "distill_weight"},
-             "hessian": set(hessian._OPTIONS), "random": {"band"}, "uniform": {"bits"}}
+             "hessian": set(hessian._OPTIONS), "random": {"band"}, "uniform": {"bits"},
+             "evolution": set(evolution._OPTIONS), "hardsearch": set(hard_search._DEFAULTS)}
     for method in methods:
         if method not in known:
             continue  # a user-registered method checks its own options

@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .defaults import SEARCH as d
 
     add_settings_arguments(p, d, out_default="runs/<time>-<model>-<target>")
-    p.add_argument("--method", help=f"allocation method (default {d.method})")
+    p.add_argument("--method", help=f"allocation method (default {d.method}; {d.post_training_method} with "
+                                    f"--post-training)")
     p.add_argument("--target", type=parse_target_text, help=f'size target: "24x" weight compression, "12KB" size of '
                                                             f'the .mbits file (header included), "1.5bits" (default {d.target})')
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")

@@ -49,4 +49,9 @@ def add_settings_arguments(p: argparse.ArgumentParser, d, *, out_default: str) -
     p.add_argument("--out", help=f"output folder (default {out_default})")
     p.add_argument("--force", action="store_true", help="overwrite the results already in --out (their files are removed)")
     p.add_argument("--checkpoint", help="float checkpoint to start from instead of training the float model")
+    p.add_argument("--post-training", action="store_true", default=None,
+                   help="no weight update at all: allocate on the frozen float weights, re-estimate the BatchNorm "
+                        "statistics, evaluate and export (no fine-tuning; --finetune-epochs is then an error)")
+    p.add_argument("--calibration", type=int, metavar="N",
+                   help="the most training images the allocation and the BatchNorm re-estimation read (default all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

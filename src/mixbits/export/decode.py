@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quant import FLOAT_BITS, HALF_BITS, INT_BITS, channels_back, dequantize
+from ..quant import FLOAT_BITS, HALF_BITS, INT_BITS, channels_back, dequantize, level_offset, level_top
 from .layout import BLOBS, SCALE_RANGE, corrupt, short_repr
 from .pack import packed_nbytes, unpack_codes
 from .records import LayerRecord, MbitsFile, numel
@@ -82,12 +82,13 @@ def _check_channel_codes(codes: torch.Tensor, scales: torch.Tensor, bits: int, r
     """
     if bits == 1 or codes.numel() == 0:
         return
-    qmax = (1 << (bits - 1)) - 1
-    reach = codes.reshape(codes.shape[0], -1).abs().amax(dim=1)  # (c,)
+    top = level_top(bits)  # the largest |level|: qmax, or 3/2 for the four 2-bit levels (c + 1/2)
+    reach = (codes.reshape(codes.shape[0], -1).float() + level_offset(bits)).abs().amax(dim=1)  # (c,)
     lo, hi = SCALE_RANGE
     free = (scales.float() > lo) & (scales.float() < hi)  # (c,) scales not at a clamp
-    short = free & (reach < max(qmax - 1, 1))
+    # at 2 bits the largest weight always lands on the outer level (its scale is max |w| * clip / (3/2))
+    short = free & (reach < (top if bits == 2 else max(top - 1, 1)))
     if bool(short.any()):
         i = int(short.nonzero()[0, 0])
-        raise corrupt(path, f"layer {short_repr(rec.name)}: a {bits}-bit channel's codes reach only "
-                            f"{int(reach[i])} of {qmax}: they do not belong to their scale")
+        raise corrupt(path, f"layer {short_repr(rec.name)}: a {bits}-bit channel's levels reach only "
+                            f"{float(reach[i]):g} of {top:g}: its codes do not belong to their scale")

@@ -1,12 +1,15 @@
 """The ``.mbits`` file: a safetensors file whose metadata holds a JSON manifest.
 
-Format version 3 (version 2 files are read too: a version 2 file is a version 3 file
-without structures, so it has no ``layer_groups`` and no ``group_bits``). The
+Format version 4. Version 4 is version 3 with the four-level 2-bit quantizer (codes
+``-2..1``, levels ``(c + 1/2) * scale``; see :mod:`mixbits.quant`); version 2 and 3
+files are read too unless they hold a 2-bit layer, whose codes meant the ternary levels
+of older releases (a clear error asks to export it again). A version 2 file is a version
+3 file without structures, so it has no ``layer_groups`` and no ``group_bits``. The
 safetensors metadata has two keys: ``"mixbits"``, the manifest (compact JSON), and
 ``"mixbits_sha256"``, one SHA-256 over the manifest text and every tensor (name,
 dtype, shape and bytes, in the order below)::
 
-    {"format_version": 3, "mixbits_version": "0.1.0", "scale_dtype": "float16", "bit_order": "little",
+    {"format_version": 4, "mixbits_version": "0.1.0", "scale_dtype": "float16", "bit_order": "little",
      "model": {"zoo": "digits_cnn", "kwargs": {...}},      # or {"import": "pkg.mod:fn", "kwargs": ...}, or null
      "input_shape": [1, 8, 8],                             # or null
      "preprocessing": {"mean": [0.5], "std": [0.25]},      # optional: see export/preprocessing.py

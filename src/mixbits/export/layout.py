@@ -15,8 +15,8 @@ __all__ = ["FORMAT_VERSION", "READ_VERSIONS", "METADATA_KEY", "CHECKSUM_KEY", "S
            "corrupt", "checksum", "MAX_HEADER_BYTES", "MAX_NAME_CHARS", "MAX_DIMS", "MAX_DIM", "MAX_TENSORS",
            "SCALE_RANGE", "FLOAT16_MAX", "BN_STATS"]
 
-FORMAT_VERSION = 3
-READ_VERSIONS = (2, 3)  # version 2 is version 3 without structures
+FORMAT_VERSION = 4
+READ_VERSIONS = (2, 3, 4)  # version 2 is version 3 without structures; 3 is 4 with a ternary 2-bit quantizer
 METADATA_KEY = "mixbits"
 CHECKSUM_KEY = "mixbits_sha256"
 MAX_HEADER_BYTES = 16 << 20  # a ResNet-20's header is 3 KB; this bounds what is parsed before the checksum

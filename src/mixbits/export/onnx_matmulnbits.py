@@ -29,7 +29,7 @@ from .packed_values import unpack_values
 
 __all__ = ["matmulnbits_graph", "MATMULNBITS_BITS", "BLOCK_SIZES", "block_size"]
 
-MATMULNBITS_BITS = (2, 4, 8)
+MATMULNBITS_BITS = (4, 8)  # 2-bit levels sit at the half-integers, which its integer zero point cannot express
 BLOCK_SIZES = (16, 32, 64, 128)  # block sizes onnxruntime's CPU kernels (MLAS) support for every bitwidth
 
 

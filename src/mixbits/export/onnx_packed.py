@@ -4,11 +4,13 @@ Standard operators only. Each quantized weight initializer of the exported float
 found by value (the weights :func:`mixbits.load` builds, or their transpose where the exporter
 folded one) and replaced by nodes that compute the same float32 values from the file's codes:
 
-* 4- and 8-bit runs (and 2-bit ones at opset 25): an ``INT4``/``INT8``/``INT2`` initializer of the
-  signed codes and ``DequantizeLinear`` with one float32 scale per output channel (``axis=0``);
-* 1-, 3-, 5-, 6- and 7-bit runs (no ONNX type holds them): the ``.mbits`` bytes themselves as a
-  ``UINT8`` stream, unpacked with ``BitShift``/``BitwiseAnd``/``Cast``/``MatMul`` (bit weights), then the
-  code offset subtracted and the channel scale applied (binary: ``(2 v - 1) * scale``);
+* 4- and 8-bit runs: an ``INT4``/``INT8`` initializer of the signed codes and ``DequantizeLinear``
+  with one float32 scale per output channel (``axis=0``);
+* 1-, 2-, 3-, 5-, 6- and 7-bit runs (no ONNX type holds them, or, at 2 bits, levels at the
+  half-integers ``(c + 1/2) * scale`` that ``DequantizeLinear``'s integer zero point cannot express):
+  the ``.mbits`` bytes themselves as a ``UINT8`` stream, unpacked with
+  ``BitShift``/``BitwiseAnd``/``Cast``/``MatMul`` (bit weights), then the code offset subtracted
+  (minus the half step at 2 bits) and the channel scale applied (binary: ``(2 v - 1) * scale``);
 * 16-bit runs: a ``FLOAT16`` initializer and ``Cast``; 32-bit ones stay ``FLOAT``;
 * a layer with bits per structure: one such part per bitwidth, ``Concat`` along the channels and a
   ``Gather`` that puts the channels back in order.
@@ -18,8 +20,7 @@ those of :func:`mixbits.load`, bit for bit. One runtime caveat: with its default
 onnxruntime (1.32) fuses some ``DequantizeLinear`` (INT8) + ``MatMul`` pairs into a ``MatMulNBits``
 that quantizes the activations to int8 (``accuracy_level`` 4): faster, but ~1e-3 relative off.
 ``SessionOptions.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")`` keeps
-those exact. Convolutions are not fused. The graph is opset 21 (``INT4``), or 25 when a
-2-bit run is stored as ``INT2``.
+those exact. Convolutions are not fused. The graph is opset 21 (``INT4``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..quant import FLOAT_BITS, HALF_BITS
+from ..quant import FLOAT_BITS, HALF_BITS, level_offset
 from .fileformat import MbitsFile
 from .layer_runs import LayerRuns, Run, layer_runs
 from .pack import code_offset
@@ -113,7 +114,7 @@ class WeightGraphBuilder:
             return self.node("Cast", [self.init(run.values.numpy(), "w16")], to=tp.FLOAT)
         assert run.codes is not None and run.scales is not None
         # the file's float16 scales, cast to float32 in the graph (exact): half the bytes of float32 scales
-        if run.bits in (4, 8) or (run.bits == 2 and self.int2):
+        if run.bits in (4, 8):
             codes = (unpack_values(run.codes, run.bits, run.numel) - code_offset(run.bits)).numpy()
             q = self.typed(codes.reshape(run.shape), run.bits)
             scale = self.node("Cast", [self.init(run.scales.numpy(), "scale")], to=tp.FLOAT)  # (c,)
@@ -139,7 +140,8 @@ class WeightGraphBuilder:
         per_value = self.node("Reshape", [bits, self.init(np.array([n, b], np.int64), "nb")])  # (n, b)
         v = self.node("MatMul", [self.node("Cast", [per_value], to=tp.FLOAT),
                                  self.const(f"pow{b}", (2.0 ** np.arange(b, dtype=np.float32))[:, None])])  # (n, 1)
-        code = self.node("Sub", [v, self.const(f"off{b}", np.array(float(code_offset(b)), np.float32))])
+        offset = float(code_offset(b)) - level_offset(b)  # 2 bits: (v - 2 + 1/2), exact in float32
+        code = self.node("Sub", [v, self.const(f"off{b}", np.array(offset, np.float32))])
         shaped = self.node("Reshape", [code, self.init(np.array(run.shape, np.int64), "shape")])  # (c, ...)
         return self.node("Mul", [shaped, view])
 
@@ -243,10 +245,9 @@ def pack_graph(proto: Any, f: MbitsFile, *, skip: frozenset[str] = frozenset(), 
     import onnx
     from onnx import version_converter
 
-    int2 = any(r.bits == 2 for lr in layer_runs(f) for r in lr.runs)
-    proto = version_converter.convert_version(proto, INT2_OPSET if int2 else PACKED_OPSET)
-    replace_weights_(proto, f, WeightGraphBuilder(onnx, int2), "packed", skip)
-    proto.ir_version = 11 if int2 else 10
+    proto = version_converter.convert_version(proto, PACKED_OPSET)
+    replace_weights_(proto, f, WeightGraphBuilder(onnx, False), "packed", skip)
+    proto.ir_version = 10
     if compact:
         compact_names_(proto)
     return proto

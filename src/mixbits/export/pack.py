@@ -6,8 +6,8 @@ significant bit first, and stream bit ``k`` is bit ``k % 8`` of byte ``k // 8``
 freely; only the last byte is padded with zero bits, so ``n`` values take
 ``ceil(n * b / 8)`` bytes.
 
-Signed quantizer codes (``-qmax..qmax``, or 0/1 for binary) are stored as
-``code + qmax`` with ``qmax = 2**(b-1) - 1``, which is 0 for binary.
+Signed quantizer codes (``-qmax..qmax``, ``-2..1`` at 2 bits, 0/1 for binary) are stored as
+``code + offset``: ``qmax = 2**(b-1) - 1`` for 3..8 bits, 2 at 2 bits, 0 for binary.
 """
 
 from __future__ import annotations
@@ -103,15 +103,18 @@ def unpack_bits(data: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 
 def code_offset(bits: int) -> int:
-    """What is added to a signed code before packing: ``qmax = 2**(bits-1) - 1`` (0 for binary)."""
-    return (1 << (_check_bits(bits) - 1)) - 1
+    """What is added to a signed code before packing: ``qmax = 2**(bits-1) - 1`` (0 for binary, 2 for the
+    four 2-bit codes ``-2..1``)."""
+    if _check_bits(bits) == 2:
+        return 2
+    return (1 << (bits - 1)) - 1
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack quantizer codes (as returned by :func:`mixbits.quant.weight_codes`) into bytes.
 
     Args:
-        codes: integer tensor, any shape, values in ``-qmax..qmax`` (0/1 for binary).
+        codes: integer tensor, any shape, values in ``-qmax..qmax`` (``-2..1`` at 2 bits, 0/1 for binary).
         bits: 1..8.
 
     Returns:
@@ -132,6 +135,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> tor
         count *= int(s)
     values = unpack_bits(packed.detach().to("cpu").contiguous().numpy(), bits, count).astype(np.int16)  # (n,)
     offset = code_offset(bits)
-    if bits > 1 and values.size and int(values.max()) > 2 * offset:
-        raise ValueError(f"stored {bits}-bit value {int(values.max())} is above the largest code {2 * offset}")
+    largest = (1 << bits) - 1 if bits <= 2 else 2 * offset
+    if values.size and int(values.max()) > largest:
+        raise ValueError(f"stored {bits}-bit value {int(values.max())} is above the largest code {largest}")
     return torch.from_numpy(values - offset).reshape(tuple(int(s) for s in shape))

@@ -11,6 +11,7 @@ import torch
 
 from ..quant import HALF_BITS, INT_BITS, channels_back
 from .layer_runs import LayerRuns, Run
+from ..quant import level_offset
 from .pack import code_offset
 
 __all__ = ["unpack_values", "run_values", "layer_weight"]
@@ -43,7 +44,7 @@ def run_values(run: Run) -> torch.Tensor:
         scale = run.scales.float().view((-1,) + (1,) * (len(run.shape) - 1))  # (c, 1, ...)
         if run.bits == 1:
             return (codes.float() * 2.0 - 1.0) * scale
-        return codes.float() * scale
+        return (codes.float() + level_offset(run.bits)) * scale  # 2 bits: levels at the half-integers
     assert run.values is not None
     return run.values.float() if run.bits == HALF_BITS else run.values
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..quant import HALF_BITS
+from ..quant import HALF_BITS, level_offset
 from .fileformat import MbitsFile
 from .layer_runs import Run
 from .onnx_packed import WeightGraphBuilder, replace_weights_
@@ -49,9 +49,12 @@ class QonnxGraphBuilder(WeightGraphBuilder):
         scale = self.init(run.scales.float().numpy().reshape((-1,) + (1,) * (len(run.shape) - 1)), "scale")
         if run.bits == 1:
             return self.node("BipolarQuant", [w, scale], domain=QONNX_DOMAIN)
-        return self.node("Quant", [w, scale, self.const("zero_f", np.array(0.0, np.float32)),
+        # Quant computes (clip(round(w / scale + zero), lo, hi) - zero) * scale. 2 bits: zero = -1/2 and the full
+        # signed range -2..1 give the four levels (c + 1/2) * scale; wider: zero = 0 and the narrow range -qmax..qmax.
+        zero = -level_offset(run.bits)
+        return self.node("Quant", [w, scale, self.const(f"zero{run.bits}", np.array(zero, np.float32)),
                                       self.const(f"bits{run.bits}", np.array(float(run.bits), np.float32))],
-                         domain=QONNX_DOMAIN, signed=1, narrow=1, rounding_mode="ROUND")
+                         domain=QONNX_DOMAIN, signed=1, narrow=0 if run.bits == 2 else 1, rounding_mode="ROUND")
 
 
 def qonnx_graph(proto: Any, f: MbitsFile) -> Any:

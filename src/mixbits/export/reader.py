@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from .bounds import check_counts, check_text_size
-from .layout import (BLOBS, CHECKSUM_KEY, MAX_HEADER_BYTES, METADATA_KEY, READ_VERSIONS, checksum, corrupt, path_repr,
-                     short_repr)
+from .layout import (BLOBS, CHECKSUM_KEY, MAX_HEADER_BYTES, METADATA_KEY, READ_VERSIONS, MbitsFormatError, checksum,
+                     corrupt, path_repr, short_repr)
 from .records import MbitsFile, expected_blob_sizes
 from .validate import check_fields, parse_records
 from .values import check_values
@@ -91,6 +91,13 @@ def read_mbits(path: str | Path) -> MbitsFile:
     check_fields(manifest, path)
     check_counts(manifest, path, len(data) - 8 - header_len)
     layers, floats = parse_records(manifest, path, tensors.get("group_bits"))
+    if manifest["format_version"] < 4:
+        old = [rec.name for rec in layers if 2 in (rec.group_bits if rec.grouped else (rec.bits,))]
+        if old:
+            raise MbitsFormatError(
+                f"{path_repr(path)} (format version {manifest['format_version']}) holds 2-bit layers "
+                f"({short_repr(old[:3])}) whose codes are the ternary levels of older mixbits releases; this "
+                f"mixbits reads 2-bit codes as four levels: export it again (mixbits export RUN_FOLDER)")
     expected = expected_blob_sizes(layers, floats)
     blobs = {}
     for name, dtype in BLOBS.items():

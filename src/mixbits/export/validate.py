@@ -200,7 +200,7 @@ def check_fields(manifest: dict[str, Any], path: str) -> None:
         older = type(version) is int and 0 < version < min(READ_VERSIONS)
         raise MbitsFormatError(
             f"{path_repr(path)} has format version {short_repr(version)}, but this mixbits reads versions "
-            f"{' and '.join(str(v) for v in READ_VERSIONS)}" + ("; upgrade mixbits to read it" if newer else "")
+            f"{', '.join(str(v) for v in READ_VERSIONS[:-1])} and {READ_VERSIONS[-1]}" + ("; upgrade mixbits to read it" if newer else "")
             + ("; export it again with this mixbits (mixbits export RUN_FOLDER)" if older else ""))
     if manifest.get("scale_dtype") != SCALE_DTYPE or manifest.get("bit_order") != "little":
         raise corrupt(path, f"unsupported scale dtype {short_repr(manifest.get('scale_dtype'))} or bit order "

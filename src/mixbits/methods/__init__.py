@@ -9,10 +9,16 @@ It receives the prepared model (float weights), its BitSpace, the loaders, the
 budget and the run's settings, and returns the bits (always derived with the
 exact budget solver of :mod:`mixbits.derive`, so every method meets the same
 budget under the same cost model). ``mixbits search --method NAME`` picks one.
+
+Registered: ``hessian`` (HAWQ-style sensitivity, the default with fine-tuning), ``evolution``
+(EvoPress-style search over assignments scored by held-out loss, the default post-training),
+``hardsearch`` (the relaxation learned on frozen weights with a hard forward), ``search`` (the
+differentiable search of :mod:`mixbits.search`), ``random`` and ``uniform``.
 """
 
-from .base import DEFAULT_METHOD, METHODS, Allocation, AllocationContext, allocate, register_method
+from .base import DEFAULT_METHOD, DEFAULT_POST_TRAINING_METHOD, METHODS, Allocation, AllocationContext, allocate, register_method
 from . import differentiable  # noqa: F401  (registers "search")
 from . import hessian, random, uniform  # noqa: F401  (register "hessian", "random", "uniform")
+from . import evolution, hard_search  # noqa: F401  (register "evolution", "hardsearch")
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "Allocation", "AllocationContext", "allocate", "register_method"]
+__all__ = ["DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD", "METHODS", "Allocation", "AllocationContext", "allocate", "register_method"]

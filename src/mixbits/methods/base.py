@@ -11,11 +11,14 @@ from torch import nn
 from ..registry import Registry
 from ..space import BitSpace
 
-__all__ = ["AllocationContext", "Allocation", "METHODS", "DEFAULT_METHOD", "register_method", "allocate"]
+__all__ = ["AllocationContext", "Allocation", "METHODS", "DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD",
+           "register_method", "allocate"]
 
 # What `mixbits search`, `mixbits.allocate` and RunConfig use unless told otherwise; the winner of the
 # compute-matched comparison (benchmarks/results/compare_fair.md).
 DEFAULT_METHOD = "hessian"
+# Without fine-tuning (post-training): the winner of benchmarks/results/allocation_quality.md.
+DEFAULT_POST_TRAINING_METHOD = "evolution"
 
 
 @dataclass
@@ -39,6 +42,9 @@ class AllocationContext:
         on_checkpoint: called by methods that checkpoint with their full state at the end of every epoch.
         loss_fn: the task loss ``loss_fn(outputs, targets)`` -> mean-reduced scalar; None: cross-entropy
             on integer class labels.
+        post_training: no weight may change (the weights stay the float ones; methods that learn
+            logits learn them on the frozen weights).
+        calibration: the most training images a method may read (None: no bound).
     """
 
     model: nn.Module
@@ -55,6 +61,8 @@ class AllocationContext:
     resume: Mapping[str, Any] | None = None
     on_checkpoint: Callable[[dict], None] | None = None
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    post_training: bool = False
+    calibration: int | None = None
 
 
 @dataclass

@@ -16,12 +16,12 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..data import TensorLoader
+from ..data import TensorLoader, split_held_out
 from ..methods import Allocation, AllocationContext, allocate
 from ..space import BitSpace, PrepareConfig, prepare_
-from ..train import evaluate, recalibrate_bn_
+from ..train import BN_BATCHES, evaluate, recalibrate_bn_
 from .config import Settings, loss_function
-from .data import Data
+from .data import HELD_OUT_SEED, Data
 from .float_model import new_model
 
 __all__ = ["Row", "start_row", "prepare_config", "allocate_bits", "fix_bits_"]
@@ -55,6 +55,9 @@ def start_row(settings: Settings, data: Data, float_state: Mapping[str, torch.Te
     teacher = copy.deepcopy(model).eval() if settings.distill else None
     space = prepare_(model, prepare_config(settings))
     loaders = data.loaders(batch_size=settings.batch_size, held_out_fraction=settings.held_out_fraction, seed=seed)
+    if settings.calibration is not None:  # the allocation reads only the first N images of the held-out split
+        _, held = split_held_out(len(data.dataset.train_y), settings.held_out_fraction, HELD_OUT_SEED)
+        loaders["held_out"] = data.train_loader(settings.batch_size, seed + 2, held[:settings.calibration])
     return Row(model, space, teacher, loaders, seed, float_state, data.device)
 
 
@@ -71,7 +74,8 @@ def allocate_bits(row: Row, settings: Settings, method: str, *, budget: int, tar
     ctx = AllocationContext(model=row.model, space=row.space, loaders=row.loaders, budget_bits=budget, target=target,
                             epochs=settings.search_epochs, seed=row.seed, device=row.device,
                             teacher=row.teacher, progress=progress, options=dict(options or {}), resume=resume,
-                            on_checkpoint=on_checkpoint, loss_fn=loss_function(settings))
+                            on_checkpoint=on_checkpoint, loss_fn=loss_function(settings),
+                            post_training=settings.post_training, calibration=settings.calibration)
     result = allocator(ctx) if allocator is not None else allocate(method, ctx)
     result.bits = row.space.cost.normalize(result.bits)
     size = row.space.cost.quantized_bits(result.bits)
@@ -83,10 +87,15 @@ def allocate_bits(row: Row, settings: Settings, method: str, *, budget: int, tar
 def fix_bits_(row: Row, settings: Settings, bits: Mapping[str, int]) -> float:
     """Fix the row's model at ``bits`` (from the float weights with ``finetune_from="float"``); its test accuracy.
 
-    The BatchNorm statistics are re-estimated on training batches first.
+    The BatchNorm statistics are re-estimated on training batches first (at most ``settings.calibration``
+    images of them when that is set). With ``post_training`` the weights are always the float ones.
     """
-    if settings.finetune_from == "float":
+    if settings.finetune_from == "float" or settings.post_training:
         row.model.load_state_dict(row.float_state)
     row.space.fix_(bits)
-    recalibrate_bn_(row.model, row.loaders["full"], device=row.device)
-    return evaluate(row.model, row.loaders["test"], device=row.device)
+    batches = BN_BATCHES
+    if settings.calibration is not None:
+        batches = max(1, min(BN_BATCHES, settings.calibration // settings.batch_size))
+    recalibrate_bn_(row.model, row.loaders["full"], device=row.device, batches=batches)
+    with torch.no_grad():
+        return evaluate(row.model, row.loaders["test"], device=row.device)

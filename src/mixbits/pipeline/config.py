@@ -16,10 +16,11 @@ from typing import Any, Callable, Mapping
 from .._imports import import_callable
 from ..budget import parse_target
 from ..granularity import parse_granularity
-from ..methods import DEFAULT_METHOD, METHODS
+from ..methods import DEFAULT_METHOD, DEFAULT_POST_TRAINING_METHOD, METHODS
 from ..space import DEFAULT_CANDIDATES
 
-__all__ = ["Settings", "RunConfig", "SweepConfig", "parse_method", "loss_function"]
+__all__ = ["Settings", "RunConfig", "SweepConfig", "parse_method", "loss_function", "DEFAULT_METHOD",
+           "DEFAULT_POST_TRAINING_METHOD"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,8 +39,15 @@ class Settings:
         granularity: one bitwidth per ``layer``, ``channel``, ``group:N`` or ``head`` (see
             :mod:`mixbits.granularity`).
         float_epochs, float_lr: the float training (skipped with ``checkpoint``).
-        search_epochs: epochs the allocation may spend (the ``search`` method trains weights in them).
-        finetune_epochs, finetune_lr: the fine-tuning at the fixed bits.
+        search_epochs: epochs the allocation may spend (the ``search`` method trains weights in them;
+            with ``post_training`` its logits learn in them on the frozen weights).
+        finetune_epochs, finetune_lr: the fine-tuning at the fixed bits (None: 10, or 0 with
+            ``post_training``, which allows no other value).
+        post_training: no weight update at all: float weights -> allocation (learned methods learn
+            their logits on the frozen weights, on calibration batches of the training split) ->
+            BatchNorm statistics re-estimated -> evaluation -> export.
+        calibration: the most training images the allocation and the BatchNorm re-estimation read
+            (the first images of the fixed held-out split; None: no bound).
         batch_size: training batch size of every stage.
         held_out_fraction: the training data held out for the search's logits; the split is
             fixed (the same images for every run, method and seed).
@@ -65,7 +73,7 @@ class Settings:
     granularity: str = "layer"
     float_epochs: int = 30
     search_epochs: int = 10
-    finetune_epochs: int = 10
+    finetune_epochs: int | None = None
     batch_size: int = 64
     float_lr: float = 0.05
     finetune_lr: float = 0.01
@@ -78,6 +86,8 @@ class Settings:
     device: str = "auto"
     out: str | None = None
     checkpoint: str | None = None
+    post_training: bool = False
+    calibration: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("candidates", "exclude", "params"):
@@ -91,10 +101,22 @@ class Settings:
                 raise ValueError(f"pin {pattern}={bits}: {bits} bits is not a candidate "
                                  f"({','.join(map(str, self.candidates))}); pin one of them, or add {bits} to the "
                                  f"candidates (--bits {','.join(map(str, sorted({*self.candidates, bits})))})")
+        if self.post_training:
+            if self.finetune_epochs not in (None, 0):
+                raise ValueError(f"post_training updates no weight, but finetune_epochs = {self.finetune_epochs} was "
+                                 f"given: drop finetune_epochs (--finetune-epochs), or drop post_training "
+                                 f"(--post-training) to fine-tune")
+            object.__setattr__(self, "finetune_epochs", 0)
+        elif self.finetune_epochs is None:
+            object.__setattr__(self, "finetune_epochs", 10)
+        if self.calibration is not None and self.calibration < 1:
+            raise ValueError(f"calibration must be >= 1 images, got {self.calibration}")
         for name in ("float_epochs", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.search_epochs < 2:
+        if self.post_training and self.search_epochs < 1:
+            raise ValueError(f"search_epochs must be >= 1, got {self.search_epochs}")
+        if not self.post_training and self.search_epochs < 2:
             raise ValueError(f"search_epochs must be >= 2 (one warm-up epoch, then the search), got {self.search_epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -111,19 +133,22 @@ class RunConfig(Settings):
     """Every setting of a ``mixbits search`` run: the :class:`Settings`, one method, target and seed.
 
     Attributes:
-        method: a registered method name (default ``hessian``).
+        method: a registered method name (None: :data:`DEFAULT_METHOD`, or
+            :data:`DEFAULT_POST_TRAINING_METHOD` with ``post_training``).
         method_options: {option: value} of that method.
         target: the size target, e.g. ``"24x"``, ``"300KB"``, ``"1.5bits"``.
         seed: seeds the model, the shuffling and the method.
     """
 
-    method: str = DEFAULT_METHOD
+    method: str | None = None
     method_options: Mapping[str, Any] = field(default_factory=dict)
     target: str = "24x"
     seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.method is None:
+            object.__setattr__(self, "method", DEFAULT_POST_TRAINING_METHOD if self.post_training else DEFAULT_METHOD)
         parse_target(self.target)
 
 

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import torch
+
 from ..finetune import finetune_
 from ..train import TrainConfig, evaluate, recalibrate_bn_
 from .allocation import Row
@@ -37,6 +39,8 @@ def finetune_epochs(settings: Settings, method_weight_epochs: float) -> tuple[fl
     With ``finetune_from="float"`` the method's weight training is thrown away, so it counts for none.
     """
     method_epochs = float(method_weight_epochs) if settings.finetune_from == "method" else 0.0
+    if settings.post_training:
+        return method_epochs, 0
     if not settings.compute_matched:
         return method_epochs, settings.finetune_epochs
     return method_epochs, max(0, round(settings.search_epochs + settings.finetune_epochs - method_epochs))
@@ -51,6 +55,11 @@ def finetune_and_evaluate(row: Row, settings: Settings, bits: Mapping[str, int],
     """
     method_epochs, epochs = finetune_epochs(settings, method_weight_epochs)
     t0 = time.time()
+    if settings.post_training:  # no weight update: the derived model (BatchNorm re-estimated when it was fixed)
+        row.space.fix_(bits)
+        with torch.no_grad():
+            accuracy = evaluate(row.model, row.loaders["test"], device=row.device)
+        return Finetuned(0, method_epochs, accuracy, [], time.time() - t0)
     history = finetune_(row.model, row.space, bits, row.loaders["full"],
                         TrainConfig(epochs=epochs, lr=settings.finetune_lr,
                                     distill_weight=0.5 if settings.distill else 0.0),
