@@ -19,10 +19,11 @@ Module map:
 - ``export``    the packed ``.mbits`` file: ``export_model``, ``load``, ``export_onnx``.
 """
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from ._imports import lazy_attributes
 
 if TYPE_CHECKING:
     from .allocate import DEFAULT_METHOD, DEFAULT_POST_TRAINING_METHOD, allocate
@@ -90,17 +91,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mixbits' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 class _Package(types.ModuleType):

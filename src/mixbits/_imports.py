@@ -8,7 +8,25 @@ import os
 import sys
 from typing import Any, Callable
 
-__all__ = ["import_callable", "call_with_accepted"]
+__all__ = ["import_callable", "call_with_accepted", "lazy_attributes"]
+
+
+def lazy_attributes(package: str, table: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """PEP 562 ``__getattr__`` and ``__dir__`` for ``package``: each public name in ``table`` ({name: module})
+    is imported from its module on first use and then kept in the package, so importing the package is cheap."""
+
+    def __getattr__(name: str) -> Any:
+        module = table.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{module}", package), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(table))
+
+    return __getattr__, __dir__
 
 
 def import_callable(spec: str, kind: str) -> Callable:

@@ -28,8 +28,7 @@ Module map:
 - ``summary``      ``describe(path)``: per-layer bits and sizes (``mixbits inspect``).
 """
 
-import importlib
-from typing import Any
+from .._imports import lazy_attributes
 
 # Public names resolve on first use (PEP 562), so the modules below the model surgery (records, writer:
 # the header bound that mixbits.space needs) import without pulling in the exporter, which imports space.
@@ -47,17 +46,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

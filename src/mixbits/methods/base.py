@@ -12,7 +12,7 @@ from ..registry import Registry
 from ..space import BitSpace
 
 __all__ = ["AllocationContext", "Allocation", "METHODS", "DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD",
-           "register_method", "allocate"]
+           "register_method", "allocate", "method_options"]
 
 # What `mixbits search`, `mixbits.allocate` and RunConfig use unless told otherwise; the winner of the
 # compute-matched comparison (benchmarks/results/compare_fair.md).
@@ -82,6 +82,15 @@ class Allocation:
 
 METHODS: Registry[Callable[[AllocationContext], Allocation]] = Registry("method")
 register_method = METHODS.register
+
+
+def method_options(ctx: AllocationContext, method: str, known: set[str]) -> dict[str, Any]:
+    """``ctx.options`` as a dict, checked: an option the method does not know fails with the known ones."""
+    options = dict(ctx.options or {})
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"{method}: unknown options {unknown}; known: {', '.join(sorted(known))}")
+    return options
 
 
 def allocate(name: str, ctx: AllocationContext) -> Allocation:

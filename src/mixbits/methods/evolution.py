@@ -25,7 +25,7 @@ from typing import Mapping
 
 from ..derive import solve_budget
 from ..sensitivity import sensitivity
-from .base import Allocation, AllocationContext, register_method
+from .base import Allocation, AllocationContext, method_options, register_method
 from .scoring import HeldOutScorer
 
 __all__ = ["evolve", "evolution_allocation"]
@@ -99,10 +99,7 @@ def evolve(scorer: HeldOutScorer, costs: Mapping[str, Mapping[int, int]], budget
 @register_method("evolution")
 def evolution_allocation(ctx: AllocationContext) -> Allocation:
     """The best assignment an evolutionary search finds by held-out loss (see the module docstring)."""
-    options = dict(ctx.options or {})
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ValueError(f"evolution: unknown options {unknown}; known: {sorted(_OPTIONS)}")
+    options = method_options(ctx, "evolution", _OPTIONS)
     if ctx.space.layers and any(layer.grouped for layer in ctx.space.layers):
         raise ValueError("evolution: bits per structure are not supported; use granularity 'layer'")
     t0 = time.perf_counter()

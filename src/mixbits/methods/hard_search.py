@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from ..derive import solve_budget
 from ..search import derive_bits
 from ..sensitivity import sensitivity
-from .base import Allocation, AllocationContext, register_method
+from .base import Allocation, AllocationContext, method_options, register_method
 from .scoring import HeldOutScorer, gather_images
 
 __all__ = ["hard_search"]
@@ -58,11 +58,7 @@ _DEFAULTS = {"steps": 300, "lr": 1.0, "prior": 0.05, "batch": 128, "images": 204
 
 
 def _options(ctx: AllocationContext) -> dict:
-    options = dict(ctx.options or {})
-    unknown = sorted(set(options) - set(_DEFAULTS))
-    if unknown:
-        raise ValueError(f"hardsearch: unknown options {unknown}; known: {sorted(_DEFAULTS)}")
-    out = {**_DEFAULTS, **options}
+    out = {**_DEFAULTS, **method_options(ctx, "hardsearch", set(_DEFAULTS))}
     if out["init"] not in ("hessian", "uniform"):
         raise ValueError(f"hardsearch: init must be 'hessian' or 'uniform', got {out['init']!r}")
     if int(out["steps"]) < 1 or int(out["batch"]) < 1 or int(out["images"]) < 1:

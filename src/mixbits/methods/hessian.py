@@ -34,7 +34,7 @@ import torch
 
 from ..derive import solve_budget
 from ..sensitivity import fisher_traces, hessian_sensitivity, hutchinson_traces, sensitivity
-from .base import Allocation, AllocationContext, register_method
+from .base import Allocation, AllocationContext, method_options, register_method
 
 __all__ = ["hutchinson_traces", "fisher_traces", "hessian_sensitivity", "hessian_allocation", "sensitivity"]
 
@@ -62,10 +62,7 @@ def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
 @register_method("hessian")
 def hessian_allocation(ctx: AllocationContext) -> Allocation:
     """Minimise the summed Hessian-weighted quantization error under the budget."""
-    options = dict(ctx.options or {})
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ValueError(f"hessian: unknown options {unknown}; known: {sorted(_OPTIONS)}")
+    options = method_options(ctx, "hessian", _OPTIONS)
     omega, traces = layer_sensitivity(ctx, options)
     # Scale to O(1) so the solver's tolerances and tie-break act on comparable numbers.
     scale = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0

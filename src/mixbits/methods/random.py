@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .base import Allocation, AllocationContext, register_method
+from .base import Allocation, AllocationContext, method_options, register_method
 
 __all__ = ["random_bits", "random_allocation"]
 
@@ -82,9 +82,6 @@ def random_bits(costs: Mapping[str, Mapping[int, int]], budget: int, seed: int, 
 @register_method("random")
 def random_allocation(ctx: AllocationContext) -> Allocation:
     """A uniformly random assignment near the budget, seeded by ``ctx.seed`` (see the module docstring)."""
-    options = dict(ctx.options or {})
-    unknown = sorted(set(options) - {"band"})
-    if unknown:
-        raise ValueError(f"random: unknown options {unknown}; known: band")
+    options = method_options(ctx, "random", {"band"})
     units = random_bits(ctx.space.cost.cost_table(), ctx.budget_bits, ctx.seed, band=float(options.get("band", 0.05)))
     return Allocation(bits=ctx.space.cost.to_layers(units), info={"seed": ctx.seed})

@@ -7,10 +7,9 @@ as for every method: the assignment never exceeds ``ctx.budget_bits``.
 
 from __future__ import annotations
 
-from typing import Mapping
 
 from ..space import BitSpace
-from .base import Allocation, AllocationContext, register_method
+from .base import Allocation, AllocationContext, method_options, register_method
 
 __all__ = ["uniform_bits", "uniform_allocation"]
 
@@ -45,10 +44,7 @@ def uniform_allocation(ctx: AllocationContext) -> Allocation:
     Raises:
         ValueError: the given k does not fit the budget, or no shared candidate does.
     """
-    options: Mapping = ctx.options or {}
-    unknown = sorted(set(options) - {"bits"})
-    if unknown:
-        raise ValueError(f"uniform: unknown options {unknown}; known: bits")
+    options = method_options(ctx, "uniform", {"bits"})
     cost = ctx.space.cost
     if options.get("bits") is not None:
         k = int(options["bits"])
