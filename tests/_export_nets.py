@@ -84,6 +84,18 @@ def prepared(model: nn.Module, bits_of, **config):
     return model.eval(), space, bits
 
 
+def grouped_tiny_resnet(width: int = 4):
+    """A TinyResNet with bits per structure (``group:3``) cycling through 1, 3, 8, 16, 32 and 2 bits, fixed;
+    (model in eval mode, space, bits)."""
+    model = TinyResNet(width=width)
+    space = prepare_(model, PrepareConfig(candidates=(1, 2, 3, 4, 8, 16, 32), granularity="group:3"))
+    cycle = (1, 3, 8, 16, 32, 2)
+    bits = {l.name: tuple(cycle[(i + g) % 6] for g in range(l.num_groups)) if l.grouped else 4
+            for i, l in enumerate(space.layers)}
+    space.fix_(bits)
+    return model.eval(), space, bits
+
+
 def randomize_bn_(model: nn.Module) -> nn.Module:
     """Give every BatchNorm non-trivial statistics and affine parameters (as after training)."""
     g = torch.Generator().manual_seed(1)

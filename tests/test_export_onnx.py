@@ -8,7 +8,7 @@ import torch
 from mixbits import export_model, export_onnx, load
 from mixbits.export import compare_onnx, onnx_bits, onnx_max_abs_diff
 
-from ._export_nets import Oddities, TinyResNet, prepared, randomize_bn_
+from ._export_nets import Oddities, TinyResNet, grouped_tiny_resnet, prepared, randomize_bn_
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -57,14 +57,7 @@ def test_needs_an_input_shape(tmp_path):
 def test_bits_per_structure_in_the_metadata(tmp_path):
     import onnx
 
-    from mixbits import PrepareConfig, prepare_
-
-    model = TinyResNet(width=4)
-    space = prepare_(model, PrepareConfig(candidates=(1, 2, 3, 4, 8, 16, 32), granularity="group:3"))
-    cycle = (1, 3, 8, 16, 32, 2)
-    bits = {l.name: tuple(cycle[(i + g) % 6] for g in range(l.num_groups)) if l.grouped else 4
-            for i, l in enumerate(space.layers)}
-    space.fix_(bits)
+    model, space, bits = grouped_tiny_resnet()
     assert bits["stem"] == (1, 3) and bits["fc"] == (32, 2, 1, 3)  # 4 channels -> 2 structures; 10 -> 4
     mb = tmp_path / "g.mbits"
     export_model(model.eval(), space, mb, input_shape=(3, 8, 8))

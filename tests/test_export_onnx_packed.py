@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixbits import PrepareConfig, export_model, export_onnx, load, prepare_
+from mixbits import export_model, export_onnx, load
 from mixbits.export import onnx_bits, onnx_max_abs_diff
 from mixbits.export.onnx_packed import PackedFormError
 
-from ._export_nets import Oddities, TinyResNet, prepared, randomize_bn_
+from ._export_nets import Oddities, TinyResNet, grouped_tiny_resnet, prepared, randomize_bn_
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -68,12 +68,7 @@ def test_int4_and_int8_codes_are_the_files(tmp_path):
 
 
 def test_bits_per_structure_and_odd_layers(tmp_path):
-    model = TinyResNet(width=4)
-    space = prepare_(model, PrepareConfig(candidates=(1, 2, 3, 4, 8, 16, 32), granularity="group:3"))
-    cycle = (1, 3, 8, 16, 32, 2)
-    bits = {l.name: tuple(cycle[(i + g) % 6] for g in range(l.num_groups)) if l.grouped else 4
-            for i, l in enumerate(space.layers)}
-    space.fix_(bits)
+    model, space, bits = grouped_tiny_resnet()
     mb = tmp_path / "g.mbits"
     export_model(model.eval(), space, mb, input_shape=(3, 8, 8))
     path = export_onnx(mb, tmp_path / "g.onnx", model=TinyResNet(width=4))

@@ -297,6 +297,17 @@ def correct_count(outputs: Any, targets: Any) -> tuple[int, int]:
 
 
 @torch.no_grad()
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """``model`` in eval mode for the block, its training flag restored afterwards (also on an error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def evaluate(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu") -> float:
     """Top-1 accuracy of ``model`` on ``loader``, a fraction in [0, 1] (per pixel for per-pixel labels).
 
@@ -304,10 +315,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: str | torch.device =
         ValueError: empty data, or targets that are not class indices of the outputs (use
             :func:`evaluate_loss` for such tasks).
     """
-    was_training = model.training
-    model.eval()
     correct, seen = 0, 0
-    try:
+    with _eval_mode(model):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             out = model(x)
@@ -318,8 +327,6 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: str | torch.device =
                                  f"this task with evaluate_loss(model, loader, loss_fn)")
             correct += right
             seen += counted
-    finally:
-        model.train(was_training)
     if seen == 0:
         raise ValueError("evaluation data is empty")
     return correct / seen
@@ -333,16 +340,12 @@ def evaluate_loss(model: nn.Module, loader: Iterable, loss_fn: Callable[[Any, An
     Raises:
         ValueError: the loader yields no batch.
     """
-    was_training = model.training
-    model.eval()
     total, seen = 0.0, 0
-    try:
+    with _eval_mode(model):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             total += float(loss_fn(model(x), y)) * x.shape[0]
             seen += x.shape[0]
-    finally:
-        model.train(was_training)
     if seen == 0:
         raise ValueError("evaluation data is empty")
     return total / seen
