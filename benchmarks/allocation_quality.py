@@ -93,6 +93,16 @@ def _done() -> set:
         return {(r["model"], r["regime"], r["method"], r["target"], r["seed"]) for r in csv.DictReader(f)}
 
 
+def _earlier_bits() -> dict:
+    """{(model, method, target, seed): (bits, seconds, reference name)} of the ``post`` rows already in the CSV."""
+    if not CSV_PATH.exists():
+        return {}
+    with CSV_PATH.open() as f:
+        return {(r["model"], r["method"], r["target"], r["seed"]): (json.loads(r["bits"]), float(r["seconds"]),
+                                                                    r["reference"])
+                for r in csv.DictReader(f) if r["regime"] == "post" and r["bits"]}
+
+
 def _enumerate_band(costs: dict, budget: int, low: float = 0.85):
     names = list(costs)
     floor = math.ceil(low * budget)
@@ -132,6 +142,10 @@ def main() -> None:
     p.add_argument("--bits", help="candidate bitwidths, e.g. 1,2,3,4,5,6,7,8,16,32 (default: the default candidates); "
                                   "the model column then reads MODEL[bits=...]")
     p.add_argument("--options", default="{}", help='JSON {label: {option: value}} merged into the methods\' options')
+    p.add_argument("--reuse-bits", action="store_true",
+                   help="take each (method, target, seed)'s bits and seconds from its post-training row in the CSV "
+                        "instead of allocating again (allocation runs on the frozen float weights, so the ft1 regime "
+                        "starts from the same bits); rows without one allocate as usual")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -156,6 +170,7 @@ def main() -> None:
     for label, extra in json.loads(args.options).items():
         METHODS[label] = (METHODS[label][0], {**METHODS[label][1], **extra})
     done = _done()
+    earlier = _earlier_bits() if args.reuse_bits else {}
     for seed in args.seeds:
         for target in args.targets:
             budget = budgets[target]
@@ -163,7 +178,11 @@ def main() -> None:
             if args.reference != "none":
                 row = start_row(settings, data, float_state, seed)
                 t0 = time.perf_counter()
-                if args.reference == "exhaustive":
+                reused = earlier.get((label_model, "reference", target, str(seed)))
+                if reused is not None:
+                    best, ref_seconds, ref_name = reused
+                    ref_loss = float("nan")
+                elif args.reference == "exhaustive":
                     scorer = HeldOutScorer(row.model, row.space, row.loaders["held_out"], images=1 << 30,
                                            bn_images=512, device=row.device)
                     band = list(_enumerate_band(row.space.cost.cost_table(), budget))
@@ -177,7 +196,8 @@ def main() -> None:
                     best = res.bits
                     ref_name = f"evolution({n} held-out-loss evaluations)"
                     ref_loss = float("nan")
-                ref_seconds = time.perf_counter() - t0
+                if reused is None:
+                    ref_seconds = time.perf_counter() - t0
                 for regime in args.regimes:
                     acc = _post_accuracy(row, best) if regime == "post" else _ft1_accuracy(row, settings, best)
                     ref[regime] = acc
@@ -192,23 +212,29 @@ def main() -> None:
                                  "budget_bits": budget, "bits": json.dumps(best), **st, "machine": machine})
                     log.info("%s %s %s seed %d reference %.4f (%s)", args.model, regime, target, seed, acc, ref_name)
             for label in args.methods:
-                if all((label_model, r, label, target, str(seed)) in done for r in args.regimes):
+                regimes = [r for r in args.regimes if (label_model, r, label, target, str(seed)) not in done]
+                if not regimes:
                     continue
                 name, options = METHODS[label]
                 row = start_row(settings, data, float_state, seed)
                 t0 = time.perf_counter()
-                try:
-                    res = allocate_bits(row, settings, name, budget=budget, target=target, options=options)
-                except Exception as exc:  # noqa: BLE001 - a failing method is recorded, the rest go on
-                    log.warning("%s %s seed %d failed: %s", label, target, seed, exc)
-                    continue
-                seconds = time.perf_counter() - t0
-                bits = res.bits
+                reused = earlier.get((label_model, label, target, str(seed)))
+                if reused is not None:
+                    bits, seconds, _ = reused
+                    log.info("%s %s seed %d: bits of the post-training row reused", label, target, seed)
+                else:
+                    try:
+                        res = allocate_bits(row, settings, name, budget=budget, target=target, options=options)
+                    except Exception as exc:  # noqa: BLE001 - a failing method is recorded, the rest go on
+                        log.warning("%s %s seed %d failed: %s", label, target, seed, exc)
+                        continue
+                    seconds = time.perf_counter() - t0
+                    bits = res.bits
                 scorer = HeldOutScorer(row.model, row.space, row.loaders["held_out"], images=1 << 30, bn_images=512,
                                        device=row.device)
                 ho = scorer.loss(bits) if all(isinstance(b, int) for b in bits.values()) else float("nan")
                 row.space.unfix_()
-                for regime in args.regimes:
+                for regime in regimes:
                     acc = _post_accuracy(row, bits) if regime == "post" else _ft1_accuracy(row, settings, bits)
                     _append({"model": label_model, "regime": regime, "method": label, "target": target, "seed": seed,
                              "weight_compression": round(row.space.cost.float_quantized_bits()
@@ -220,6 +246,13 @@ def main() -> None:
                     log.info("%s %s %s seed %d %s %.4f (ref %s) %.1fs", args.model, regime, target, seed, label, acc,
                              ref.get(regime), seconds)
     report()
+
+
+def _target_order(target: str) -> tuple[int, float]:
+    """Compressions ("8x") first by size, then average bits ("2bits") from most bits to fewest."""
+    if target.endswith("x"):
+        return 0, float(target[:-1])
+    return 1, -float(target.removesuffix("bits"))
 
 
 def report() -> None:
@@ -251,7 +284,7 @@ def report() -> None:
              "estimator), rows from commits fdfcbff and 8d3ed54.", ""]
     for model in sorted({k[0] for k in groups}):
         for regime in sorted({k[1] for k in groups if k[0] == model}):
-            targets = sorted({k[2] for k in groups if k[:2] == (model, regime)}, key=lambda t: float(t.rstrip("x")))
+            targets = sorted({k[2] for k in groups if k[:2] == (model, regime)}, key=_target_order)
             lines += [f"## {model}, {regime}", "", "| method | " + " | ".join(targets) + " | seconds |",
                       "|---|" + "---|" * (len(targets) + 1)]
             methods = sorted({k[3] for k in groups if k[:2] == (model, regime)}, key=lambda m: (m != "reference", m))
