@@ -71,6 +71,7 @@ METHODS = {
     "hardsearch": ("hardsearch", {}),
     "hardsearch_noselect": ("hardsearch", {"select": False}),
     "evolution": ("evolution", {}),
+    "evolution_kl": ("evolution", {"objective": "kl"}),
 }
 
 log = logging.getLogger("allocation_quality")
