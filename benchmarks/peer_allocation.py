@@ -42,10 +42,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
+import pickle
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -174,7 +175,7 @@ def run_hawq_peer(row, fresh: Callable[[], torch.nn.Module], calib, budget: int,
                                                           "num_data_points": len(y)}}}})
         config = register_default_init_args(config, loader, criterion=torch.nn.CrossEntropyLoss(),
                                             device="cpu")
-        ctrl, qmodel = create_compressed_model(fresh(), config)
+        ctrl, qmodel = create_compressed_model(fresh(), config, dump_graphs=False)
         bits = {}
         for wq_id, info in ctrl.weight_quantizers.items():
             bits[_module_name(wq_id.target_node_name)] = int(info.quantizer_module_ref.num_bits)
@@ -248,8 +249,6 @@ def run_amp_peer(row, fresh: Callable[[], torch.nn.Module], calib, budget: int, 
     curve), and the allocation taken is the first point on AMP's own path whose mixbits-counted size fits
     the budget (the largest one on the path within budget). Arguments as :func:`run_mct_peer`.
     """
-    import tempfile
-
     import mct_baseline
 
     mct_baseline.declare_torchvision_ops()  # aimet-torch imports the CUDA torchvision wheel too
@@ -291,9 +290,7 @@ def run_amp_peer(row, fresh: Callable[[], torch.nn.Module], calib, budget: int, 
         choose_mixed_precision(sim, dummy, candidates, CallbackFunc(calib_accuracy), CallbackFunc(calib_accuracy),
                                None, results, True, CallbackFunc(forward))
         with open(Path(results) / ".cache" / "accuracy_list.pkl", "rb") as f:
-            import pickle
-
-            path = pickle.load(f)
+            path = pickle.load(f)  # AMP's own phase-1 list, written by the call above
     names = {n: m for n, m in sim.model.named_modules()}
     bits = {g: 8 for entry in path for g in entry[0].parameter_quantizers}
     chosen, step = None, -1
@@ -358,17 +355,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
     torch.set_num_threads(1)
-    out = Path(args.out)
-    settings = Settings(data=args.data, data_root=args.data_root, model=args.model, checkpoint=args.checkpoint,
+    out = Path(args.out).resolve()
+    checkpoint = str(Path(args.checkpoint).resolve())
+    data_root = str(Path(args.data_root).resolve()) if args.data_root else None
+    command = command_line()
+    os.chdir(tempfile.mkdtemp(prefix="peer-"))  # the peers write debug files (graphs, bitwidths) to the cwd
+    settings = Settings(data=args.data, data_root=data_root, model=args.model, checkpoint=checkpoint,
                         train_subset=args.train_subset, device="cpu")
-    data = build_data(args.data, root=args.data_root, train_subset=args.train_subset, device=torch.device("cpu"))
+    data = build_data(args.data, root=data_root, train_subset=args.train_subset, device=torch.device("cpu"))
     model = new_model(args.model, data)
-    load_float_state(model, args.checkpoint)
+    load_float_state(model, checkpoint)
     float_state = {k: v.clone() for k, v in model.state_dict().items()}
     budgets = dict(zip(args.targets, check_targets(model, prepare_config(settings), args.targets)))
     result: dict[str, Any] = {"peer": args.peer, "model": args.model, "data": args.data, "data_root": args.data_root,
                               "checkpoint": args.checkpoint, "train_subset": args.train_subset,
-                              "calib_images": args.calib_images, "command": command_line(), "machine": describe(),
+                              "calib_images": args.calib_images, "command": command, "machine": describe(),
                               **stamp(), "rows": []}
     for seed in args.seeds:
         for target in args.targets:
