@@ -262,7 +262,9 @@ def append_peer_rows(path: Path) -> None:
 
     Two rows per (target, seed) the peer reached: ``<peer>`` = its bits through :func:`_post_accuracy`
     (mixbits' quantizer, BatchNorm re-estimated), ``<peer>_own`` = the test accuracy of the peer's own
-    quantized model. Both carry the reference of the ``post`` reference row already in the CSV for that
+    quantized model; for NNCF's HAWQ also ``<peer>_mem``: the least-HAWQ-metric sequence of HAWQ's own
+    candidate table whose mixbits size fits the budget (HAWQ's sensitivity with the memory budget in place
+    of its FLOPs-weighted ratio), through :func:`_post_accuracy`. Both carry the reference of the ``post`` reference row already in the CSV for that
     (model, target, seed) (read, not recomputed; blank, with a warning, where there is none) and mixbits' size
     of the bits; rows already there are skipped.
 
@@ -293,23 +295,30 @@ def append_peer_rows(path: Path) -> None:
     for e in entries:
         ref = refs.get((e["target"], str(e["seed"])), {"test_accuracy": "", "reference": ""})
         row = start_row(settings, data, float_state, e["seed"])
-        size = row.space.cost.quantized_bits(e["bits"])
-        scorer = HeldOutScorer(row.model, row.space, row.loaders["held_out"], images=1 << 30, bn_images=512,
-                               device=row.device)
-        ho = scorer.loss(e["bits"])
-        row.space.unfix_()
-        accs = {peer["peer"]: _post_accuracy(row, e["bits"]), f"{peer['peer']}_own": e["own_accuracy"]}
-        for label, acc in accs.items():
+        # (label, bits, the peer's own accuracy or None: mixbits' post protocol)
+        variants = [(peer["peer"], e["bits"], None), (f"{peer['peer']}_own", e["bits"], e["own_accuracy"])]
+        if e.get("hawq_sequences"):  # HAWQ's own metric, with mixbits' memory budget in place of its FLOPs ratio
+            fits = [q for q in e["hawq_sequences"] if row.space.cost.quantized_bits(q["bits"]) <= e["budget_bits"]]
+            variants.append((f"{peer['peer']}_mem", min(fits, key=lambda q: q["metric"])["bits"], None))
+        for label, bits, own in variants:
             if (peer["model"], "post", label, e["target"], str(e["seed"])) in done:
                 continue
+            size = row.space.cost.quantized_bits(bits)
+            ho = float("nan")
+            if own is None:
+                scorer = HeldOutScorer(row.model, row.space, row.loaders["held_out"], images=1 << 30, bn_images=512,
+                                       device=row.device)
+                ho = scorer.loss(bits)
+                row.space.unfix_()
+            acc = _post_accuracy(row, bits) if own is None else own
             _append({"model": peer["model"], "regime": "post", "method": label, "target": e["target"],
                      "seed": e["seed"], "weight_compression": round(row.space.cost.float_quantized_bits() / size, 3),
                      "test_accuracy": round(acc, 5), "reference_accuracy": ref["test_accuracy"],
                      "reference": ref["reference"], "seconds": e["seconds"], "metric": "top1",
-                     "held_out_loss": round(ho, 5) if label == peer["peer"] else "", "size_bits": size,
-                     "budget_bits": e["budget_bits"], "bits": json.dumps(e["bits"]),
-                     **(st if label == peer["peer"] else {"commit": peer["commit"], "dirty": peer["dirty"]}),
-                     "machine": machine if label == peer["peer"] else f"{e['version']}; {peer['machine']}"})
+                     "held_out_loss": round(ho, 5) if own is None else "", "size_bits": size,
+                     "budget_bits": e["budget_bits"], "bits": json.dumps(bits),
+                     **(st if own is None else {"commit": peer["commit"], "dirty": peer["dirty"]}),
+                     "machine": machine if own is None else f"{e['version']}; {peer['machine']}"})
             log.info("%s post %s seed %s %s %.4f (ref %s), %d/%d bits", peer["model"], e["target"], e["seed"], label,
                      acc, ref["test_accuracy"], size, e["budget_bits"])
 
@@ -354,7 +363,9 @@ def report() -> None:
              "of the seed, its own budget knob (MCT bytes without scales, HAWQ's FLOPs-weighted ratio, AMP's "
              "accuracy-ordered path) searched for the largest allocation whose size counted by mixbits (scales "
              "included) fits the budget; the peer's bits are scored with mixbits' post protocol, `<peer>_own` is "
-             "the peer's own quantized model (its quantizer, no BatchNorm re-estimation). With 2 bits their "
+             "the peer's own quantized model (its quantizer, no BatchNorm re-estimation); `nncf_hawq_mem` = the "
+             "sequence of least HAWQ metric among HAWQ's own candidates whose mixbits size fits the budget (its "
+             "sensitivity, a memory budget in place of its FLOPs ratio), mixbits' post protocol. With 2 bits their "
              "smallest width, every layer at 2 bits plus mixbits' scales is over the 16x budget: the peers reach "
              "8x only. A cell marked OVER BUDGET holds rows larger than the budget.", ""]
     for model in sorted({k[0] for k in groups}):
