@@ -24,6 +24,11 @@ rewrites the Markdown summary from the CSV.
     OMP_NUM_THREADS=1 python benchmarks/allocation_quality.py --model lenet5 --data mnist5k \\
         --checkpoint benchmarks/checkpoints/lenet5_mnist5k_e60.pt --targets 8x 16x 24x 28x --seeds 0 1 2
     python benchmarks/allocation_quality.py --report
+
+Post-training peers (MCT, NNCF's HAWQ, AIMET's AMP) allocate in their own venvs with
+``benchmarks/peer_allocation.py`` (its docstring has the commands); their JSON is scored here:
+
+    OMP_NUM_THREADS=1 python benchmarks/allocation_quality.py --peer-bits benchmarks/results/peer_bits/*.json
 """
 
 from __future__ import annotations
