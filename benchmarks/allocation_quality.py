@@ -24,6 +24,11 @@ rewrites the Markdown summary from the CSV.
     OMP_NUM_THREADS=1 python benchmarks/allocation_quality.py --model lenet5 --data mnist5k \\
         --checkpoint benchmarks/checkpoints/lenet5_mnist5k_e60.pt --targets 8x 16x 24x 28x --seeds 0 1 2
     python benchmarks/allocation_quality.py --report
+
+Post-training peers (MCT, NNCF's HAWQ, AIMET's AMP) allocate in their own venvs with
+``benchmarks/peer_allocation.py`` (its docstring has the commands); their JSON is scored here:
+
+    OMP_NUM_THREADS=1 python benchmarks/allocation_quality.py --peer-bits benchmarks/results/peer_bits/*.json
 """
 
 from __future__ import annotations
@@ -147,12 +152,21 @@ def main() -> None:
                    help="take each (method, target, seed)'s bits and seconds from its post-training row in the CSV "
                         "instead of allocating again (allocation runs on the frozen float weights, so the ft1 regime "
                         "starts from the same bits); rows without one allocate as usual")
+    p.add_argument("--peer-bits", nargs="+", metavar="JSON",
+                   help="append the post-training rows of peers' allocations (benchmarks/peer_allocation.py's JSON "
+                        "files, written in the peers' own venvs): their bits through mixbits' post protocol as "
+                        "<peer>, their own quantized models' accuracy as <peer>_own")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
     torch.set_num_threads(1)
     if args.report:
+        report()
+        return
+    if args.peer_bits:
+        for path in args.peer_bits:
+            append_peer_rows(Path(path))
         report()
         return
     RESULTS.mkdir(exist_ok=True)
@@ -249,6 +263,72 @@ def main() -> None:
     report()
 
 
+def append_peer_rows(path: Path) -> None:
+    """Append a peer's post-training rows from ``benchmarks/peer_allocation.py``'s JSON at ``path``.
+
+    Two rows per (target, seed) the peer reached: ``<peer>`` = its bits through :func:`_post_accuracy`
+    (mixbits' quantizer, BatchNorm re-estimated), ``<peer>_own`` = the test accuracy of the peer's own
+    quantized model; for NNCF's HAWQ also ``<peer>_mem``: the least-HAWQ-metric sequence of HAWQ's own
+    candidate table whose mixbits size fits the budget (HAWQ's sensitivity with the memory budget in place
+    of its FLOPs-weighted ratio), through :func:`_post_accuracy`. Both carry the reference of the ``post`` reference row already in the CSV for that
+    (model, target, seed) (read, not recomputed; blank, with a warning, where there is none) and mixbits' size
+    of the bits; rows already there are skipped.
+
+    Raises:
+        ValueError: a budget that differs from the reference row's (another checkpoint or candidates).
+    """
+    peer = json.loads(path.read_text())
+    with CSV_PATH.open() as f:
+        refs = {(r["target"], r["seed"]): r for r in csv.DictReader(f)
+                if r["model"] == peer["model"] and r["regime"] == "post" and r["method"] == "reference"}
+    entries = [e for e in peer["rows"] if "bits" in e]
+    missing = [(e["target"], e["seed"]) for e in entries if (e["target"], str(e["seed"])) not in refs]
+    if missing:
+        log.warning("%s: no post reference row for %s at %s: those rows get no reference", path, peer["model"],
+                    missing)
+    other = [(e["target"], e["budget_bits"]) for e in entries if (e["target"], str(e["seed"])) in refs
+             and int(refs[(e["target"], str(e["seed"]))]["budget_bits"]) != e["budget_bits"]]
+    if other:
+        raise ValueError(f"{path}: budgets {other} differ from the reference rows' (another checkpoint or candidates?)")
+    settings = Settings(data=peer["data"], data_root=peer["data_root"], model=peer["model"],
+                        checkpoint=peer["checkpoint"], train_subset=peer["train_subset"], device="cpu")
+    data = build_data(peer["data"], root=peer["data_root"], train_subset=peer["train_subset"],
+                      device=torch.device("cpu"))
+    model = new_model(peer["model"], data)
+    load_float_state(model, peer["checkpoint"])
+    float_state = {k: v.clone() for k, v in model.state_dict().items()}
+    done, st, machine = _done(), stamp(), describe()
+    for e in entries:
+        ref = refs.get((e["target"], str(e["seed"])), {"test_accuracy": "", "reference": ""})
+        row = start_row(settings, data, float_state, e["seed"])
+        # (label, bits, the peer's own accuracy or None: mixbits' post protocol)
+        variants = [(peer["peer"], e["bits"], None), (f"{peer['peer']}_own", e["bits"], e["own_accuracy"])]
+        if e.get("hawq_sequences"):  # HAWQ's own metric, with mixbits' memory budget in place of its FLOPs ratio
+            fits = [q for q in e["hawq_sequences"] if row.space.cost.quantized_bits(q["bits"]) <= e["budget_bits"]]
+            variants.append((f"{peer['peer']}_mem", min(fits, key=lambda q: q["metric"])["bits"], None))
+        for label, bits, own in variants:
+            if (peer["model"], "post", label, e["target"], str(e["seed"])) in done:
+                continue
+            size = row.space.cost.quantized_bits(bits)
+            ho = float("nan")
+            if own is None:
+                scorer = HeldOutScorer(row.model, row.space, row.loaders["held_out"], images=1 << 30, bn_images=512,
+                                       device=row.device)
+                ho = scorer.loss(bits)
+                row.space.unfix_()
+            acc = _post_accuracy(row, bits) if own is None else own
+            _append({"model": peer["model"], "regime": "post", "method": label, "target": e["target"],
+                     "seed": e["seed"], "weight_compression": round(row.space.cost.float_quantized_bits() / size, 3),
+                     "test_accuracy": round(acc, 5), "reference_accuracy": ref["test_accuracy"],
+                     "reference": ref["reference"], "seconds": e["seconds"], "metric": "top1",
+                     "held_out_loss": round(ho, 5) if own is None else "", "size_bits": size,
+                     "budget_bits": e["budget_bits"], "bits": json.dumps(bits),
+                     **(st if own is None else {"commit": peer["commit"], "dirty": peer["dirty"]}),
+                     "machine": machine if own is None else f"{e['version']}; {peer['machine']}"})
+            log.info("%s post %s seed %s %s %.4f (ref %s), %d/%d bits", peer["model"], e["target"], e["seed"], label,
+                     acc, ref["test_accuracy"], size, e["budget_bits"])
+
+
 def _target_order(target: str) -> tuple[int, float]:
     """Compressions ("8x") first by size, then average bits ("2bits") from most bits to fewest."""
     if target.endswith("x"):
@@ -282,7 +362,18 @@ def report() -> None:
              "the differentiable search learning only its logits on the frozen weights (10 epochs); "
              "`hardsearch_noselect` = hardsearch's last derivation, without the held-out selection; "
              "`hardsearch_adam`, `hardsearch_reinforce` = removed variants (Adam beta1 0.9; score-function "
-             "estimator), rows from commits fdfcbff and 8d3ed54.", ""]
+             "estimator), rows from commits fdfcbff and 8d3ed54. Post-training peers (`benchmarks/peer_allocation.py` "
+             "in each peer's own venv, then `allocation_quality.py --peer-bits`): `mct` = Sony MCT 2.6.1's mixed "
+             "precision, `nncf_hawq` = NNCF 2.19.0's HAWQ precision initialisation, `aimet_amp` = AIMET 2.42.0's "
+             "AMP, each with weights 2/4/8 bits and float activations, calibrated on the held-out training images "
+             "of the seed, its own budget knob (MCT bytes without scales, HAWQ's FLOPs-weighted ratio, AMP's "
+             "accuracy-ordered path) searched for the largest allocation whose size counted by mixbits (scales "
+             "included) fits the budget; the peer's bits are scored with mixbits' post protocol, `<peer>_own` is "
+             "the peer's own quantized model (its quantizer, no BatchNorm re-estimation); `nncf_hawq_mem` = the "
+             "sequence of least HAWQ metric among HAWQ's own candidates whose mixbits size fits the budget (its "
+             "sensitivity, a memory budget in place of its FLOPs ratio), mixbits' post protocol. With 2 bits their "
+             "smallest width, every layer at 2 bits plus mixbits' scales is over the 16x budget: the peers reach "
+             "8x only. A cell marked OVER BUDGET holds rows larger than the budget.", ""]
     for model in sorted({k[0] for k in groups}):
         for regime in sorted({k[1] for k in groups if k[0] == model}):
             targets = sorted({k[2] for k in groups if k[:2] == (model, regime)}, key=_target_order)
@@ -301,7 +392,10 @@ def report() -> None:
                             if r["reference_accuracy"] not in ("", None)]
                     secs += [float(r["seconds"]) for r in g]
                     gap = f", {statistics.mean(gaps):+.1f}" if gaps and m != "reference" else ""
-                    cells.append(f"{statistics.mean(acc):.1f} ({min(acc):.1f}-{max(acc):.1f}{gap}) n={len(g)}")
+                    over = sum(1 for r in g if r["size_bits"] and r["budget_bits"]
+                               and int(r["size_bits"]) > int(r["budget_bits"]))
+                    flag = f" **{over} OVER BUDGET**" if over else ""
+                    cells.append(f"{statistics.mean(acc):.1f} ({min(acc):.1f}-{max(acc):.1f}{gap}) n={len(g)}{flag}")
                 lines.append(f"| {m} | " + " | ".join(cells) + f" | {statistics.mean(secs):.1f} |" if secs else "")
             lines.append("")
     MD_PATH.write_text("\n".join(lines) + "\n")
