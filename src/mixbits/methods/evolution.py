@@ -13,9 +13,7 @@ re-estimated per assignment); the weights never change.
 
 Options: ``evaluations`` (default 150), ``offspring`` (default 8), ``images`` (scoring
 images, default 1024, bounded by the run's calibration), ``band`` (default 0.9), ``start``
-(``"hessian"`` or ``"uniform"``, default ``"hessian"``), ``objective`` (the score:
-``"ce"``, cross-entropy with the labels, or ``"kl"``, KL divergence from the float model's
-predictions; default ``"ce"``).
+(``"hessian"`` or ``"uniform"``, default ``"hessian"``).
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from .scoring import HeldOutScorer
 
 __all__ = ["evolve", "evolution_allocation"]
 
-_OPTIONS = {"evaluations", "offspring", "images", "band", "start", "objective"}
+_OPTIONS = {"evaluations", "offspring", "images", "band", "start"}
 
 
 def _mutate(units: dict[str, int], costs: Mapping[str, Mapping[int, int]], budget: int, floor: int,
@@ -104,24 +102,23 @@ def evolution_allocation(ctx: AllocationContext) -> Allocation:
     options = method_options(ctx, "evolution", _OPTIONS)
     if ctx.space.layers and any(layer.grouped for layer in ctx.space.layers):
         raise ValueError("evolution: bits per structure are not supported; use granularity 'layer'")
-    start = options.get("start", "hessian")
-    if start not in ("hessian", "uniform"):
-        raise ValueError(f"evolution: start must be 'hessian' or 'uniform', got {start!r}")
     t0 = time.perf_counter()
     images = int(options.get("images", 1024))
     if ctx.calibration is not None:
         images = min(images, ctx.calibration)
     costs = ctx.space.cost.cost_table()
-    # Built first: with objective "kl" it records the float model's predictions before anything runs.
-    scorer = HeldOutScorer(ctx.model, ctx.space, ctx.loaders["held_out"], images=images,
-                           bn_images=min(512, images), device=ctx.device, objective=options.get("objective", "ce"))
+    start = options.get("start", "hessian")
     if start == "hessian":
         omega, _ = sensitivity(ctx.model, ctx.space, ctx.loaders["held_out"], seed=ctx.seed)
         top = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
         first = solve_budget({n: {b: -v / top for b, v in per.items()} for n, per in omega.items()}, costs,
                              ctx.budget_bits)
-    else:
+    elif start == "uniform":
         first = solve_budget({n: {b: 0.0 for b in c} for n, c in costs.items()}, costs, ctx.budget_bits)
+    else:
+        raise ValueError(f"evolution: start must be 'hessian' or 'uniform', got {start!r}")
+    scorer = HeldOutScorer(ctx.model, ctx.space, ctx.loaders["held_out"], images=images,
+                           bn_images=min(512, images), device=ctx.device)
     units, history = evolve(scorer, costs, ctx.budget_bits, first, evaluations=int(options.get("evaluations", 150)),
                             offspring=int(options.get("offspring", 8)), band=float(options.get("band", 0.9)),
                             seed=ctx.seed)

@@ -3,12 +3,8 @@
 :class:`HeldOutScorer` gathers a fixed set of training-split images once (at most
 ``calibration`` of them, from the held-out split, never the test split), and scores an
 assignment by fixing the model at its bits, re-estimating the BatchNorm statistics on
-the first of those images (when the model has BatchNorm), and averaging a loss over all
-of them with no gradient: the cross-entropy with the labels (``objective="ce"``), or the
-KL divergence from the float model's predictions (``objective="kl"``, as EvoPress scores:
-it uses the whole output distribution, not one label per image, and needs no labels). The
-float predictions are computed once, when the scorer is built, from the model as it is then
-(every layer at float, its BatchNorm statistics as loaded). Each candidate's quantized weight is
+the first of those images (when the model has BatchNorm), and averaging the
+cross-entropy over all of them with no gradient. Each candidate's quantized weight is
 cached per layer (:class:`mixbits.mixture.Decision`), so switching assignments costs
 forwards only. Scores are memoised per assignment.
 """
@@ -23,13 +19,11 @@ from torch import nn
 
 from ..bitspace import BitSpace
 from ..cost import Bits
-from ..quant import FLOAT_BITS
 from ..train import recalibrate_bn_
 
-__all__ = ["HeldOutScorer", "gather_images", "has_batchnorm", "OBJECTIVES"]
+__all__ = ["HeldOutScorer", "gather_images", "has_batchnorm"]
 
 _CHUNK = 256  # images per scoring forward
-OBJECTIVES = ("ce", "kl")
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -57,7 +51,7 @@ def gather_images(loader: Iterable, limit: int, device: torch.device) -> tuple[t
 
 
 class HeldOutScorer:
-    """Loss of the model at a given assignment on fixed training-split images.
+    """Cross-entropy of the model at a given assignment on fixed training-split images.
 
     Args:
         model: the prepared model (float weights; they are never changed).
@@ -66,56 +60,23 @@ class HeldOutScorer:
         images: how many images to score on.
         bn_images: how many of them re-estimate the BatchNorm statistics (models with BatchNorm).
         device: where model and images live.
-        objective: ``"ce"`` (cross-entropy with the labels) or ``"kl"`` (KL divergence from the
-            float model's predictions, over the class dimension 1 of the outputs).
-
-    Raises:
-        ValueError: an unknown objective.
     """
 
     def __init__(self, model: nn.Module, space: BitSpace, loader: Iterable, *, images: int = 1024,
-                 bn_images: int = 512, device: torch.device | str = "cpu", objective: str = "ce") -> None:
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+                 bn_images: int = 512, device: torch.device | str = "cpu") -> None:
         self.model, self.space, self.device = model, space, torch.device(device)
-        self.objective = objective
         self.x, self.y = gather_images(loader, images, self.device)
         self.bn = has_batchnorm(model)
         self.bn_batches = [(self.x[i:i + _CHUNK], None) for i in range(0, min(bn_images, len(self.y)), _CHUNK)]
         self.cache: dict[tuple, float] = {}
         self.evaluations = 0
-        self.float_logp = self._float_log_probs() if objective == "kl" else None
-
-    @torch.no_grad()
-    def _float_log_probs(self) -> torch.Tensor:
-        """Log-probabilities of the float model (every layer at float, BatchNorm as loaded) on the images."""
-        decisions = self.space.decision_list
-        before = [d.fixed_bits for d in decisions]
-        was = self.model.training
-        try:
-            for d in decisions:
-                d.fixed_bits = FLOAT_BITS if d.groups == 1 else (FLOAT_BITS,) * d.groups
-            self.model.eval()
-            return torch.cat([F.log_softmax(self.model(self.x[i:i + _CHUNK]).float(), 1)
-                              for i in range(0, len(self.y), _CHUNK)])
-        finally:
-            for d, b in zip(decisions, before):
-                d.fixed_bits = b
-            self.model.train(was)
-
-    def _chunk_loss(self, out: torch.Tensor, lo: int, hi: int) -> float:
-        """Summed loss of the outputs ``out`` of images ``lo:hi``."""
-        if self.float_logp is None:
-            return float(F.cross_entropy(out.float(), self.y[lo:hi], reduction="sum"))
-        return float(F.kl_div(F.log_softmax(out.float(), 1), self.float_logp[lo:hi], reduction="sum",
-                              log_target=True))
 
     def key(self, bits: Mapping[str, Bits]) -> tuple:
         return tuple(bits[n] for n in self.space.names)
 
     @torch.no_grad()
     def loss(self, bits: Mapping[str, Bits], images: int | None = None) -> float:
-        """Mean loss (per image) at ``bits`` on the first ``images`` images (all by default); memoised."""
+        """Mean cross-entropy at ``bits`` on the first ``images`` images (all by default); memoised."""
         n = len(self.y) if images is None else min(images, len(self.y))
         k = (self.key(bits), n)
         if k in self.cache:
@@ -127,12 +88,12 @@ class HeldOutScorer:
         self.model.eval()
         total = 0.0
         for i in range(0, n, _CHUNK):
-            total += self._chunk_loss(self.model(self.x[i:min(i + _CHUNK, n)]), i, min(i + _CHUNK, n))
+            out = self.model(self.x[i:min(i + _CHUNK, n)])
+            total += float(F.cross_entropy(out.float(), self.y[i:min(i + _CHUNK, n)], reduction="sum"))
         self.model.train(was)
         self.evaluations += 1
         self.cache[k] = total / n
         return self.cache[k]
 
     def info(self) -> dict[str, Any]:
-        return {"scored_images": len(self.y), "evaluations": self.evaluations, "batchnorm": self.bn,
-                "objective": self.objective}
+        return {"scored_images": len(self.y), "evaluations": self.evaluations, "batchnorm": self.bn}
