@@ -71,6 +71,13 @@ METHODS = {
     "hardsearch": ("hardsearch", {}),
     "hardsearch_noselect": ("hardsearch", {"select": False}),
     "evolution": ("evolution", {}),
+    "fracbits": ("fracbits", {}),
+    "fracbits_hessian": ("fracbits", {"init": "hessian"}),
+    "fracbits_sgd": ("fracbits", {"optimizer": "sgd", "lr": 1.0}),
+    "fracbits_noselect": ("fracbits", {"select": False}),
+    "fracbits_slope": ("fracbits", {"scores": "slope"}),
+    "pairwise": ("pairwise", {}),
+    "pairwise_single": ("pairwise", {"interactions": False}),
 }
 
 log = logging.getLogger("allocation_quality")
