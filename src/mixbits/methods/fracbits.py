@@ -29,7 +29,6 @@ default 2048; bounded by the run's calibration), ``checkpoints`` (default 4), ``
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
