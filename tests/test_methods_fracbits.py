@@ -114,16 +114,17 @@ def test_the_knapsack_follows_the_learned_positions():
     costs = {"a": {1: 10, 2: 20, 4: 40}, "b": {1: 100, 2: 200, 4: 400}, "pin": {8: 5}}
     pos = [torch.tensor(1.9), torch.tensor(0.6)]
     # the nearest candidates (4, 2) fit: 40 + 200 + 5
-    assert _derive(["a", "b"], pos, np.ones(2), costs, 250) == {"a": 4, "b": 2, "pin": 8}
+    assert _derive(["a", "b"], pos, costs, 250) == {"a": 4, "b": 2, "pin": 8}
     # 244 does not fit them: b rounds down (distances 0.1 + 0.6) rather than a (0.9 + 0.4)
-    assert _derive(["a", "b"], pos, np.ones(2), costs, 244) == {"a": 4, "b": 1, "pin": 8}
-    # a layer's weight (its loss slope) makes moving it dearer: now a rounds down (0.9 + 4.0 < 0.1 + 6.0)
-    assert _derive(["a", "b"], pos, np.array([1.0, 10.0]), costs, 244) == {"a": 2, "b": 2, "pin": 8}
+    assert _derive(["a", "b"], pos, costs, 244) == {"a": 4, "b": 1, "pin": 8}
+    # with b nearer its upper candidate, a rounds down instead (0.9 + 0.1 < 0.1 + 0.9)
+    assert _derive(["a", "b"], [torch.tensor(1.9), torch.tensor(0.9)], costs, 244) == {"a": 2, "b": 2, "pin": 8}
 
 
 @pytest.mark.parametrize("options", [
     {"steps": 12, "images": 64, "batch": 16},
-    {"steps": 12, "images": 64, "batch": 16, "init": "hessian", "optimizer": "sgd", "scores": "slope"},
+    {"steps": 12, "images": 64, "batch": 16, "init": "hessian"},
+    {"steps": 12, "images": 64, "batch": 16, "hessian_candidate": False},
     {"steps": 12, "images": 64, "batch": 16, "select": False},
 ])
 @pytest.mark.parametrize("target", ["8x", "16x"])
@@ -153,6 +154,19 @@ def test_the_hessian_start_is_the_hessian_allocation_and_the_weights_never_chang
     assert res.info["start_bits"] == allocate("hessian", ctx2).bits
 
 
+def test_the_hessian_allocation_is_a_candidate_and_the_lowest_held_out_loss_wins():
+    ctx, space = tiny_context("16x", options={"steps": 8, "images": 64, "batch": 16})
+    res = allocate("fracbits", ctx)
+    ctx2, _ = tiny_context("16x")
+    assert res.info["hessian_bits"] == allocate("hessian", ctx2).bits
+    losses = res.info["candidate_losses"]
+    assert len(losses) == 2 + 4  # the Hessian allocation, the start's derivation, 4 checkpoints
+    assert losses[res.info["picked"]] == min(losses)
+    ctx3, _ = tiny_context("16x", options={"steps": 8, "images": 64, "batch": 16, "hessian_candidate": False})
+    res3 = allocate("fracbits", ctx3)
+    assert res3.info["hessian_bits"] is None and len(res3.info["candidate_losses"]) == 1 + 4
+
+
 def test_the_uniform_start_is_derived_by_the_knapsack():
     # deterministic: no learning enters candidate 0 of a uniform start
     ctx, space = tiny_context("16x", options={"steps": 1, "images": 64, "batch": 16})
@@ -168,8 +182,8 @@ def test_the_uniform_start_is_derived_by_the_knapsack():
 
 @pytest.mark.parametrize("options, match", [
     ({"speed": 1}, "unknown options"),
-    ({"init": "random"}, "init must be one of"),
-    ({"optimizer": "lbfgs"}, "optimizer must be one of"),
+    ({"init": "random"}, "init must be 'hessian' or 'uniform'"),
+    ({"optimizer": "sgd"}, "unknown options"),
     ({"steps": 0}, "must be >= 1"),
     ({"lr": 0}, "lr must be > 0"),
 ])
