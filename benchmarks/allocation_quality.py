@@ -81,6 +81,14 @@ METHODS = {
     "hardsearch": ("hardsearch", {}),
     "hardsearch_noselect": ("hardsearch", {"select": False}),
     "evolution": ("evolution", {}),
+    # fracbits rows labelled fracbits_sgd (optimizer "sgd", lr 1.0) and fracbits_slope (scores "slope") come from
+    # commits 4b2ffa4 (lenet5) and 29cba4f (digits_cnn), without the Hessian candidate, before those options were removed
+    "fracbits": ("fracbits", {}),
+    "fracbits_nohessian": ("fracbits", {"hessian_candidate": False}),
+    "fracbits_hessian": ("fracbits", {"init": "hessian"}),
+    "fracbits_noselect": ("fracbits", {"select": False}),
+    "pairwise": ("pairwise", {}),
+    "pairwise_single": ("pairwise", {"interactions": False}),
 }
 
 log = logging.getLogger("allocation_quality")

@@ -52,6 +52,10 @@ def _context(method_options: dict, seed: int = 0):
     ("hardsearch", {"steps": 40, "batch": 64, "images": 256, "select": False}),
     ("evolution", {"evaluations": 30, "images": 256}),
     ("hessian", {}),
+    ("fracbits", {"steps": 40, "batch": 64, "images": 256}),
+    ("fracbits", {"steps": 40, "batch": 64, "images": 256, "init": "hessian", "select": False}),
+    ("pairwise", {"images": 256}),
+    ("pairwise", {"images": 256, "interactions": False}),
 ])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_sensitive_layer_gets_more_bits(method, options, seed):

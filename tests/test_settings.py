@@ -58,3 +58,13 @@ def test_sweep_method_options_are_checked(tmp_path, capsys):
     assert main(["sweep", "-c", str(cfg), "--out", str(tmp_path / "s")]) == 2
     assert "unknown method_options ['bogus'] for method 'random'" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("method, good", [("fracbits", {"steps": 5, "init": "hessian"}),
+                                          ("pairwise", {"window": 1, "interactions": False})])
+def test_fracbits_and_pairwise_options_are_checked_before_the_run(method, good):
+    from mixbits.settings import check_method_options
+
+    check_method_options(good, [method], "the command line")
+    with pytest.raises(ValueError, match=f"unknown method_options \\['bogus'\\] for method '{method}'"):
+        check_method_options({"bogus": 1}, [method], "the command line")

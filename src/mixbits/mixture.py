@@ -55,6 +55,9 @@ class Decision(nn.Module):
         # Hard forward: one candidate (the argmax of the, Gumbel-perturbed when enabled, probabilities)
         # per forward, the straight-through gradient of the softmax to the logits.
         self.hard = False
+        # Interpolated forward (the ``fracbits`` method): a real position r (a 0-dim tensor) in
+        # [0, K-1] over the candidates; the weight is (1-f) Q_floor + f Q_ceil with f = frac(r).
+        self.position: torch.Tensor | None = None
         self.fixed_bits: Bits | None = None
         if len(self.candidates) == 1:
             self.fixed_bits = self.candidates[0] if self.groups == 1 else (self.candidates[0],) * self.groups
@@ -148,6 +151,33 @@ class Decision(nn.Module):
         mix = (d * coef.reshape((coef.shape[0],) + (1,) * (d.dim() - 2) + (k,))).sum(dim=-1)
         return w + channels_back(mix, self.channel_dim)
 
+    def interpolated_weight(self, w: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """The weight between the two candidates nearest a real position, ``(1 - f) Q_lo(w) + f Q_hi(w)``.
+
+        Args:
+            w: the float weight.
+            position: a 0-dim tensor r in [0, K-1] over the candidates (ascending); lo = floor(r)
+                (K-2 at r = K-1), hi = lo + 1, f = r - lo.
+
+        Returns:
+            The weight, with the gradient of f to ``position`` (``Q_hi - Q_lo``) and the identity
+            (straight-through) to ``w``. Only the two candidates lo and hi are quantized, each
+            cached per weight version (:meth:`_cached_hard`): a forward costs at most two
+            quantizers per layer, none once the frozen weight's two are cached.
+
+        Raises:
+            ValueError: the decision has structures, or fewer than two candidates.
+        """
+        if self.groups > 1 or len(self.candidates) < 2:
+            raise ValueError("an interpolated position needs one decision per tensor and two or more candidates")
+        k = len(self.candidates)
+        r = position.clamp(0.0, k - 1.0)
+        lo = min(int(r.detach().floor()), k - 2)
+        f = (r - lo).to(w.dtype)
+        q_lo = self._cached_hard(w, self.candidates[lo]).detach()
+        q_hi = self._cached_hard(w, self.candidates[lo + 1]).detach()
+        return w + (q_lo - w.detach()) + f * (q_hi - q_lo)
+
     def preference(self) -> torch.Tensor:
         """Log-probabilities at temperature 1 (what the budget solver maximises), shape (K,) or (G, K)."""
         return F.log_softmax(self.logits.detach().float(), dim=-1)
@@ -163,6 +193,8 @@ class Decision(nn.Module):
         """The weight a layer computes with: fixed bits, or the probability-weighted mixture."""
         if self.fixed_bits is not None:
             return self._fixed_weight(w)
+        if self.position is not None:
+            return self.interpolated_weight(w, self.position)
         if self.hard:
             return self._hard_weight(w)
         p = self.probs().to(w.dtype)  # (K,) or (G, K)

@@ -12,7 +12,10 @@ budget under the same cost model). ``mixbits search --method NAME`` picks one.
 
 Registered: ``hessian`` (HAWQ-style sensitivity, the default with fine-tuning), ``evolution``
 (EvoPress-style search over assignments scored by held-out loss, the default post-training),
-``hardsearch`` (the relaxation learned on frozen weights with a hard forward), ``search`` (the
+``hardsearch`` (the relaxation learned on frozen weights with a hard forward), ``fracbits`` (a real
+bit position per layer interpolating its two nearest candidates, learned on frozen weights, handed to
+the exact knapsack), ``pairwise`` (measured single-layer and pairwise loss terms, the quadratic
+assignment solved exactly), ``search`` (the
 differentiable search of :mod:`mixbits.search`), ``random`` and ``uniform``.
 """
 
@@ -20,5 +23,6 @@ from .base import DEFAULT_METHOD, DEFAULT_POST_TRAINING_METHOD, METHODS, Allocat
 from . import differentiable  # noqa: F401  (registers "search")
 from . import hessian, random, uniform  # noqa: F401  (register "hessian", "random", "uniform")
 from . import evolution, hard_search  # noqa: F401  (register "evolution", "hardsearch")
+from . import fracbits, pairwise  # noqa: F401  (register "fracbits", "pairwise")
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD", "METHODS", "Allocation", "AllocationContext", "allocate", "register_method"]
