@@ -24,6 +24,12 @@ rewrites the Markdown summary from the CSV.
     OMP_NUM_THREADS=1 python benchmarks/allocation_quality.py --model lenet5 --data mnist5k \\
         --checkpoint benchmarks/checkpoints/lenet5_mnist5k_e60.pt --targets 8x 16x 24x 28x --seeds 0 1 2
     python benchmarks/allocation_quality.py --report
+
+The character-level LM (``benchmarks/charlm.py``; test perplexity in ``test_accuracy``, ``metric`` perplexity;
+``--data`` not needed; the reference must be ``evolution:N``):
+
+    OMP_NUM_THREADS=1 python benchmarks/allocation_quality.py --model charlm \\
+        --checkpoint benchmarks/checkpoints/charlm_py_s4000.pt --targets 16x 24x 28x --reference evolution:200
 """
 
 from __future__ import annotations
@@ -396,10 +402,11 @@ def _charlm_protocol(rows: list[dict]) -> list[str]:
             "embedding, tied to the output head and counted once, and per block `qkv`, `proj`, `fc1`, "
             "`fc2`); biases, LayerNorms and the learned positions stay float. Held-out (the methods' choice): "
             "128 fixed windows of held-out files; test: 512 fixed windows of test files; `ft1`'s epoch: "
-            "2,048 fixed training windows, SGD lr 0.01 distilled from the float model (the pipeline's "
+            "1,024 fixed training windows (32 steps of 32), SGD lr 0.01 distilled from the float model (the pipeline's "
             "fine-tuning settings). The reference is `evolution` with the number of held-out-loss evaluations "
-            "the `reference` column states; the `evolution` row uses the number the run's options gave it "
-            "(see the issue's closing note).", ""]
+            "the `reference` column states (200); the methods ran with `--search-epochs 5 --options "
+            "'{\"evolution\": {\"evaluations\": 60}, \"hardsearch\": {\"steps\": 100}}'` (fewer than the "
+            "defaults of 10 epochs and 300 steps, to fit one CPU thread), `hardsearch_noselect` not run.", ""]
 
 
 def report() -> None:

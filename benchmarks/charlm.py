@@ -228,7 +228,7 @@ def perplexity(model: nn.Module, loader) -> float:
 class Splits:
     """Window counts of the fixed sets."""
 
-    finetune: int = 2048
+    finetune: int = 1024
     held_out: int = 128
     test: int = 512
 
