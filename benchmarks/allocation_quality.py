@@ -406,7 +406,9 @@ def _charlm_protocol(rows: list[dict]) -> list[str]:
             "fine-tuning settings). The reference is `evolution` with the number of held-out-loss evaluations "
             "the `reference` column states (200); the methods ran with `--search-epochs 5 --options "
             "'{\"evolution\": {\"evaluations\": 60}, \"hardsearch\": {\"steps\": 100}}'` (fewer than the "
-            "defaults of 10 epochs and 300 steps, to fit one CPU thread), `hardsearch_noselect` not run.", ""]
+            "defaults of 10 epochs and 300 steps, to fit one CPU thread), `hardsearch_noselect` not run. The "
+            "`held_out_loss` column of these rows is the held-out scorer's cross-entropy summed over a window's 64 "
+            "tokens (divide by 64 for the per-token loss).", ""]
 
 
 def report() -> None:
