@@ -29,6 +29,12 @@ Post-training peers (MCT, NNCF's HAWQ, AIMET's AMP) allocate in their own venvs 
 ``benchmarks/peer_allocation.py`` (its docstring has the commands); their JSON is scored here:
 
     OMP_NUM_THREADS=1 python benchmarks/allocation_quality.py --peer-bits benchmarks/results/peer_bits/*.json
+
+The character-level LM (``benchmarks/charlm.py``; test perplexity in ``test_accuracy``, ``metric`` perplexity;
+``--data`` not needed; the reference must be ``evolution:N``):
+
+    OMP_NUM_THREADS=1 python benchmarks/allocation_quality.py --model charlm \\
+        --checkpoint benchmarks/checkpoints/charlm_py_s4000.pt --targets 16x 24x 28x --reference evolution:200
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import command_line, describe, stamp  # noqa: E402
+import charlm  # noqa: E402
+
+import mixbits  # noqa: E402
 
 from mixbits.methods.scoring import HeldOutScorer  # noqa: E402
 from mixbits.pipeline import Settings  # noqa: E402
@@ -143,6 +152,126 @@ def _ft1_accuracy(row, settings, bits) -> float:
     return finetune_and_evaluate(row, settings, bits, 0.0).test_accuracy
 
 
+def _charlm_rows() -> dict:
+    """{(regime, target, seed): perplexity} of the charlm reference rows already in the CSV."""
+    if not CSV_PATH.exists():
+        return {}
+    with CSV_PATH.open() as f:
+        return {(r["regime"], r["target"], r["seed"]): float(r["test_accuracy"]) for r in csv.DictReader(f)
+                if r["model"] == "charlm" and r["method"] == "reference"}
+
+
+def _charlm_row(float_model: torch.nn.Module, seed: int):
+    """A fresh prepared copy of the float LM (every Linear/Embedding prepare_ finds; the tied head is one
+    decision), its space, the float teacher and the loaders seeded by ``seed``."""
+    model = charlm.CharLM(float_model.config)
+    model.load_state_dict(float_model.state_dict())
+    teacher = charlm.CharLM(float_model.config)
+    teacher.load_state_dict(float_model.state_dict())
+    teacher.eval()
+    space = mixbits.prepare_(model, mixbits.PrepareConfig())
+    return model, space, teacher
+
+
+def _charlm_perplexity(model, space, teacher, loaders, float_state, bits, regime: str, seed: int) -> float:
+    """Test perplexity at ``bits``: fixed on the float weights (post), or after one distilled epoch (ft1)."""
+    model.load_state_dict(float_state)
+    if regime == "ft1":  # the pipeline's fine-tuning (mixbits.pipeline.finetune): SGD, lr 0.01, distill 0.5
+        torch.manual_seed(seed)
+        mixbits.finetune_(model, space, bits, loaders["train"],
+                          mixbits.TrainConfig(epochs=1, lr=Settings().finetune_lr, distill_weight=0.5),
+                          teacher=teacher)
+    else:
+        space.fix_(bits)
+    return charlm.perplexity(model, loaders["test"])
+
+
+def run_charlm(args: argparse.Namespace) -> None:
+    """The character-level LM: every method through the public API, test perplexity in ``test_accuracy``."""
+    if not args.checkpoint:
+        raise SystemExit("--model charlm needs --checkpoint (e.g. benchmarks/checkpoints/charlm_py_s4000.pt)")
+    RESULTS.mkdir(exist_ok=True)
+    st, machine = stamp(), describe()
+    float_model, record = charlm.load_checkpoint(args.checkpoint)
+    corpus = charlm.build_corpus(record["corpus"])
+    float_state = {k: v.clone() for k, v in float_model.state_dict().items()}
+    model, space, _ = _charlm_row(float_model, 0)
+    budgets = {t: mixbits.budget_bits(t, space.cost) for t in args.targets}  # an unreachable target fails here
+    for label, extra in json.loads(args.options).items():
+        METHODS[label] = (METHODS[label][0], {**METHODS[label][1], **extra})
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method labels {unknown}; known: {', '.join(METHODS)}")
+    if args.reference != "none" and not args.reference.startswith("evolution:"):
+        raise SystemExit("--model charlm: the reference must be evolution:N or none (enumeration is impossible)")
+    done, earlier_ref = _done(), _charlm_rows()
+    for seed in args.seeds:
+        for target in args.targets:
+            budget = budgets[target]
+            ref, ref_name = {}, ""
+            if args.reference != "none":
+                n = int(args.reference.split(":")[1])
+                ref_name = f"evolution({n} held-out-loss evaluations)"
+                ref = {r: earlier_ref[(r, target, str(seed))] for r in args.regimes
+                       if (r, target, str(seed)) in earlier_ref}
+                if len(ref) < len(args.regimes):
+                    model, space, teacher = _charlm_row(float_model, seed)
+                    loaders = charlm.loaders(corpus, float_model.config.context, seed=seed)
+                    t0 = time.perf_counter()
+                    res = mixbits.allocate(model, space, loaders["train"], loaders["held_out"], target=target,
+                                           method="evolution", post_training=True, seed=seed,
+                                           options={"evaluations": n})
+                    ref_seconds = time.perf_counter() - t0
+                    best = res.bits
+                    ho = HeldOutScorer(model, space, loaders["held_out"], images=1 << 30).loss(best)
+                    for regime in args.regimes:
+                        if regime in ref:
+                            continue
+                        ppl = _charlm_perplexity(model, space, teacher, loaders, float_state, best, regime, seed)
+                        ref[regime] = ppl
+                        _append({"model": "charlm", "regime": regime, "method": "reference", "target": target,
+                                 "seed": seed, "weight_compression": round(space.cost.float_quantized_bits()
+                                                                           / space.cost.quantized_bits(best), 3),
+                                 "test_accuracy": round(ppl, 4), "reference_accuracy": round(ppl, 4),
+                                 "reference": ref_name, "seconds": round(ref_seconds, 2), "metric": "perplexity",
+                                 "held_out_loss": round(ho, 5), "size_bits": space.cost.quantized_bits(best),
+                                 "budget_bits": budget, "bits": json.dumps(best), **st, "machine": machine})
+                        log.info("charlm %s %s seed %d reference perplexity %.3f (%s) %.1fs", regime, target, seed,
+                                 ppl, ref_name, ref_seconds)
+            for label in args.methods:
+                regimes = [r for r in args.regimes if ("charlm", r, label, target, str(seed)) not in done]
+                if not regimes:
+                    continue
+                name, options = METHODS[label]
+                model, space, teacher = _charlm_row(float_model, seed)
+                loaders = charlm.loaders(corpus, float_model.config.context, seed=seed)
+                t0 = time.perf_counter()
+                try:
+                    res = mixbits.allocate(model, space, loaders["train"], loaders["held_out"], target=target,
+                                           method=name, post_training=True, seed=seed, epochs=args.search_epochs,
+                                           options=options, teacher=teacher)
+                except Exception as exc:  # noqa: BLE001 - a failing method is recorded in the log, the rest go on
+                    log.warning("%s %s seed %d failed: %s", label, target, seed, exc)
+                    continue
+                seconds = time.perf_counter() - t0
+                bits = res.bits
+                model.load_state_dict(float_state)
+                ho = HeldOutScorer(model, space, loaders["held_out"], images=1 << 30).loss(bits)
+                for regime in regimes:
+                    ppl = _charlm_perplexity(model, space, teacher, loaders, float_state, bits, regime, seed)
+                    _append({"model": "charlm", "regime": regime, "method": label, "target": target, "seed": seed,
+                             "weight_compression": round(space.cost.float_quantized_bits()
+                                                         / space.cost.quantized_bits(bits), 3),
+                             "test_accuracy": round(ppl, 4),
+                             "reference_accuracy": round(ref[regime], 4) if regime in ref else "",
+                             "reference": ref_name, "seconds": round(seconds, 2), "metric": "perplexity",
+                             "held_out_loss": round(ho, 5), "size_bits": space.cost.quantized_bits(bits),
+                             "budget_bits": budget, "bits": json.dumps(bits), **st, "machine": machine})
+                    log.info("charlm %s %s seed %d %s perplexity %.3f (ref %s) %.1fs", regime, target, seed, label,
+                             ppl, ref.get(regime), seconds)
+    report()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model")
@@ -180,6 +309,9 @@ def main() -> None:
         for path in args.peer_bits:
             append_peer_rows(Path(path))
         report()
+        return
+    if args.model == "charlm":
+        run_charlm(args)
         return
     RESULTS.mkdir(exist_ok=True)
     st = stamp()
@@ -348,6 +480,30 @@ def _target_order(target: str) -> tuple[int, float]:
     return 1, -float(target.removesuffix("bits"))
 
 
+def _charlm_protocol(rows: list[dict]) -> list[str]:
+    """The paragraph on the character-level LM, when the CSV has its rows (float perplexity from its record)."""
+    if not any(r["model"] == "charlm" for r in rows):
+        return []
+    records = sorted(Path(__file__).resolve().parent.glob("checkpoints/charlm_*_train.json"))
+    floats = "; ".join(f"`{p.name.removesuffix('_train.json')}.pt` float test perplexity "
+                       f"{json.loads(p.read_text())['test_perplexity']:.3f}" for p in records)
+    return ["`charlm` (`benchmarks/charlm.py`): a pre-norm causal character-level transformer (d=128, 2 blocks, "
+            "4 heads, context 64, 97 tokens) trained on Python standard-library source, the splits disjoint by "
+            f"file ({floats}). The cells are the TEST PERPLEXITY (the `metric` column says `perplexity`; "
+            "`test_accuracy` holds it): lower is better, and a positive gap is worse than the reference. "
+            "Quantized: every Linear and Embedding the default `prepare_` finds (9 weights: the token "
+            "embedding, tied to the output head and counted once, and per block `qkv`, `proj`, `fc1`, "
+            "`fc2`); biases, LayerNorms and the learned positions stay float. Held-out (the methods' choice): "
+            "128 fixed windows of held-out files; test: 512 fixed windows of test files; `ft1`'s epoch: "
+            "1,024 fixed training windows (32 steps of 32), SGD lr 0.01 distilled from the float model (the pipeline's "
+            "fine-tuning settings). The reference is `evolution` with the number of held-out-loss evaluations "
+            "the `reference` column states (200); the methods ran with `--search-epochs 5 --options "
+            "'{\"evolution\": {\"evaluations\": 60}, \"hardsearch\": {\"steps\": 100}}'` (fewer than the "
+            "defaults of 10 epochs and 300 steps, to fit one CPU thread), `hardsearch_noselect` not run. The "
+            "`held_out_loss` column of these rows is the held-out scorer's cross-entropy summed over a window's 64 "
+            "tokens (divide by 64 for the per-token loss).", ""]
+
+
 def report() -> None:
     """Rewrite the Markdown summary: mean test accuracy over seeds, its spread, the gap to the reference."""
     if not CSV_PATH.exists():
@@ -386,11 +542,16 @@ def report() -> None:
              "sequence of least HAWQ metric among HAWQ's own candidates whose mixbits size fits the budget (its "
              "sensitivity, a memory budget in place of its FLOPs ratio), mixbits' post protocol. With 2 bits their "
              "smallest width, every layer at 2 bits plus mixbits' scales is over the 16x budget: the peers reach "
-             "8x only. A cell marked OVER BUDGET holds rows larger than the budget.", ""]
+             "8x only. A cell marked OVER BUDGET holds rows larger than the budget.", "",
+             *_charlm_protocol(rows)]
     for model in sorted({k[0] for k in groups}):
         for regime in sorted({k[1] for k in groups if k[0] == model}):
             targets = sorted({k[2] for k in groups if k[:2] == (model, regime)}, key=_target_order)
-            lines += [f"## {model}, {regime}", "", "| method | " + " | ".join(targets) + " | seconds |",
+            ppl = any(r["metric"] == "perplexity" for k, g in groups.items() if k[:2] == (model, regime) for r in g)
+            scale = 1 if ppl else 100
+            title = (f"## {model}, {regime}: test perplexity (lower is better; a positive gap is worse than the "
+                     "reference)" if ppl else f"## {model}, {regime}")
+            lines += [title, "", "| method | " + " | ".join(targets) + " | seconds |",
                       "|---|" + "---|" * (len(targets) + 1)]
             methods = sorted({k[3] for k in groups if k[:2] == (model, regime)}, key=lambda m: (m != "reference", m))
             for m in methods:
@@ -400,15 +561,16 @@ def report() -> None:
                     if not g:
                         cells.append("")
                         continue
-                    acc = [100 * float(r["test_accuracy"]) for r in g]
-                    gaps = [100 * (float(r["test_accuracy"]) - float(r["reference_accuracy"])) for r in g
+                    acc = [scale * float(r["test_accuracy"]) for r in g]
+                    gaps = [scale * (float(r["test_accuracy"]) - float(r["reference_accuracy"])) for r in g
                             if r["reference_accuracy"] not in ("", None)]
                     secs += [float(r["seconds"]) for r in g]
-                    gap = f", {statistics.mean(gaps):+.1f}" if gaps and m != "reference" else ""
+                    d = 2 if ppl else 1
+                    gap = f", {statistics.mean(gaps):+.{d}f}" if gaps and m != "reference" else ""
                     over = sum(1 for r in g if r["size_bits"] and r["budget_bits"]
                                and int(r["size_bits"]) > int(r["budget_bits"]))
                     flag = f" **{over} OVER BUDGET**" if over else ""
-                    cells.append(f"{statistics.mean(acc):.1f} ({min(acc):.1f}-{max(acc):.1f}{gap}) n={len(g)}{flag}")
+                    cells.append(f"{statistics.mean(acc):.{d}f} ({min(acc):.{d}f}-{max(acc):.{d}f}{gap}) n={len(g)}{flag}")
                 lines.append(f"| {m} | " + " | ".join(cells) + f" | {statistics.mean(secs):.1f} |" if secs else "")
             lines.append("")
     MD_PATH.write_text("\n".join(lines) + "\n")

@@ -75,3 +75,21 @@ def test_finetune_leaves_frozen_weights_frozen_and_unchanged():
 def test_train_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().lr = 1.0  # type: ignore[misc]
+
+
+def test_distill_loss_per_token_uses_the_class_dim_and_averages_positions():
+    from mixbits.train import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(3, 5, 7, generator=g), torch.randn(3, 5, 7, generator=g)  # (B, C, T)
+    t = 2.0
+    p = F.softmax(teacher / t, 1)
+    manual = (p * (F.log_softmax(teacher / t, 1) - F.log_softmax(student / t, 1))).sum(1).mean() * t * t
+    torch.testing.assert_close(distill_loss(student, teacher, t), manual)
+    # the (N, C) case is the per-position mean of the same rows
+    rows = [distill_loss(student[b, :, i][None], teacher[b, :, i][None], t) for b in range(3) for i in range(7)]
+    torch.testing.assert_close(distill_loss(student, teacher, t), torch.stack(rows).mean())
+    flat_s, flat_t = student.movedim(1, -1).reshape(-1, 5), teacher.movedim(1, -1).reshape(-1, 5)
+    assert distill_loss(student, teacher, t) == distill_loss(flat_s, flat_t, t)
+    manual_2d = (F.softmax(flat_t / t, 1) * (F.log_softmax(flat_t / t, 1) - F.log_softmax(flat_s / t, 1))).sum(1)
+    torch.testing.assert_close(distill_loss(flat_s, flat_t, t), manual_2d.mean() * t * t)

@@ -75,9 +75,17 @@ def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) on softened logits, scaled by T^2 (Hinton et al.)."""
+    """KL(teacher || student) on softened logits, scaled by T^2 (Hinton et al.).
+
+    The classes are dim 1, as for cross-entropy: (N, C) logits, or (N, C, ...) per position
+    (per-pixel, per-token); the KL is summed over the classes and averaged over every other position.
+    """
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1),
+    if student.dim() > 2:  # (N, C, d1, ...) -> (N * d1 * ..., C)
+        classes = student.shape[1]
+        student = student.movedim(1, -1).reshape(-1, classes)
+        teacher = teacher.movedim(1, -1).reshape(-1, classes)
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1),
                     reduction="batchmean", log_target=True) * t * t
 
 
