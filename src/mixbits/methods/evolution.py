@@ -24,8 +24,8 @@ import time
 from typing import Mapping
 
 from ..derive import solve_budget
-from ..sensitivity import sensitivity
 from .base import Allocation, AllocationContext, method_options, register_method
+from .hessian import hessian_units
 from .scoring import HeldOutScorer
 
 __all__ = ["evolve", "evolution_allocation"]
@@ -109,10 +109,7 @@ def evolution_allocation(ctx: AllocationContext) -> Allocation:
     costs = ctx.space.cost.cost_table()
     start = options.get("start", "hessian")
     if start == "hessian":
-        omega, _ = sensitivity(ctx.model, ctx.space, ctx.loaders["held_out"], seed=ctx.seed)
-        top = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
-        first = solve_budget({n: {b: -v / top for b, v in per.items()} for n, per in omega.items()}, costs,
-                             ctx.budget_bits)
+        first, _ = hessian_units(ctx)
     elif start == "uniform":
         first = solve_budget({n: {b: 0.0 for b in c} for n, c in costs.items()}, costs, ctx.budget_bits)
     else:

@@ -55,8 +55,8 @@ import torch
 import torch.nn.functional as F
 
 from ..derive import solve_budget
-from ..sensitivity import sensitivity
 from .base import Allocation, AllocationContext, method_options, register_method
+from .hessian import hessian_units
 from .scoring import HeldOutScorer, gather_images
 
 __all__ = ["fracbits", "interpolated_sizes", "project_positions", "uniform_position", "distance_scores"]
@@ -173,10 +173,7 @@ def _options(ctx: AllocationContext) -> dict:
 
 def _hessian_bits(ctx: AllocationContext) -> dict[str, int]:
     """The ``hessian`` method's allocation (units -> bits): a start and a selection candidate."""
-    omega, _ = sensitivity(ctx.model, ctx.space, ctx.loaders["held_out"], seed=ctx.seed, loss_fn=ctx.loss_fn)
-    top = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
-    return solve_budget({n: {b: -v / top for b, v in per.items()} for n, per in omega.items()},
-                        ctx.space.cost.cost_table(), ctx.budget_bits)
+    return hessian_units(ctx)[0]
 
 
 def _derive(names: list[str], positions: list[torch.Tensor], costs: dict, budget: int) -> dict[str, int]:

@@ -44,10 +44,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..derive import solve_budget
 from ..search import derive_bits
-from ..sensitivity import sensitivity
 from .base import Allocation, AllocationContext, method_options, register_method
+from .hessian import hessian_units
 from .scoring import HeldOutScorer, gather_images
 
 __all__ = ["hard_search"]
@@ -81,11 +80,8 @@ def _start_logits(ctx: AllocationContext, init: str, scale: float
     space = ctx.space
     if init == "uniform":
         return {layer.name: torch.zeros(len(layer.candidates)) for layer in space.layers}, None
-    omega, _ = sensitivity(ctx.model, space, ctx.loaders["held_out"], seed=ctx.seed)
-    top = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
-    floor = 1e-9 * top
-    hessian_bits = solve_budget({n: {b: -v / top for b, v in per.items()} for n, per in omega.items()},
-                                space.cost.cost_table(), ctx.budget_bits)
+    hessian_bits, omega = hessian_units(ctx)
+    floor = 1e-9 * (max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0)
     return {layer.name: torch.tensor([-scale * math.log(omega[layer.name][b] + floor) for b in layer.candidates])
             for layer in space.layers}, hessian_bits
 

@@ -36,7 +36,8 @@ from ..derive import solve_budget
 from ..sensitivity import fisher_traces, hessian_sensitivity, hutchinson_traces, sensitivity
 from .base import Allocation, AllocationContext, method_options, register_method
 
-__all__ = ["hutchinson_traces", "fisher_traces", "hessian_sensitivity", "hessian_allocation", "sensitivity"]
+__all__ = ["hutchinson_traces", "fisher_traces", "hessian_sensitivity", "hessian_allocation", "sensitivity",
+           "layer_sensitivity", "solve_sensitivity", "hessian_units"]
 
 _OPTIONS = {"batches", "samples", "split", "structure_traces"}
 
@@ -59,16 +60,30 @@ def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
                        structure_traces=per, loss_fn=ctx.loss_fn)
 
 
+def solve_sensitivity(omega: Mapping[str, Mapping[int, float]], ctx: AllocationContext) -> dict[str, int]:
+    """The assignment (units -> bits) minimising the summed sensitivity ``omega`` under the run's
+    budget, with the exact solver; the scores are scaled to O(1) so the solver's tolerances and
+    tie-break act on comparable numbers."""
+    scale = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
+    scores = {n: {b: -v / scale for b, v in per.items()} for n, per in omega.items()}
+    return solve_budget(scores, ctx.space.cost.cost_table(), ctx.budget_bits)
+
+
+def hessian_units(ctx: AllocationContext) -> tuple[dict[str, int], dict[str, dict[int, float]]]:
+    """(the ``hessian`` method's assignment with its default options, units -> bits; omega): the
+    start or a candidate of the methods that search further (``evolution``, ``hardsearch``,
+    ``fracbits``)."""
+    omega, _ = layer_sensitivity(ctx, {})
+    return solve_sensitivity(omega, ctx), omega
+
+
 @register_method("hessian")
 def hessian_allocation(ctx: AllocationContext) -> Allocation:
     """Minimise the summed Hessian-weighted quantization error under the budget."""
     options = method_options(ctx, "hessian", _OPTIONS)
     omega, traces = layer_sensitivity(ctx, options)
-    # Scale to O(1) so the solver's tolerances and tie-break act on comparable numbers.
-    scale = max((v for per in omega.values() for v in per.values()), default=0.0) or 1.0
-    scores = {n: {b: -v / scale for b, v in per.items()} for n, per in omega.items()}
     t0 = time.perf_counter()
-    units = solve_budget(scores, ctx.space.cost.cost_table(), ctx.budget_bits)
+    units = solve_sensitivity(omega, ctx)
     solve_seconds = time.perf_counter() - t0
     traces = {n: (t.tolist() if isinstance(t, torch.Tensor) else t) for n, t in traces.items()}
     info = {"traces": traces, "sensitivity": {n: {str(b): v for b, v in per.items()} for n, per in omega.items()},
