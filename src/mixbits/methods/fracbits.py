@@ -30,7 +30,10 @@ target) cells, as ``evolution`` (LeNet-5 28x: 90.2%, against ``hessian`` 82.4% a
 97.5% against 98.3%); from the Hessian start (``fracbits_hessian``) LeNet-5 at 28x mostly stayed
 at the Hessian allocation (82.6%); without the held-out selection (``fracbits_noselect``) LeNet-5 at
 28x fell to 82.0%. After one epoch of fine-tuning (``ft1``) every variant's mean gap to the
-optimum's fine-tuned accuracy lay between -0.4 and +0.5 points per cell.
+optimum's fine-tuned accuracy lay between -0.4 and +0.5 points per cell. At 1.2 average bits it
+missed the optimum on LeNet-5 (92.7% against 94.9%), at 1.5 bits on the digits CNN (98.9% against
+99.4%). On ResNet-20/CIFAR-10 post-training (3 seeds, 1,000 scoring images) it averaged 73.1% at
+24x against ``evolution``'s 72.4% and 67.1% at 28x against 68.0%: not the default.
 
 Measured and removed (``benchmarks/results/allocation_quality.md``, post-training, 4 targets x 3
 seeds, LeNet-5/mnist5k and the digits CNN, all without the Hessian candidate): plain SGD on the
