@@ -4,7 +4,8 @@ Every benchmark stamps its rows and result files with :func:`provenance` (or
 :func:`stamp`). The commit is read ONCE, when this module is first imported, so a
 row written hours later still names the code the process runs, even if HEAD moved
 meanwhile; ``dirty`` says whether tracked files differed from that commit then (an
-uncommitted change may be in the numbers).
+uncommitted change may be in the numbers). Result files under ``benchmarks/results/`` do not
+count: a benchmark that appends rows, then runs again, still runs committed code.
 
     from _provenance import provenance, stamp   # benchmarks/ is on sys.path when run as a script
     row = {**stamp(), "accuracy": acc}           # {"commit": "4875b83", "dirty": False, ...}
@@ -36,7 +37,7 @@ def _git(*args: str) -> str | None:
 
 def _load_time_state() -> dict[str, Any]:
     commit = _git("rev-parse", "--short", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
     return {"commit": commit or "unknown", "dirty": None if status is None else bool(status)}
 
 

@@ -518,7 +518,10 @@ def report() -> None:
              f"Written by `{command_line()}`; rows from commits {', '.join(f'{c} (dirty={d})' for c, d in commits)}.",
              f"{describe()}", "",
              "Mean test accuracy (%) over seeds, min-max spread, mean gap to the reference (points), mean seconds "
-             "of the allocation. Reference: see the `reference` column of `allocation_quality.csv`.", "",
+             "of the allocation. Reference: see the `reference` column of `allocation_quality.csv`. "
+             "Rows of commits d9da519, bfd521b and fe9e517 marked dirty=True differed from their commit only in "
+             "`benchmarks/results/` (the CSV an earlier command of the same chain had appended to; checked with "
+             "`git status` in those worktrees); `benchmarks/_provenance.py` no longer counts result files as dirty.", "",
              "Protocol: every method allocates on the frozen float weights of the committed checkpoint "
              "(`benchmarks/checkpoints/`); `post` = bits fixed, BatchNorm re-estimated on 50 training batches, "
              "test accuracy; `ft1` = the same bits, one epoch of fine-tuning from the float weights (distilled, "
