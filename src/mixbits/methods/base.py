@@ -12,6 +12,7 @@ from ..registry import Registry
 from ..space import BitSpace
 
 __all__ = ["AllocationContext", "Allocation", "METHODS", "DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD",
+           "require_layer_granularity",
            "register_method", "allocate", "method_options"]
 
 # What `mixbits search`, `mixbits.allocate` and RunConfig use unless told otherwise; the winner of the
@@ -82,6 +83,16 @@ class Allocation:
 
 METHODS: Registry[Callable[[AllocationContext], Allocation]] = Registry("method")
 register_method = METHODS.register
+
+
+def require_layer_granularity(ctx: AllocationContext, method: str) -> None:
+    """Fail before any work when the space has bits per structure, which ``method`` does not search.
+
+    Raises:
+        ValueError: a layer with structures; the message says to use granularity 'layer'.
+    """
+    if any(layer.grouped for layer in ctx.space.layers):
+        raise ValueError(f"{method}: bits per structure are not supported; use granularity 'layer'")
 
 
 def method_options(ctx: AllocationContext, method: str, known: set[str]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import time
 from typing import Mapping
 
 from ..derive import solve_budget
-from .base import Allocation, AllocationContext, method_options, register_method
+from .base import Allocation, AllocationContext, method_options, register_method, require_layer_granularity
 from .hessian import hessian_units
 from .scoring import HeldOutScorer
 
@@ -100,8 +100,7 @@ def evolve(scorer: HeldOutScorer, costs: Mapping[str, Mapping[int, int]], budget
 def evolution_allocation(ctx: AllocationContext) -> Allocation:
     """The best assignment an evolutionary search finds by held-out loss (see the module docstring)."""
     options = method_options(ctx, "evolution", _OPTIONS)
-    if ctx.space.layers and any(layer.grouped for layer in ctx.space.layers):
-        raise ValueError("evolution: bits per structure are not supported; use granularity 'layer'")
+    require_layer_granularity(ctx, "evolution")
     t0 = time.perf_counter()
     images = int(options.get("images", 1024))
     if ctx.calibration is not None:

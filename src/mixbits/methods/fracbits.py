@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from ..derive import solve_budget
-from .base import Allocation, AllocationContext, method_options, register_method
+from .base import Allocation, AllocationContext, method_options, register_method, require_layer_granularity
 from .hessian import hessian_units
 from .scoring import HeldOutScorer, gather_images
 
@@ -193,8 +193,7 @@ def fracbits(ctx: AllocationContext) -> Allocation:
     """Learn a real bit position per layer on the frozen float weights; derive exactly (module docstring)."""
     opts = _options(ctx)
     space, model, device = ctx.space, ctx.model, ctx.device
-    if any(layer.grouped for layer in space.layers):
-        raise ValueError("fracbits: bits per structure are not supported; use granularity 'layer'")
+    require_layer_granularity(ctx, "fracbits")
     t0 = time.perf_counter()
     model.to(device)
     space.to(device)

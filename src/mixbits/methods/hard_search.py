@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ..search import derive_bits
-from .base import Allocation, AllocationContext, method_options, register_method
+from .base import Allocation, AllocationContext, method_options, register_method, require_layer_granularity
 from .hessian import hessian_units
 from .scoring import HeldOutScorer, gather_images
 
@@ -91,8 +91,7 @@ def hard_search(ctx: AllocationContext) -> Allocation:
     """Learn the logits on the frozen float weights with a hard Gumbel forward; derive exactly (module docstring)."""
     opts = _options(ctx)
     space, model, device = ctx.space, ctx.model, ctx.device
-    if any(layer.grouped for layer in space.layers):
-        raise ValueError("hardsearch: bits per structure are not supported; use granularity 'layer'")
+    require_layer_granularity(ctx, "hardsearch")
     t0 = time.perf_counter()
     model.to(device)
     space.to(device)

@@ -42,7 +42,7 @@ import time
 
 from ..derive import solve_budget
 from ..derive_pairwise import pairwise_objective, solve_pairwise_budget
-from .base import Allocation, AllocationContext, method_options, register_method
+from .base import Allocation, AllocationContext, method_options, register_method, require_layer_granularity
 from .scoring import HeldOutScorer
 
 __all__ = ["pairwise_allocation", "kept_candidates", "layer_pairs"]
@@ -91,8 +91,7 @@ def pairwise_allocation(ctx: AllocationContext) -> Allocation:
     """Measured single and pairwise loss terms, the quadratic assignment solved exactly (module docstring)."""
     opts = _options(ctx)
     space = ctx.space
-    if any(layer.grouped for layer in space.layers):
-        raise ValueError("pairwise: bits per structure are not supported; use granularity 'layer'")
+    require_layer_granularity(ctx, "pairwise")
     t0 = time.perf_counter()
     costs = space.cost.cost_table()
     scorer = HeldOutScorer(ctx.model, space, ctx.loaders["held_out"], images=int(opts["images"]),
