@@ -98,6 +98,7 @@ METHODS = {
     "fracbits_noselect": ("fracbits", {"select": False}),
     "pairwise": ("pairwise", {}),
     "pairwise_single": ("pairwise", {"interactions": False}),
+    "probe": ("probe", {}),
 }
 
 log = logging.getLogger("allocation_quality")

@@ -24,5 +24,6 @@ from . import differentiable  # noqa: F401  (registers "search")
 from . import hessian, random, uniform  # noqa: F401  (register "hessian", "random", "uniform")
 from . import evolution, hard_search  # noqa: F401  (register "evolution", "hardsearch")
 from . import fracbits, pairwise  # noqa: F401  (register "fracbits", "pairwise")
+from . import probe  # noqa: F401  (registers "probe")
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD", "METHODS", "Allocation", "AllocationContext", "allocate", "register_method"]
