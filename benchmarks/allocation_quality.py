@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import itertools
 import json
 import logging
@@ -101,7 +102,17 @@ METHODS = {
     "probe": ("probe", {}),
 }
 
+# Methods whose answer depends on whether fine-tuning follows (``probe`` fine-tunes its candidates briefly
+# unless post-training): they allocate once per regime, with ``post_training`` set for ``post``. Every
+# other method allocates once on the frozen float weights and both regimes use those bits.
+REGIME_DEPENDENT = {"probe"}
+
 log = logging.getLogger("allocation_quality")
+
+
+def _allocation_groups(name: str, regimes: list[str]) -> list[list[str]]:
+    """The regimes that share one allocation: each alone for a regime-dependent method, else all together."""
+    return [[r] for r in regimes] if name in REGIME_DEPENDENT else [regimes]
 
 
 def _append(row: dict) -> None:
@@ -244,33 +255,42 @@ def run_charlm(args: argparse.Namespace) -> None:
                 if not regimes:
                     continue
                 name, options = METHODS[label]
-                model, space, teacher = _charlm_row(float_model, seed)
-                loaders = charlm.loaders(corpus, float_model.config.context, seed=seed)
-                t0 = time.perf_counter()
-                try:
-                    res = mixbits.allocate(model, space, loaders["train"], loaders["held_out"], target=target,
-                                           method=name, post_training=True, seed=seed, epochs=args.search_epochs,
-                                           options=options, teacher=teacher)
-                except Exception as exc:  # noqa: BLE001 - a failing method is recorded in the log, the rest go on
-                    log.warning("%s %s seed %d failed: %s", label, target, seed, exc)
-                    continue
-                seconds = time.perf_counter() - t0
-                bits = res.bits
-                model.load_state_dict(float_state)
-                ho = HeldOutScorer(model, space, loaders["held_out"], images=1 << 30).loss(bits)
-                for regime in regimes:
-                    ppl = _charlm_perplexity(model, space, teacher, loaders, float_state, bits, regime, seed)
-                    _append({"model": "charlm", "regime": regime, "method": label, "target": target, "seed": seed,
-                             "weight_compression": round(space.cost.float_quantized_bits()
-                                                         / space.cost.quantized_bits(bits), 3),
-                             "test_accuracy": round(ppl, 4),
-                             "reference_accuracy": round(ref[regime], 4) if regime in ref else "",
-                             "reference": ref_name, "seconds": round(seconds, 2), "metric": "perplexity",
-                             "held_out_loss": round(ho, 5), "size_bits": space.cost.quantized_bits(bits),
-                             "budget_bits": budget, "bits": json.dumps(bits), **st, "machine": machine})
-                    log.info("charlm %s %s seed %d %s perplexity %.3f (ref %s) %.1fs", regime, target, seed, label,
-                             ppl, ref.get(regime), seconds)
+                for group in _allocation_groups(name, regimes):
+                    _charlm_method(label, name, options, group, float_model, float_state, corpus, target, seed,
+                                   budget, ref, ref_name, args, st, machine)
     report()
+
+
+def _charlm_method(label, name, options, regimes, float_model, float_state, corpus, target, seed, budget, ref,
+                   ref_name, args, st, machine) -> None:
+    """One method's allocation on the LM, then its rows for ``regimes`` (post-training allocation unless the
+    method is regime-dependent and the one regime is ``ft1``)."""
+    model, space, teacher = _charlm_row(float_model, seed)
+    loaders = charlm.loaders(corpus, float_model.config.context, seed=seed)
+    t0 = time.perf_counter()
+    try:
+        res = mixbits.allocate(model, space, loaders["train"], loaders["held_out"], target=target,
+                               method=name, post_training=regimes != ["ft1"] or name not in REGIME_DEPENDENT,
+                               seed=seed, epochs=args.search_epochs, options=options, teacher=teacher)
+    except Exception as exc:  # noqa: BLE001 - a failing method is recorded in the log, the rest go on
+        log.warning("%s %s seed %d failed: %s", label, target, seed, exc)
+        return
+    seconds = time.perf_counter() - t0
+    bits = res.bits
+    model.load_state_dict(float_state)
+    ho = HeldOutScorer(model, space, loaders["held_out"], images=1 << 30).loss(bits)
+    for regime in regimes:
+        ppl = _charlm_perplexity(model, space, teacher, loaders, float_state, bits, regime, seed)
+        _append({"model": "charlm", "regime": regime, "method": label, "target": target, "seed": seed,
+                 "weight_compression": round(space.cost.float_quantized_bits()
+                                             / space.cost.quantized_bits(bits), 3),
+                 "test_accuracy": round(ppl, 4),
+                 "reference_accuracy": round(ref[regime], 4) if regime in ref else "",
+                 "reference": ref_name, "seconds": round(seconds, 2), "metric": "perplexity",
+                 "held_out_loss": round(ho, 5), "size_bits": space.cost.quantized_bits(bits),
+                 "budget_bits": budget, "bits": json.dumps(bits), **st, "machine": machine})
+        log.info("charlm %s %s seed %d %s perplexity %.3f (ref %s) %.1fs", regime, target, seed, label,
+                 ppl, ref.get(regime), seconds)
 
 
 def main() -> None:
@@ -376,36 +396,47 @@ def main() -> None:
                 if not regimes:
                     continue
                 name, options = METHODS[label]
-                row = start_row(settings, data, float_state, seed)
-                t0 = time.perf_counter()
-                reused = earlier.get((label_model, label, target, str(seed)))
-                if reused is not None:
-                    bits, seconds, _ = reused
-                    log.info("%s %s seed %d: bits of the post-training row reused", label, target, seed)
-                else:
-                    try:
-                        res = allocate_bits(row, settings, name, budget=budget, target=target, options=options)
-                    except Exception as exc:  # noqa: BLE001 - a failing method is recorded, the rest go on
-                        log.warning("%s %s seed %d failed: %s", label, target, seed, exc)
-                        continue
-                    seconds = time.perf_counter() - t0
-                    bits = res.bits
-                scorer = HeldOutScorer(row.model, row.space, row.loaders["held_out"], images=1 << 30, bn_images=512,
-                                       device=row.device)
-                ho = scorer.loss(bits) if all(isinstance(b, int) for b in bits.values()) else float("nan")
-                row.space.unfix_()
-                for regime in regimes:
-                    acc = _post_accuracy(row, bits) if regime == "post" else _ft1_accuracy(row, settings, bits)
-                    _append({"model": label_model, "regime": regime, "method": label, "target": target, "seed": seed,
-                             "weight_compression": round(row.space.cost.float_quantized_bits()
-                                                         / row.space.cost.quantized_bits(bits), 3),
-                             "test_accuracy": round(acc, 5), "reference_accuracy": ref.get(regime, ""),
-                             "reference": ref_name if ref else "", "seconds": round(seconds, 2), "metric": "top1",
-                             "held_out_loss": round(ho, 5), "size_bits": row.space.cost.quantized_bits(bits),
-                             "budget_bits": budget, "bits": json.dumps(bits), **st, "machine": machine})
-                    log.info("%s %s %s seed %d %s %.4f (ref %s) %.1fs", args.model, regime, target, seed, label, acc,
-                             ref.get(regime), seconds)
+                for group in _allocation_groups(name, regimes):
+                    _cnn_method(label, name, options, group, settings, data, float_state, seed, target, budget, ref,
+                                ref_name, earlier, label_model, args, st, machine)
     report()
+
+
+def _cnn_method(label, name, options, regimes, settings, data, float_state, seed, target, budget, ref, ref_name,
+                earlier, label_model, args, st, machine) -> None:
+    """One method's allocation on an image model, then its rows for ``regimes`` (a regime-dependent method
+    allocating for ``post`` alone does so with ``post_training``; its ``ft1`` bits are never reused)."""
+    if name in REGIME_DEPENDENT and regimes == ["post"]:
+        settings = dataclasses.replace(settings, post_training=True, finetune_epochs=0)
+    row = start_row(settings, data, float_state, seed)
+    t0 = time.perf_counter()
+    reused = None if name in REGIME_DEPENDENT else earlier.get((label_model, label, target, str(seed)))
+    if reused is not None:
+        bits, seconds, _ = reused
+        log.info("%s %s seed %d: bits of the post-training row reused", label, target, seed)
+    else:
+        try:
+            res = allocate_bits(row, settings, name, budget=budget, target=target, options=options)
+        except Exception as exc:  # noqa: BLE001 - a failing method is recorded, the rest go on
+            log.warning("%s %s seed %d failed: %s", label, target, seed, exc)
+            return
+        seconds = time.perf_counter() - t0
+        bits = res.bits
+    scorer = HeldOutScorer(row.model, row.space, row.loaders["held_out"], images=1 << 30, bn_images=512,
+                           device=row.device)
+    ho = scorer.loss(bits) if all(isinstance(b, int) for b in bits.values()) else float("nan")
+    row.space.unfix_()
+    for regime in regimes:
+        acc = _post_accuracy(row, bits) if regime == "post" else _ft1_accuracy(row, settings, bits)
+        _append({"model": label_model, "regime": regime, "method": label, "target": target, "seed": seed,
+                 "weight_compression": round(row.space.cost.float_quantized_bits()
+                                             / row.space.cost.quantized_bits(bits), 3),
+                 "test_accuracy": round(acc, 5), "reference_accuracy": ref.get(regime, ""),
+                 "reference": ref_name if ref else "", "seconds": round(seconds, 2), "metric": "top1",
+                 "held_out_loss": round(ho, 5), "size_bits": row.space.cost.quantized_bits(bits),
+                 "budget_bits": budget, "bits": json.dumps(bits), **st, "machine": machine})
+        log.info("%s %s %s seed %d %s %.4f (ref %s) %.1fs", args.model, regime, target, seed, label, acc,
+                 ref.get(regime), seconds)
 
 
 def append_peer_rows(path: Path) -> None:
