@@ -354,7 +354,7 @@ def main() -> None:
     for seed in args.seeds:
         for target in args.targets:
             budget = budgets[target]
-            ref = {}
+            ref, ref_name = {}, ""
             if args.reference != "none":
                 row = start_row(settings, data, float_state, seed)
                 t0 = time.perf_counter()
