@@ -120,6 +120,9 @@ def test_the_random_stream_is_left_as_it_was():
     ({"methods": ["nope"]}, "nope"),
     ({"methods": ["hessian"], "method_options": {"evolution": {}}}, "not among methods"),
     ({"steps": -1}, "steps must be"),
+    ({"lr": 0}, "lr must be positive"),
+    ({"images": 0}, "images must be"),
+    ({"method_options": {"hessian": 3}}, "must map a method name"),
     ({"bogus": 1}, "unknown options"),
 ])
 def test_bad_options_fail_before_any_work(options, match):

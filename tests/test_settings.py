@@ -61,7 +61,8 @@ def test_sweep_method_options_are_checked(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method, good", [("fracbits", {"steps": 5, "init": "hessian"}),
-                                          ("pairwise", {"window": 1, "interactions": False})])
+                                          ("pairwise", {"window": 1, "interactions": False}),
+                                          ("probe", {"methods": ["hessian"], "steps": 4})])
 def test_fracbits_and_pairwise_options_are_checked_before_the_run(method, good):
     from mixbits.settings import check_method_options
 

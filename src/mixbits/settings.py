@@ -94,13 +94,13 @@ def check_method_options(method_options: Mapping[str, Any], methods: list[str], 
     Raises:
         ValueError: an option no method of ``methods`` knows, or options that are not a table.
     """
-    from .methods import evolution, fracbits, hard_search, hessian, pairwise
+    from .methods import evolution, fracbits, hard_search, hessian, pairwise, probe
     from .search import SearchConfig
 
     known = {"search": {f.name for f in dataclasses.fields(SearchConfig)} - {"target", "epochs", "distill_weight"},
              "hessian": set(hessian._OPTIONS), "random": {"band"}, "uniform": {"bits"},
              "evolution": set(evolution._OPTIONS), "hardsearch": set(hard_search._DEFAULTS),
-             "fracbits": set(fracbits._DEFAULTS), "pairwise": set(pairwise._DEFAULTS)}
+             "fracbits": set(fracbits._DEFAULTS), "pairwise": set(pairwise._DEFAULTS), "probe": set(probe._OPTIONS)}
     for method in methods:
         if method not in known:
             continue  # a user-registered method checks its own options

@@ -99,7 +99,10 @@ def probe_allocation(ctx: AllocationContext) -> Allocation:
     """The candidate allocation with the lowest held-out loss after a short fine-tune (module docstring)."""
     options = method_options(ctx, "probe", _OPTIONS)
     methods = _check_methods(options.get("methods", list(_DEFAULT_METHODS)))
-    sub_options = dict(options.get("method_options", {}))
+    sub_options = options.get("method_options", {})
+    if not isinstance(sub_options, dict) or not all(isinstance(v, dict) for v in sub_options.values()):
+        raise ValueError(f"probe: method_options must map a method name to its options, e.g. "
+                         f"{{'evolution': {{'evaluations': 60}}}}; got {sub_options!r}")
     unknown = sorted(set(sub_options) - set(methods))
     if unknown:
         raise ValueError(f"probe: method_options for {unknown}, which are not among methods {methods}")
@@ -107,7 +110,11 @@ def probe_allocation(ctx: AllocationContext) -> Allocation:
     if steps < 0:
         raise ValueError(f"probe: steps must be >= 0, got {steps}")
     lr = float(options.get("lr", 0.01))
+    if not lr > 0:
+        raise ValueError(f"probe: lr must be positive, got {lr}")
     images = int(options.get("images", 1024))
+    if images < 1:
+        raise ValueError(f"probe: images must be >= 1, got {images}")
     if ctx.calibration is not None:
         images = min(images, ctx.calibration)
     if ctx.post_training:
