@@ -536,6 +536,55 @@ def _charlm_protocol(rows: list[dict]) -> list[str]:
             "tokens (divide by 64 for the per-token loss).", ""]
 
 
+# Labels whose option was removed (rows from earlier commits) and the peers' own quantized models: not
+# methods a user can run today, so the defaults are not judged against them.
+REMOVED_VARIANTS = {"hardsearch_adam", "hardsearch_reinforce", "evolution_kl", "fracbits_sgd", "fracbits_slope"}
+DEFAULTS = {"post": mixbits.DEFAULT_POST_TRAINING_METHOD, "ft1": mixbits.DEFAULT_METHOD}
+
+
+def _defaults_section(groups: dict) -> list[str]:
+    """Each regime's default against the best other method at 16x, 24x and 28x, seeds 0-2: mean (min-max),
+    and whether the default is below it by more than the larger of the two seed spreads."""
+    lines = ["## The defaults against every other method (16x, 24x, 28x; seeds 0-2)", "",
+             "The default of each regime (`post`: `" + DEFAULTS["post"] + "`, `ft1`: `" + DEFAULTS["ft1"] + "`) "
+             "against the best mean of every other method with all three seeds (`reference` included; removed "
+             "variants and the peers' own models left out). `below` = the default's mean is worse than that "
+             "method's by more than the larger of the two seed spreads (max - min).", "",
+             "| model | regime | target | default | best other | gap | larger spread | below |", "|---|---|---|---|---|---|---|---|"]
+    for (model, regime, target, method), g in sorted(groups.items()):
+        if target not in ("16x", "24x", "28x") or method != DEFAULTS.get(regime):
+            continue
+        ppl = g[0]["metric"] == "perplexity"
+        sign, scale, d = (-1, 1, 2) if ppl else (1, 100, 1)
+
+        def by_seed(rows):
+            return {r["seed"]: scale * float(r["test_accuracy"]) for r in rows if r["seed"] in ("0", "1", "2")}
+
+        mine = by_seed(g)
+        if len(mine) < 3:
+            continue
+        others = []
+        for (m2, r2, t2, meth), g2 in groups.items():
+            if (m2, r2, t2) != (model, regime, target) or meth == method or meth in REMOVED_VARIANTS \
+                    or meth.endswith("_own"):
+                continue
+            v = by_seed(g2)
+            if len(v) == 3:
+                others.append((sign * statistics.mean(v.values()), meth, v))
+        if not others:
+            continue
+        _, best, v = max(others)
+        gap = sign * (statistics.mean(v.values()) - statistics.mean(mine.values()))
+        spread = max(max(mine.values()) - min(mine.values()), max(v.values()) - min(v.values()))
+
+        def cell(x):
+            return f"{statistics.mean(x.values()):.{d}f} ({min(x.values()):.{d}f}-{max(x.values()):.{d}f})"
+
+        lines.append(f"| {model} | {regime} | {target} | {cell(mine)} | `{best}` {cell(v)} | {gap:+.{d}f} | "
+                     f"{spread:.{d}f} | {'**yes**' if gap > spread else 'no'} |")
+    return lines + [""]
+
+
 def report() -> None:
     """Rewrite the Markdown summary: mean test accuracy over seeds, its spread, the gap to the reference."""
     if not CSV_PATH.exists():
@@ -583,6 +632,7 @@ def report() -> None:
              "smallest width, every layer at 2 bits plus mixbits' scales is over the 16x budget: the peers reach "
              "8x only. A cell marked OVER BUDGET holds rows larger than the budget.", "",
              *_charlm_protocol(rows)]
+    lines += _defaults_section(groups)
     for model in sorted({k[0] for k in groups}):
         for regime in sorted({k[1] for k in groups if k[0] == model}):
             targets = sorted({k[2] for k in groups if k[:2] == (model, regime)}, key=_target_order)

@@ -61,18 +61,20 @@ def test_it_returns_the_candidate_with_the_lowest_loss_after_the_probe():
 
 
 def test_the_probe_fine_tunes_and_its_loss_is_reproduced_by_hand():
-    ctx, x, y = _context({"methods": ["uniform"], "images": 64, "steps": 4})
+    ctx, x, y = _context({"methods": ["uniform", "hessian"], "images": 64, "steps": 4})
     float_state = {k: v.clone() for k, v in ctx.model.state_dict().items()}
     loader_state = ctx.loaders["weights"].state_dict()
     result = allocate("probe", ctx)
-    probed = result.info["candidates"][0]["held_out_loss"]
+    first = result.info["candidates"][0]
+    assert first["methods"] == ["uniform"] and len(result.info["candidates"]) == 2
+    probed, uniform_bits = first["held_out_loss"], first["bits"]
     # the weights and the loader are as they were
     for k, v in ctx.model.state_dict().items():
         assert torch.equal(v, float_state[k]), k
     assert torch.equal(ctx.loaders["weights"].state_dict()["generator"], loader_state["generator"])
     # by hand: the same four batches, the same recipe, BatchNorm re-estimated on them, loss on the held-out images
     batches = [b for _, b in zip(range(4), ctx.loaders["weights"])]
-    ctx.space.fix_(result.bits)
+    ctx.space.fix_(uniform_bits)
     torch.manual_seed(ctx.seed)
     fit(ctx.model, batches, TrainConfig(epochs=1, lr=0.01), desc="probe")
     from mixbits.train import recalibrate_bn_
@@ -97,15 +99,38 @@ def test_post_training_ranks_on_the_float_weights_without_training():
         assert torch.equal(v, float_state[k]), k
 
 
-def test_identical_answers_are_probed_once():
+def test_identical_answers_are_probed_once_and_one_answer_not_at_all():
     ctx, _, _ = _context({"methods": ["uniform", "uniform"], "images": 64, "steps": 2})
     result = allocate("probe", ctx)
     assert len(result.info["candidates"]) == 1
     assert result.info["chosen"] == ["uniform", "uniform"]
+    assert result.info["steps"] == 0  # a single candidate needs no probe
+    ctx, _, _ = _context({"methods": ["uniform", "hessian"], "images": 64, "steps": 2})
+    result = allocate("probe", ctx)
+    assert len(result.info["candidates"]) == 2 and result.info["steps"] == 2
+
+
+def test_bits_per_structure_use_hessian_alone_by_default():
+    torch.manual_seed(0)
+    model = Net()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(320, 12, generator=g)
+    y = (x[:, :3].argmax(1)).long()
+    space = prepare_(model, PrepareConfig(candidates=(1, 2, 4, 8), granularity="group:8"))
+    loader = TensorLoader(x, y, batch_size=32, shuffle=True, seed=0)
+    ctx = AllocationContext(model=model, space=space, loaders={"weights": loader, "full": loader, "held_out": loader},
+                            budget_bits=budget_bits("12x", space.cost), target="12x", epochs=1, seed=0,
+                            device=torch.device("cpu"), options={})
+    result = allocate("probe", ctx)
+    assert result.info["chosen"] == ["hessian"]
+    assert result.bits == allocate("hessian", ctx).bits
+    assert any(isinstance(b, tuple) for b in result.bits.values())
+    with pytest.raises(ValueError, match="bits per structure"):  # asked for explicitly, evolution refuses
+        allocate("probe", AllocationContext(**{**vars(ctx), "options": {"methods": ["hessian", "evolution"]}}))
 
 
 def test_the_random_stream_is_left_as_it_was():
-    ctx, _, _ = _context({"methods": ["uniform"], "images": 64, "steps": 2})
+    ctx, _, _ = _context({"methods": ["uniform", "hessian"], "images": 64, "steps": 2})
     torch.manual_seed(123)
     allocate("probe", ctx)
     after = torch.rand(3)

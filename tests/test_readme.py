@@ -22,7 +22,10 @@ def test_readme_python_example_runs():
     # The first example is the product's default path: mixbits.allocate with no method named, and a seed.
     (call,) = re.findall(r"mixbits\.allocate\((.*?)\)\n", code, flags=re.S)
     assert "method=" not in call and "seed=" in call
-    assert scope["allocation"].info["units"] == len(space.names)  # hessian's record: one solve over every layer
+    info = scope["allocation"].info  # the default's record: every candidate, the chosen one the least held-out loss
+    assert info["chosen"] and set(info["chosen"]) <= {"hessian", "evolution", "pairwise"}
+    assert min(c["held_out_loss"] for c in info["candidates"]) == next(
+        c["held_out_loss"] for c in info["candidates"] if c["methods"] == info["chosen"])
 
 
 def _option_strings():

@@ -16,7 +16,7 @@ from mixbits.cli import main
     ('seed = "abc"', "seed = 'abc' in config file {cfg!r}: input should be a valid integer"),
     ('candidates = "1,2,4"', "candidates = '1,2,4' in config file {cfg!r}: input should be a valid tuple"),
     ("held_out_fraction = 1.5", "held_out_fraction = 1.5 in config file {cfg!r}: input should be less than 1"),
-    ("[method_options]\nbogus = 1", "unknown method_options ['bogus'] for method 'hessian' in config file {cfg!r}"),
+    ("[method_options]\nbogus = 1", "unknown method_options ['bogus'] for method 'probe' in config file {cfg!r}"),
     ("pins = {'features.0' = 'eight'}", "pins.features.0 = 'eight' in config file {cfg!r}"),
 ])
 def test_bad_config_values_name_key_and_file_before_any_folder(tmp_path, capsys, toml, message):

@@ -15,9 +15,10 @@ __all__ = ["AllocationContext", "Allocation", "METHODS", "DEFAULT_METHOD", "DEFA
            "require_layer_granularity",
            "register_method", "allocate", "method_options"]
 
-# What `mixbits search`, `mixbits.allocate` and RunConfig use unless told otherwise; the winner of the
-# compute-matched comparison (benchmarks/results/compare_fair.md).
-DEFAULT_METHOD = "hessian"
+# What `mixbits search`, `mixbits.allocate` and RunConfig use unless told otherwise when fine-tuning
+# follows: the winner of the one-epoch fine-tuning regime of benchmarks/results/allocation_quality.md
+# (`hessian` before; the compute-matched comparison, benchmarks/results/compare_fair.md, ran with it).
+DEFAULT_METHOD = "probe"
 # Without fine-tuning (post-training): the winner of benchmarks/results/allocation_quality.md.
 DEFAULT_POST_TRAINING_METHOD = "evolution"
 

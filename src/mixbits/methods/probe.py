@@ -21,6 +21,9 @@ in the weights the model ends with; the probes cost ``len(distinct) * steps`` tr
 allocation time, reported in ``info``. Post-training (no weight may change) the probe is skipped:
 the candidates are ranked by their held-out loss on the float weights, BatchNorm re-estimated.
 
+With bits per structure the default candidates are ``hessian``'s alone (``evolution`` and ``pairwise``
+choose per layer), and a single distinct candidate is returned without a probe.
+
 Options: ``methods`` (list of registered names, default ``["hessian", "evolution", "pairwise"]``),
 ``method_options`` ({method: its options}), ``steps`` (probe steps per candidate; default a quarter
 of the training loader's batches, between 8 and 64, or 32 when the loader has no length), ``lr``
@@ -98,7 +101,12 @@ def _check_methods(methods: Any) -> list[str]:
 def probe_allocation(ctx: AllocationContext) -> Allocation:
     """The candidate allocation with the lowest held-out loss after a short fine-tune (module docstring)."""
     options = method_options(ctx, "probe", _OPTIONS)
-    methods = _check_methods(options.get("methods", list(_DEFAULT_METHODS)))
+    if "methods" in options:
+        methods = _check_methods(options["methods"])
+    elif any(layer.grouped for layer in ctx.space.layers):
+        methods = ["hessian"]  # bits per structure: the one default candidate that allocates them
+    else:
+        methods = list(_DEFAULT_METHODS)
     sub_options = options.get("method_options", {})
     if not isinstance(sub_options, dict) or not all(isinstance(v, dict) for v in sub_options.values()):
         raise ValueError(f"probe: method_options must map a method name to its options, e.g. "
@@ -140,6 +148,12 @@ def probe_allocation(ctx: AllocationContext) -> Allocation:
         else:
             candidates.append((bits, [name], {"seconds": time.perf_counter() - t}))
 
+    if len(candidates) == 1:  # nothing to choose between: no probe
+        bits, names, info = candidates[0]
+        torch.set_rng_state(rng)
+        return Allocation(bits=bits, info={"chosen": names, "candidates": [
+            {"methods": names, "bits": bits, "held_out_loss": None, "allocation_seconds": info["seconds"],
+             "probe_seconds": 0.0}], "steps": 0, "held_out_images": 0, "seconds": time.perf_counter() - t0})
     x, y = gather_images(ctx.loaders["held_out"], images, ctx.device)
     batches = _first_batches(ctx.loaders["weights"], steps) if steps else []
     if steps and not batches:
