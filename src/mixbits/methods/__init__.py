@@ -10,7 +10,9 @@ budget and the run's settings, and returns the bits (always derived with the
 exact budget solver of :mod:`mixbits.derive`, so every method meets the same
 budget under the same cost model). ``mixbits search --method NAME`` picks one.
 
-Registered: ``hessian`` (HAWQ-style sensitivity, the default with fine-tuning), ``evolution``
+Registered: ``probe`` (the answers of ``hessian``, ``evolution`` and ``pairwise``, each fine-tuned
+briefly, the best by held-out loss: the default with fine-tuning), ``hessian`` (HAWQ-style
+sensitivity), ``evolution``
 (EvoPress-style search over assignments scored by held-out loss, the default post-training),
 ``hardsearch`` (the relaxation learned on frozen weights with a hard forward), ``fracbits`` (a real
 bit position per layer interpolating its two nearest candidates, learned on frozen weights, handed to
