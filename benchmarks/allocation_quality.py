@@ -548,8 +548,8 @@ def _defaults_section(groups: dict) -> list[str]:
     lines = ["## The defaults against every other method (16x, 24x, 28x; seeds 0-2)", "",
              "The default of each regime (`post`: `" + DEFAULTS["post"] + "`, `ft1`: `" + DEFAULTS["ft1"] + "`) "
              "against the best mean of every other method with all three seeds (`reference` included; removed "
-             "variants and the peers' own models left out). `below` = the default's mean is worse than that "
-             "method's by more than the larger of the two seed spreads (max - min).", "",
+             "variants and the peers' own models left out), and `below`: every method the default's mean is worse "
+             "than by more than the larger of the two seed spreads (max - min), with that gap and spread.", "",
              "| model | regime | target | default | best other | gap | larger spread | below |", "|---|---|---|---|---|---|---|---|"]
     for (model, regime, target, method), g in sorted(groups.items()):
         if target not in ("16x", "24x", "28x") or method != DEFAULTS.get(regime):
@@ -573,15 +573,19 @@ def _defaults_section(groups: dict) -> list[str]:
                 others.append((sign * statistics.mean(v.values()), meth, v))
         if not others:
             continue
-        _, best, v = max(others)
-        gap = sign * (statistics.mean(v.values()) - statistics.mean(mine.values()))
-        spread = max(max(mine.values()) - min(mine.values()), max(v.values()) - min(v.values()))
-
         def cell(x):
             return f"{statistics.mean(x.values()):.{d}f} ({min(x.values()):.{d}f}-{max(x.values()):.{d}f})"
 
+        def gap_spread(v):
+            return (sign * (statistics.mean(v.values()) - statistics.mean(mine.values())),
+                    max(max(mine.values()) - min(mine.values()), max(v.values()) - min(v.values())))
+
+        _, best, v = max(others)
+        gap, spread = gap_spread(v)
+        below = sorted(f"`{m}` ({gap_spread(w)[0]:+.{d}f} > {gap_spread(w)[1]:.{d}f})" for _, m, w in others
+                       if gap_spread(w)[0] > gap_spread(w)[1])
         lines.append(f"| {model} | {regime} | {target} | {cell(mine)} | `{best}` {cell(v)} | {gap:+.{d}f} | "
-                     f"{spread:.{d}f} | {'**yes**' if gap > spread else 'no'} |")
+                     f"{spread:.{d}f} | {'**' + ', '.join(below) + '**' if below else 'none'} |")
     return lines + [""]
 
 
