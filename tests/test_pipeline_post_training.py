@@ -29,10 +29,12 @@ def test_post_training_settings():
 
 
 @pytest.mark.parametrize("method", ["hessian", "search", "hardsearch", "evolution", "random", "uniform", "fracbits",
-                                    "pairwise"])
+                                    "pairwise", "probe"])
 def test_every_method_runs_post_training_and_leaves_the_weights(tmp_path, method):
     options = {"hardsearch": {"steps": 5, "images": 64}, "evolution": {"evaluations": 6, "images": 64},
-               "fracbits": {"steps": 5, "images": 64}, "pairwise": {"images": 64}}.get(method, {})
+               "fracbits": {"steps": 5, "images": 64}, "pairwise": {"images": 64},
+               "probe": {"methods": ["hessian", "evolution", "uniform"], "images": 64,
+                         "method_options": {"evolution": {"evaluations": 6, "images": 64}}}}.get(method, {})
     out = tmp_path / "run"
     report = run_search(RunConfig(method=method, target="16x", out=str(out), post_training=True, calibration=96,
                                   method_options=options, **TINY), progress=False)
