@@ -11,9 +11,9 @@ exact budget solver of :mod:`mixbits.derive`, so every method meets the same
 budget under the same cost model). ``mixbits search --method NAME`` picks one.
 
 Registered: ``probe`` (the answers of ``hessian``, ``evolution`` and ``pairwise``, each fine-tuned
-briefly, the best by held-out loss: the default with fine-tuning), ``hessian`` (HAWQ-style
-sensitivity), ``evolution``
-(EvoPress-style search over assignments scored by held-out loss, the default post-training),
+briefly, the best by held-out loss; post-training ranked on the float weights: the default in both
+regimes), ``hessian`` (HAWQ-style sensitivity), ``evolution``
+(EvoPress-style search over assignments scored by held-out loss),
 ``hardsearch`` (the relaxation learned on frozen weights with a hard forward), ``fracbits`` (a real
 bit position per layer interpolating its two nearest candidates, learned on frozen weights, handed to
 the exact knapsack), ``pairwise`` (measured single-layer and pairwise loss terms, the quadratic

@@ -19,8 +19,10 @@ __all__ = ["AllocationContext", "Allocation", "METHODS", "DEFAULT_METHOD", "DEFA
 # follows: the winner of the one-epoch fine-tuning regime of benchmarks/results/allocation_quality.md
 # (`hessian` before; the compute-matched comparison, benchmarks/results/compare_fair.md, ran with it).
 DEFAULT_METHOD = "probe"
-# Without fine-tuning (post-training): the winner of benchmarks/results/allocation_quality.md.
-DEFAULT_POST_TRAINING_METHOD = "evolution"
+# Without fine-tuning (post-training): the winner of the post-training regime of
+# benchmarks/results/allocation_quality.md (`probe` ranks its candidates on the float weights there;
+# `evolution` before).
+DEFAULT_POST_TRAINING_METHOD = "probe"
 
 
 @dataclass
