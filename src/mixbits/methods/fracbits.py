@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from ..derive import solve_budget
 from .base import Allocation, AllocationContext, method_options, register_method, require_layer_granularity
 from .hessian import hessian_units
-from .scoring import HeldOutScorer, gather_images
+from .scoring import HeldOutScorer, gather_images, select_candidate
 
 __all__ = ["fracbits", "interpolated_sizes", "project_positions", "uniform_position", "distance_scores"]
 
@@ -250,11 +250,7 @@ def fracbits(ctx: AllocationContext) -> Allocation:
             d.position = None
         for p, was in frozen:
             p.requires_grad_(was)
-    if opts["select"]:
-        losses = [scorer.loss(c) for c in candidates]
-        pick = min(range(len(candidates)), key=lambda i: (losses[i], -i))
-    else:
-        losses, pick = [], len(candidates) - 1
+    losses, pick = select_candidate(scorer, candidates, bool(opts["select"]))
     space.unfix_()
     return Allocation(bits=candidates[pick], history=history,
                       info={"picked": pick, "candidate_losses": losses, "start_bits": start_bits,

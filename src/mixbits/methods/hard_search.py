@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from ..search import derive_bits
 from .base import Allocation, AllocationContext, method_options, register_method, require_layer_granularity
 from .hessian import hessian_units
-from .scoring import HeldOutScorer, gather_images
+from .scoring import HeldOutScorer, gather_images, select_candidate
 
 __all__ = ["hard_search"]
 
@@ -146,11 +146,7 @@ def hard_search(ctx: AllocationContext) -> Allocation:
         space.set_gumbel_(False)
         for p, was in frozen:
             p.requires_grad_(was)
-    if opts["select"]:
-        losses = [scorer.loss(c) for c in candidates]
-        pick = min(range(len(candidates)), key=lambda i: (losses[i], -i))
-    else:
-        losses, pick = [], len(candidates) - 1
+    losses, pick = select_candidate(scorer, candidates, bool(opts["select"]))
     space.unfix_()
     bits = candidates[pick]
     return Allocation(bits=bits, history=history,

@@ -41,7 +41,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 
-from ..train import TrainConfig, fit, recalibrate_bn_
+from ..train import TrainConfig, evaluate_loss, fit, recalibrate_bn_
 from .base import METHODS, Allocation, AllocationContext, method_options, register_method
 from .scoring import gather_images, has_batchnorm
 
@@ -59,21 +59,6 @@ def probe_steps(loader: Iterable) -> int:
     except TypeError:
         return 32
     return max(8, min(64, n // 4))
-
-
-@torch.no_grad()
-def _held_out_loss(ctx: AllocationContext, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean task loss (the run's ``loss_fn``, else cross-entropy) of the model as it computes now."""
-    was = ctx.model.training
-    ctx.model.eval()
-    total = 0.0
-    for i in range(0, len(y), _CHUNK):
-        out = ctx.model(x[i:i + _CHUNK])
-        yy = y[i:i + _CHUNK]
-        loss = ctx.loss_fn(out, yy) if ctx.loss_fn is not None else F.cross_entropy(out.float(), yy)
-        total += float(loss) * len(yy)
-    ctx.model.train(was)
-    return total / len(y)
 
 
 def _first_batches(loader: Iterable, steps: int) -> list:
@@ -158,6 +143,7 @@ def probe_allocation(ctx: AllocationContext) -> Allocation:
     batches = _first_batches(ctx.loaders["weights"], steps) if steps else []
     if steps and not batches:
         raise ValueError("probe: the training loader is empty")
+    held_out = [(x[i:i + _CHUNK], y[i:i + _CHUNK]) for i in range(0, len(y), _CHUNK)]
     bn = has_batchnorm(ctx.model)
     bn_batches = batches or [(x[i:i + _CHUNK], None) for i in range(0, min(512, len(y)), _CHUNK)]
     teacher = ctx.teacher
@@ -171,7 +157,8 @@ def probe_allocation(ctx: AllocationContext) -> Allocation:
             fit(ctx.model, batches, config, device=ctx.device, teacher=teacher, desc="probe", loss_fn=ctx.loss_fn)
         if bn:
             recalibrate_bn_(ctx.model, bn_batches, device=ctx.device, batches=len(bn_batches))
-        loss = _held_out_loss(ctx, x, y)
+        with torch.no_grad():
+            loss = evaluate_loss(ctx.model, held_out, ctx.loss_fn or F.cross_entropy, device=ctx.device)
         ctx.model.load_state_dict(float_state)
         ctx.space.unfix_()
         scored.append({"methods": names, "bits": bits, "held_out_loss": loss,

@@ -21,7 +21,7 @@ from ..bitspace import BitSpace
 from ..cost import Bits
 from ..train import recalibrate_bn_
 
-__all__ = ["HeldOutScorer", "gather_images", "has_batchnorm"]
+__all__ = ["HeldOutScorer", "gather_images", "has_batchnorm", "select_candidate"]
 
 _CHUNK = 256  # images per scoring forward
 
@@ -97,3 +97,12 @@ class HeldOutScorer:
 
     def info(self) -> dict[str, Any]:
         return {"scored_images": len(self.y), "evaluations": self.evaluations, "batchnorm": self.bn}
+
+
+def select_candidate(scorer: HeldOutScorer, candidates: list, select: bool = True) -> tuple[list[float], int]:
+    """(held-out losses, index of the chosen candidate): the least loss, ties to the later candidate; without
+    ``select`` no scoring and the last candidate (the methods that derive several candidates as they learn)."""
+    if not select:
+        return [], len(candidates) - 1
+    losses = [scorer.loss(c) for c in candidates]
+    return losses, min(range(len(candidates)), key=lambda i: (losses[i], -i))
