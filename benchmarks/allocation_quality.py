@@ -75,7 +75,8 @@ FIELDS = ("model", "regime", "method", "target", "seed", "weight_compression", "
           "reference", "seconds", "metric", "held_out_loss", "size_bits", "budget_bits", "bits", "commit", "dirty",
           "machine")
 
-# label -> (registered method, options). Rows labelled hardsearch_adam (optimizer "adam") and
+# label -> (registered method, options). Rows labelled <method>_hutchinson: see HUTCHINSON_ROWS below; the
+# label ``hessian_hutchinson`` reruns that estimator. Rows labelled hardsearch_adam (optimizer "adam") and
 # hardsearch_reinforce (estimator "reinforce", 60 steps, lr 0.5) in the CSV come from commits
 # fdfcbff and 8d3ed54, before those options were removed for losing to straight-through SGD.
 # Rows labelled evolution_kl (evolution scored by the KL divergence from the float model's
@@ -87,6 +88,7 @@ METHODS = {
     "uniform": ("uniform", {}),
     "random": ("random", {}),
     "hessian": ("hessian", {}),
+    "hessian_hutchinson": ("hessian", {"estimator": "hutchinson"}),
     "search": ("search", {"train_weights": False, "warmup_epochs": 0}),
     "hardsearch": ("hardsearch", {}),
     "hardsearch_noselect": ("hardsearch", {"select": False}),
@@ -538,7 +540,12 @@ def _charlm_protocol(rows: list[dict]) -> list[str]:
 
 # Labels whose option was removed (rows from earlier commits) and the peers' own quantized models: not
 # methods a user can run today, so the defaults are not judged against them.
-REMOVED_VARIANTS = {"hardsearch_adam", "hardsearch_reinforce", "evolution_kl", "fracbits_sgd", "fracbits_slope"}
+# Rows labelled <method>_hutchinson were measured when ``hessian``'s trace was Hutchinson's estimate (commits before
+# the empirical-Fisher default); every method that starts from or ranks the ``hessian`` allocation changed with it.
+HUTCHINSON_ROWS = {"hessian_hutchinson", "probe_hutchinson", "evolution_hutchinson", "hardsearch_hutchinson",
+                   "fracbits_hutchinson"}
+REMOVED_VARIANTS = {"hardsearch_adam", "hardsearch_reinforce", "evolution_kl", "fracbits_sgd",
+                    "fracbits_slope"} | HUTCHINSON_ROWS
 DEFAULTS = {"post": mixbits.DEFAULT_POST_TRAINING_METHOD, "ft1": mixbits.DEFAULT_METHOD}
 
 

@@ -176,9 +176,23 @@ def test_hessian_sensitivity_survives_fused_attention():
     model = TinyLM()
     space = prepare_(model)
     data = [(torch.randint(0, 11, (4, 6)), torch.randint(0, 11, (24,)))]
-    omega, traces = sensitivity(model, space, data, batches=1, samples=2)
-    assert set(traces) == set(space.names)
-    assert all(omega[n][1] >= omega[n][8] >= 0 for n in space.names)
+    for estimator in ("fisher", "hutchinson"):
+        omega, traces = sensitivity(model, space, data, batches=1, samples=2, estimator=estimator)
+        assert set(traces) == set(space.names)
+        assert all(omega[n][1] >= omega[n][8] >= 0 for n in space.names)
+
+
+def test_flattened_targets_fall_back_to_hutchinson(caplog):
+    """Per-token targets flattened to (B*T,) cannot be split per sequence: Hutchinson's estimate, with a warning."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    space = prepare_(model)
+    data = [(torch.randint(0, 11, (4, 6)), torch.randint(0, 11, (24,)))]
+    with caplog.at_level("WARNING", logger="mixbits.sensitivity"):
+        _, traces = sensitivity(model, space, data, batches=1, samples=2, seed=3)
+    assert "got 4 input and 24 target rows" in caplog.text and "Hutchinson" in caplog.text
+    _, hutch = sensitivity(model, space, data, batches=1, samples=2, seed=3, estimator="hutchinson")
+    assert traces == hutch
 
 
 def test_float_share_warning(caplog):
@@ -211,8 +225,13 @@ def test_hessian_falls_back_to_first_order_without_double_backward(caplog):
     space = prepare_(model)
     data = [(torch.randn(5, 4), torch.randint(0, 3, (5,)))]
     with caplog.at_level("WARNING", logger="mixbits.sensitivity"):
-        _, traces = sensitivity(model, space, data, batches=1, samples=2)
+        _, traces = sensitivity(model, space, data, batches=1, samples=2, estimator="hutchinson")
     assert "first-order" in caplog.text and all(t > 0 for t in traces.values())
+    # the default (Fisher) estimate needs no double backward: the same traces, no warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mixbits.sensitivity"):
+        _, fisher = sensitivity(model, space, data, batches=1)
+    assert caplog.text == "" and fisher == pytest.approx(traces)
 
 
 def test_hugging_face_gpt2_from_a_config(tmp_path):

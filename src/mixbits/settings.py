@@ -101,6 +101,8 @@ def check_method_options(method_options: Mapping[str, Any], methods: list[str], 
              "hessian": set(hessian._OPTIONS), "random": {"band"}, "uniform": {"bits"},
              "evolution": set(evolution._OPTIONS), "hardsearch": set(hard_search._DEFAULTS),
              "fracbits": set(fracbits._DEFAULTS), "pairwise": set(pairwise._DEFAULTS), "probe": set(probe._OPTIONS)}
+    choices = {"hessian": {"estimator": ("fisher", "hutchinson"), "split": ("held_out", "weights"),
+                           "structure_traces": ("layer", "structure")}}
     for method in methods:
         if method not in known:
             continue  # a user-registered method checks its own options
@@ -108,3 +110,7 @@ def check_method_options(method_options: Mapping[str, Any], methods: list[str], 
         if unknown:
             raise ValueError(f"unknown method_options {unknown} for method {method!r} in {where}; "
                              f"known: {sorted(known[method])}")
+        for option, allowed in choices.get(method, {}).items():
+            if option in method_options and method_options[option] not in allowed:
+                raise ValueError(f"method_options {option} = {method_options[option]!r} for method {method!r} in "
+                                 f"{where}: choose one of {', '.join(map(repr, allowed))}")

@@ -1,16 +1,20 @@
-"""``hessian``: HAWQ-style allocation from Hessian-trace sensitivity (Dong et al., HAWQ-V2/V3).
+"""``hessian``: HAWQ-style allocation from curvature-trace sensitivity (Dong et al., HAWQ-V2/V3).
 
 For each layer l and candidate b the expected loss increase of quantizing W_l
 to b bits is estimated to second order as
 
     omega_lb = (tr(H_l) / n_l) * ||Q_b(W_l) - W_l||^2,
 
-where H_l is the Hessian of the training loss with respect to W_l (n_l
-elements), its trace estimated with Hutchinson's method,
-``tr(H) = E_v[v^T H v]`` over Rademacher vectors v, each ``H v`` one double
-backward. The trace is taken at the float weights, on a few batches of the
-held-out split (never the test split). The bits then minimise ``sum_l omega_lb``
-under the budget with the same exact solver and cost model as every method.
+where H_l is the curvature of the training loss with respect to W_l (n_l
+elements). By default its trace is the empirical Fisher's, the mean over examples
+of the squared per-example gradient (as FIT, Zandonati et al. 2023): exact for
+the examples taken, with no random probes. ``estimator="hutchinson"`` takes
+HAWQ's estimate of the Hessian's own trace, ``E_v[v^T H v]`` over Rademacher
+vectors v (each ``H v`` one double backward), whose probe noise decided
+allocations on ResNet-20 (see :func:`mixbits.sensitivity.sensitivity`). The trace
+is taken at the float weights, on a few batches of the held-out split (never the
+test split). The bits then minimise ``sum_l omega_lb`` under the budget with the
+same exact solver and cost model as every method.
 
 With bits per structure, omega is per structure: its layer's mean trace
 (``structure_traces="layer"``, the default) or the structure's own trace (``"structure"``,
@@ -20,9 +24,10 @@ sums far fewer probe products and is noisy: on ResNet-20 / CIFAR-10 it cost 4 to
 accuracy before fine-tuning at 16x..28x against the layer's trace
 (``benchmarks/results/structure_traces.json``).
 
-Options (``ctx.options``): ``batches`` (default 4), ``samples`` Hutchinson
-vectors per batch (default 8), ``split`` (``"held_out"`` or ``"weights"``),
-``structure_traces`` (``"layer"`` or ``"structure"``, default ``"layer"``).
+Options (``ctx.options``): ``estimator`` (``"fisher"``, the default, or ``"hutchinson"``),
+``batches`` (default 4), ``samples`` Hutchinson vectors per batch (default 8; Hutchinson
+only), ``split`` (``"held_out"`` or ``"weights"``), ``structure_traces`` (``"layer"`` or
+``"structure"``, default ``"layer"``).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from .base import Allocation, AllocationContext, method_options, register_method
 __all__ = ["hutchinson_traces", "fisher_traces", "hessian_sensitivity", "hessian_allocation", "sensitivity",
            "layer_sensitivity", "solve_sensitivity", "hessian_units"]
 
-_OPTIONS = {"batches", "samples", "split", "structure_traces"}
+_OPTIONS = {"batches", "samples", "split", "structure_traces", "estimator"}
 
 
 def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
@@ -47,7 +52,7 @@ def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
     """(omega {layer: {bits: sensitivity}}, traces {layer: Hessian trace}) at the float weights.
 
     Options: ``split`` ("held_out" or "weights", never the test split), ``batches``, ``samples``,
-    ``structure_traces``.
+    ``structure_traces``, ``estimator``.
     """
     split = options.get("split", "held_out")
     if split not in ("held_out", "weights"):
@@ -57,7 +62,7 @@ def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
         raise ValueError(f"hessian: structure_traces must be 'structure' or 'layer', got {per!r}")
     return sensitivity(ctx.model, ctx.space, ctx.loaders[split], seed=ctx.seed,
                        batches=int(options.get("batches", 4)), samples=int(options.get("samples", 8)),
-                       structure_traces=per, loss_fn=ctx.loss_fn)
+                       structure_traces=per, loss_fn=ctx.loss_fn, estimator=options.get("estimator", "fisher"))
 
 
 def solve_sensitivity(omega: Mapping[str, Mapping[int, float]], ctx: AllocationContext) -> dict[str, int]:
