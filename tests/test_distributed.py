@@ -113,8 +113,11 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(runs):
     a = ranks[0]
     assert a["bits"] == single["bits"]
     assert a["multiplier"] == pytest.approx(single["multiplier"], rel=1e-3, abs=1e-4)
+    # The Hessian start (per-example gradients) can differ from the single process's in the last bit of a
+    # logit (2.4e-7 measured); 17 logit steps grow that to about 2.5e-4. A wrong gradient average moves a
+    # logit by a step's size (lr 0.05), far outside 1e-3.
     for i, (sa, ss) in enumerate(zip(a["snaps"], single["snaps"])):
-        assert torch.allclose(sa["logits"], ss["logits"], atol=1e-4), f"step {i}"
+        assert torch.allclose(sa["logits"], ss["logits"], atol=1e-3), f"step {i}"
     for k in a["weights"]:
         assert torch.allclose(a["weights"][k], single["weights"][k], atol=1e-4), k
     for h, hs in zip(a["history"], single["history"]):

@@ -13,6 +13,7 @@ model has no second derivative. Used by the ``hessian`` method
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
@@ -148,6 +149,19 @@ def _state_names(model: nn.Module, tensors: list[torch.Tensor]) -> list[str] | N
     return None if any(n is None for n in names) else names
 
 
+@contextlib.contextmanager
+def _restoring(model: nn.Module):
+    """Put every submodule's own parameters and buffers back afterwards: ``functional_call`` on a module
+    registered under two names (``self.again = self.shared``) can leave a transformed tensor in its place."""
+    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, params, buffers in saved:
+            m._parameters.update(params)
+            m._buffers.update(buffers)
+
+
 def _per_example_vmap(model, tensors, keys, x, y, loss_fn, dims, chunk):
     """Sum over the examples of (x, y) of each tensor's squared per-example gradient, with ``torch.func``.
 
@@ -178,7 +192,8 @@ def _per_example_vmap(model, tensors, keys, x, y, loss_fn, dims, chunk):
     n = _batch_size(x)
     sums = [0.0] * len(tensors)
     for lo in range(0, n, chunk):
-        gs = per_grad([tensors[i].detach() for i in uniq], _rows(x, lo, lo + chunk), _rows(y, lo, lo + chunk))
+        with _restoring(model):
+            gs = per_grad([tensors[i].detach() for i in uniq], _rows(x, lo, lo + chunk), _rows(y, lo, lo + chunk))
         for i, d in enumerate(dims):
             sq = gs[where[i]].pow(2).sum(0)  # summed over the chunk's examples
             sums[i] = sums[i] + _reduce(sq, d).detach().double().cpu()
