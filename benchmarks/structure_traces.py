@@ -1,13 +1,15 @@
-"""Which Hessian trace should a structure's sensitivity use: its own, or its layer's mean?
+"""Which curvature trace should a structure's sensitivity use: its own, or its layer's mean?
 
-Per-structure Hutchinson estimates sum fewer probe products than a layer's, so they are noisier.
+Per-structure Hutchinson estimates sum fewer probe products than a layer's, so they are noisier;
+the empirical-Fisher trace (``--estimator fisher``, the default) has no probes, only the examples.
 For each granularity, seed and choice (``structure_traces`` = ``structure`` or ``layer``), the
 ``hessian`` allocation is solved at every target from the float checkpoint, the bits are fixed,
 the BatchNorm statistics re-estimated, and the model evaluated on the full test split, with no
 fine-tuning: the allocation alone is compared. ``layer`` granularity is the reference.
 
     python benchmarks/structure_traces.py --data-root ../shared/data/cifar10-jpeg.zip \\
-        --json benchmarks/results/structure_traces.json
+        --json benchmarks/results/structure_traces_fisher.json
+    # benchmarks/results/structure_traces.json: the same with --estimator hutchinson (before the Fisher default)
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--estimator", choices=["fisher", "hutchinson"], default="fisher")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
@@ -60,7 +63,8 @@ def main() -> None:
                 t0 = time.time()
                 model = new_model(args.model, data, state)
                 space = prepare_(model, PrepareConfig(granularity=gran))
-                omega, _ = sensitivity(model, space, loaders["held_out"], seed=seed, structure_traces=mode)
+                omega, _ = sensitivity(model, space, loaders["held_out"], seed=seed, structure_traces=mode,
+                                       estimator=args.estimator)
                 top = max(v for per in omega.values() for v in per.values()) or 1.0
                 scores = {u: {b: -v / top for b, v in per.items()} for u, per in omega.items()}
                 for target in targets:
@@ -81,7 +85,7 @@ def main() -> None:
                  for t in targets]
         print(f"  {gran:>8} traces {mode:>9}: " + ", ".join(cells))
     meta = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
-            "checkpoint": Path(args.checkpoint).name,
+            "checkpoint": Path(args.checkpoint).name, "estimator": args.estimator,
             **stamp()}
     print(json.dumps(meta))
     if args.json:
