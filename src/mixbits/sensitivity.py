@@ -112,15 +112,6 @@ def _tree_map(fn: Callable, tree: Any) -> Any:
     return fn(tree)
 
 
-def _zip_map(fn: Callable, tree: Any, other: Any) -> Any:
-    """``fn(leaf, other_leaf)`` over two trees of the same structure."""
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_zip_map(fn, t, o) for t, o in zip(tree, other))
-    if isinstance(tree, dict):
-        return {k: _zip_map(fn, v, other[k]) for k, v in tree.items()}
-    return fn(tree, other)
-
-
 def _leaves(tree: Any) -> list:
     if isinstance(tree, (tuple, list)):
         return [leaf for t in tree for leaf in _leaves(t)]
@@ -169,23 +160,21 @@ def _per_example_vmap(model, tensors, keys, x, y, loss_fn, dims, chunk):
     """
     from torch.func import functional_call, grad, vmap
 
-    first = {}
+    first: dict[int, int] = {}
     for i, t in enumerate(tensors):
         first.setdefault(id(t), i)
-    uniq = sorted(set(first.values()))
+    uniq = list(first.values())
     where = [uniq.index(first[id(t)]) for t in tensors]
 
     def batched(tree):
         return _tree_map(lambda t: 0 if isinstance(t, torch.Tensor) and t.dim() > 0 else None, tree)
 
+    def ones(tree):  # every example a batch of one: (n, ...) -> (n, 1, ...), vmapped over dim 0
+        return _tree_map(lambda t: t.unsqueeze(1) if isinstance(t, torch.Tensor) and t.dim() > 0 else t, tree)
+
     dims_in = (batched(x), batched(y))
 
-    def one(t, d):  # an example's leaf back to a batch of one
-        return t.unsqueeze(0) if d == 0 else t
-
-    def example_loss(ws, xi, yi):
-        xb = _zip_map(one, xi, dims_in[0])
-        yb = _zip_map(one, yi, dims_in[1])
+    def example_loss(ws, xb, yb):
         return loss_fn(functional_call(model, {keys[i]: w for i, w in zip(uniq, ws)}, (xb,), strict=False), yb)
 
     per_grad = vmap(grad(example_loss), in_dims=(None,) + dims_in)
@@ -193,7 +182,8 @@ def _per_example_vmap(model, tensors, keys, x, y, loss_fn, dims, chunk):
     sums = [0.0] * len(tensors)
     for lo in range(0, n, chunk):
         with _restoring(model):
-            gs = per_grad([tensors[i].detach() for i in uniq], _rows(x, lo, lo + chunk), _rows(y, lo, lo + chunk))
+            gs = per_grad([tensors[i].detach() for i in uniq], ones(_rows(x, lo, lo + chunk)),
+                          ones(_rows(y, lo, lo + chunk)))
         for i, d in enumerate(dims):
             sq = gs[where[i]].pow(2).sum(0)  # summed over the chunk's examples
             sums[i] = sums[i] + _reduce(sq, d).detach().double().cpu()

@@ -101,8 +101,7 @@ def check_method_options(method_options: Mapping[str, Any], methods: list[str], 
              "hessian": set(hessian._OPTIONS), "random": {"band"}, "uniform": {"bits"},
              "evolution": set(evolution._OPTIONS), "hardsearch": set(hard_search._DEFAULTS),
              "fracbits": set(fracbits._DEFAULTS), "pairwise": set(pairwise._DEFAULTS), "probe": set(probe._OPTIONS)}
-    choices = {"hessian": {"estimator": ("fisher", "hutchinson"), "split": ("held_out", "weights"),
-                           "structure_traces": ("layer", "structure")}}
+    choices = {"hessian": hessian.CHOICES}
     for method in methods:
         if method not in known:
             continue  # a user-registered method checks its own options

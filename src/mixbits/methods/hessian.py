@@ -45,6 +45,9 @@ __all__ = ["hutchinson_traces", "fisher_traces", "hessian_sensitivity", "hessian
            "layer_sensitivity", "solve_sensitivity", "hessian_units"]
 
 _OPTIONS = {"batches", "samples", "split", "structure_traces", "estimator"}
+# the allowed values of the options that name a choice (also checked before any work by the settings check)
+CHOICES = {"estimator": ("fisher", "hutchinson"), "split": ("held_out", "weights"),
+           "structure_traces": ("structure", "layer")}
 
 
 def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
@@ -55,10 +58,10 @@ def layer_sensitivity(ctx: AllocationContext, options: Mapping[str, Any]
     ``structure_traces``, ``estimator``.
     """
     split = options.get("split", "held_out")
-    if split not in ("held_out", "weights"):
+    if split not in CHOICES["split"]:
         raise ValueError(f"hessian: split must be 'held_out' or 'weights' (never the test split), got {split!r}")
     per = options.get("structure_traces", "layer")
-    if per not in ("structure", "layer"):
+    if per not in CHOICES["structure_traces"]:
         raise ValueError(f"hessian: structure_traces must be 'structure' or 'layer', got {per!r}")
     return sensitivity(ctx.model, ctx.space, ctx.loaders[split], seed=ctx.seed,
                        batches=int(options.get("batches", 4)), samples=int(options.get("samples", 8)),
