@@ -102,6 +102,7 @@ METHODS = {
     "pairwise": ("pairwise", {}),
     "pairwise_single": ("pairwise", {"interactions": False}),
     "probe": ("probe", {}),
+    "exhaustive": ("exhaustive", {}),
 }
 
 # Methods whose answer depends on whether fine-tuning follows (``probe`` fine-tunes its candidates briefly

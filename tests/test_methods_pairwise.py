@@ -15,7 +15,7 @@ class FakeScorer:
     weights = {"0": 1.0, "3": 3.0, "5": 2.0}
     pair: dict = {}
 
-    def __init__(self, model, space, loader, *, images, bn_images, device):
+    def __init__(self, model, space, loader, *, images, bn_images, device, loss_fn=None):
         self.evaluations = 0
         self.seen: set = set()
 

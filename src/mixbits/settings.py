@@ -94,13 +94,14 @@ def check_method_options(method_options: Mapping[str, Any], methods: list[str], 
     Raises:
         ValueError: an option no method of ``methods`` knows, or options that are not a table.
     """
-    from .methods import evolution, fracbits, hard_search, hessian, pairwise, probe
+    from .methods import evolution, exhaustive, fracbits, hard_search, hessian, pairwise, probe
     from .search import SearchConfig
 
     known = {"search": {f.name for f in dataclasses.fields(SearchConfig)} - {"target", "epochs", "distill_weight"},
              "hessian": set(hessian._OPTIONS), "random": {"band"}, "uniform": {"bits"},
              "evolution": set(evolution._OPTIONS), "hardsearch": set(hard_search._DEFAULTS),
-             "fracbits": set(fracbits._DEFAULTS), "pairwise": set(pairwise._DEFAULTS), "probe": set(probe._OPTIONS)}
+             "fracbits": set(fracbits._DEFAULTS), "pairwise": set(pairwise._DEFAULTS), "probe": set(probe._OPTIONS),
+             "exhaustive": set(exhaustive._OPTIONS)}
     choices = {"hessian": hessian.CHOICES}
     for method in methods:
         if method not in known:

@@ -17,7 +17,8 @@ regimes), ``hessian`` (HAWQ-style sensitivity), ``evolution``
 ``hardsearch`` (the relaxation learned on frozen weights with a hard forward), ``fracbits`` (a real
 bit position per layer interpolating its two nearest candidates, learned on frozen weights, handed to
 the exact knapsack), ``pairwise`` (measured single-layer and pairwise loss terms, the quadratic
-assignment solved exactly), ``search`` (the
+assignment solved exactly), ``exhaustive`` (every maximal
+assignment under the budget scored by held-out loss, where there are few enough), ``search`` (the
 differentiable search of :mod:`mixbits.search`), ``random`` and ``uniform``.
 """
 
@@ -27,5 +28,6 @@ from . import hessian, random, uniform  # noqa: F401  (register "hessian", "rand
 from . import evolution, hard_search  # noqa: F401  (register "evolution", "hardsearch")
 from . import fracbits, pairwise  # noqa: F401  (register "fracbits", "pairwise")
 from . import probe  # noqa: F401  (registers "probe")
+from . import exhaustive  # noqa: F401  (registers "exhaustive")
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD", "METHODS", "Allocation", "AllocationContext", "allocate", "register_method"]

@@ -114,7 +114,7 @@ def evolution_allocation(ctx: AllocationContext) -> Allocation:
     else:
         raise ValueError(f"evolution: start must be 'hessian' or 'uniform', got {start!r}")
     scorer = HeldOutScorer(ctx.model, ctx.space, ctx.loaders["held_out"], images=images,
-                           bn_images=min(512, images), device=ctx.device)
+                           bn_images=min(512, images), device=ctx.device, loss_fn=ctx.loss_fn)
     units, history = evolve(scorer, costs, ctx.budget_bits, first, evaluations=int(options.get("evaluations", 150)),
                             offspring=int(options.get("offspring", 8)), band=float(options.get("band", 0.9)),
                             seed=ctx.seed)

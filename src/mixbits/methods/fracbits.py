@@ -215,7 +215,8 @@ def fracbits(ctx: AllocationContext) -> Allocation:
         r0 = uniform_position(sizes, free_budget, top)
     positions = [torch.tensor(float(v), dtype=torch.float32, device=device, requires_grad=True) for v in r0]
     x, y = gather_images(ctx.loaders["held_out"], int(opts["images"]), device)
-    scorer = HeldOutScorer(model, space, [(x, y)], images=len(y), bn_images=min(512, len(y)), device=device)
+    scorer = HeldOutScorer(model, space, [(x, y)], images=len(y), bn_images=min(512, len(y)), device=device,
+                           loss_fn=ctx.loss_fn)
     loss_fn = ctx.loss_fn or F.cross_entropy
     steps, batch = int(opts["steps"]), int(opts["batch"])
     opt = torch.optim.Adam(positions, lr=float(opts["lr"]))

@@ -97,7 +97,8 @@ def hard_search(ctx: AllocationContext) -> Allocation:
     space.to(device)
     a0, hessian_bits = _start_logits(ctx, opts["init"], float(opts["init_scale"]))
     x, y = gather_images(ctx.loaders["held_out"], int(opts["images"]), device)
-    scorer = HeldOutScorer(model, space, [(x, y)], images=len(y), bn_images=min(512, len(y)), device=device)
+    scorer = HeldOutScorer(model, space, [(x, y)], images=len(y), bn_images=min(512, len(y)), device=device,
+                           loss_fn=ctx.loss_fn)
     space.unfix_()
     with torch.no_grad():
         for layer, d in space.items():
@@ -115,6 +116,7 @@ def hard_search(ctx: AllocationContext) -> Allocation:
     candidates = ([ctx.space.cost.to_layers(hessian_bits)] if hessian_bits else []) + [derive_bits(space, ctx.budget_bits)]
     t_start, t_end = float(opts["temperature_start"]), float(opts["temperature_end"])
     gen = torch.Generator().manual_seed(ctx.seed)
+    loss_fn = ctx.loss_fn or F.cross_entropy
     history = []
     try:
         space.set_gumbel_(True)
@@ -126,7 +128,7 @@ def hard_search(ctx: AllocationContext) -> Allocation:
             space.set_temperature_(t_start * (t_end / t_start) ** (step / max(steps - 1, 1)))
             space.project_(ctx.budget_bits)
             idx = torch.randint(len(y), (min(batch, len(y)),), generator=gen).to(device)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = loss_fn(model(x[idx]), y[idx])
             prior = sum(((d.logits - start[layer.name].reshape(d.logits.shape)) ** 2).sum()
                         for layer, d in space.items())
             opt.zero_grad(set_to_none=True)

@@ -95,7 +95,7 @@ def pairwise_allocation(ctx: AllocationContext) -> Allocation:
     t0 = time.perf_counter()
     costs = space.cost.cost_table()
     scorer = HeldOutScorer(ctx.model, space, ctx.loaders["held_out"], images=int(opts["images"]),
-                           bn_images=min(512, int(opts["images"])), device=ctx.device)
+                           bn_images=min(512, int(opts["images"])), device=ctx.device, loss_fn=ctx.loss_fn)
     reference = {u: max(c) for u, c in costs.items()}
     free = [u for u, c in costs.items() if len(c) > 1]
     base = scorer.loss(reference)

@@ -11,7 +11,7 @@ forwards only. Scores are memoised per assignment.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -60,16 +60,29 @@ class HeldOutScorer:
         images: how many images to score on.
         bn_images: how many of them re-estimate the BatchNorm statistics (models with BatchNorm).
         device: where model and images live.
+        loss_fn: the task loss ``loss_fn(outputs, targets)`` -> mean-reduced scalar (the run's own, e.g. a
+            regression loss); None: cross-entropy on integer labels.
     """
 
     def __init__(self, model: nn.Module, space: BitSpace, loader: Iterable, *, images: int = 1024,
-                 bn_images: int = 512, device: torch.device | str = "cpu") -> None:
-        self.model, self.space, self.device = model, space, torch.device(device)
+                 bn_images: int = 512, device: torch.device | str = "cpu",
+                 loss_fn: Callable[[Any, Any], torch.Tensor] | None = None) -> None:
+        self.model, self.space, self.device, self.loss_fn = model, space, torch.device(device), loss_fn
         self.x, self.y = gather_images(loader, images, self.device)
         self.bn = has_batchnorm(model)
         self.bn_batches = [(self.x[i:i + _CHUNK], None) for i in range(0, min(bn_images, len(self.y)), _CHUNK)]
         self.cache: dict[tuple, float] = {}
         self.evaluations = 0
+
+    def subset(self, images: int) -> "HeldOutScorer":
+        """A scorer on the first ``images`` of these images, BatchNorm re-estimated on those same images (a
+        cheaper, noisier score for screening many assignments); its own cache and evaluation count."""
+        sub = object.__new__(HeldOutScorer)
+        sub.model, sub.space, sub.device, sub.loss_fn, sub.bn = self.model, self.space, self.device, self.loss_fn, self.bn
+        sub.x, sub.y = self.x[:images], self.y[:images]
+        sub.bn_batches = [(sub.x[i:i + _CHUNK], None) for i in range(0, len(sub.y), _CHUNK)]
+        sub.cache, sub.evaluations = {}, 0
+        return sub
 
     def key(self, bits: Mapping[str, Bits]) -> tuple:
         return tuple(bits[n] for n in self.space.names)
@@ -89,7 +102,11 @@ class HeldOutScorer:
         total = 0.0
         for i in range(0, n, _CHUNK):
             out = self.model(self.x[i:min(i + _CHUNK, n)])
-            total += float(F.cross_entropy(out.float(), self.y[i:min(i + _CHUNK, n)], reduction="sum"))
+            y = self.y[i:min(i + _CHUNK, n)]
+            if self.loss_fn is None:
+                total += float(F.cross_entropy(out.float(), y, reduction="sum"))
+            else:
+                total += float(self.loss_fn(out, y)) * len(y)
         self.model.train(was)
         self.evaluations += 1
         self.cache[k] = total / n
