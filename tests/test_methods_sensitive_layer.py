@@ -56,6 +56,7 @@ def _context(method_options: dict, seed: int = 0):
     ("fracbits", {"steps": 40, "batch": 64, "images": 256, "init": "hessian", "select": False}),
     ("pairwise", {"images": 256}),
     ("pairwise", {"images": 256, "interactions": False}),
+    ("exhaustive", {"images": 256}),
     ("probe", {"images": 256, "methods": ["hessian", "pairwise"], "method_options": {"pairwise": {"images": 256}}}),
 ])
 @pytest.mark.parametrize("seed", [0, 1])

@@ -77,12 +77,9 @@ class HeldOutScorer:
     def subset(self, images: int) -> "HeldOutScorer":
         """A scorer on the first ``images`` of these images, BatchNorm re-estimated on those same images (a
         cheaper, noisier score for screening many assignments); its own cache and evaluation count."""
-        sub = object.__new__(HeldOutScorer)
-        sub.model, sub.space, sub.device, sub.loss_fn, sub.bn = self.model, self.space, self.device, self.loss_fn, self.bn
-        sub.x, sub.y = self.x[:images], self.y[:images]
-        sub.bn_batches = [(sub.x[i:i + _CHUNK], None) for i in range(0, len(sub.y), _CHUNK)]
-        sub.cache, sub.evaluations = {}, 0
-        return sub
+        n = min(images, len(self.y))
+        return HeldOutScorer(self.model, self.space, [(self.x[:n], self.y[:n])], images=n, bn_images=n,
+                             device=self.device, loss_fn=self.loss_fn)
 
     def key(self, bits: Mapping[str, Bits]) -> tuple:
         return tuple(bits[n] for n in self.space.names)
