@@ -1,4 +1,5 @@
 import itertools
+import math
 import random
 
 import pytest
@@ -8,7 +9,7 @@ from torch import nn
 
 import mixbits.methods.exhaustive as exhaustive_module
 from mixbits.methods import allocate
-from mixbits.methods.exhaustive import TooManyAssignments, maximal_assignments
+from mixbits.methods.exhaustive import TooManyAssignments, enumerate_assignments
 from mixbits.methods.scoring import HeldOutScorer
 
 from ._method_helpers import tiny_context
@@ -24,6 +25,12 @@ def _brute_maximal(costs, budget):
         if slack >= 0 and all(costs[n][b] - costs[n][a[n]] > slack for n in names for b in costs[n] if b > a[n]):
             out.append(a)
     return out
+
+
+def _brute_band(costs, budget, band):
+    names = sorted(costs)
+    combos = (dict(zip(names, c)) for c in itertools.product(*[sorted(costs[n]) for n in names]))
+    return [a for a in combos if math.ceil(band * budget) <= sum(costs[n][a[n]] for n in names) <= budget]
 
 
 def _key(a):
@@ -47,19 +54,26 @@ def test_the_enumeration_is_every_maximal_assignment_once():
         low = sum(min(c.values()) for c in costs.values())
         high = sum(max(c.values()) for c in costs.values())
         budget = rng.randint(low - 5, high + 5)
-        got = maximal_assignments(costs, budget, 10 ** 6)
+        got = enumerate_assignments(costs, budget, 10 ** 6)
         assert len({_key(a) for a in got}) == len(got)
         assert sorted(map(_key, got)) == sorted(map(_key, _brute_maximal(costs, budget)))
+        band = rng.choice([0.5, 0.85, 1.0])
+        got = enumerate_assignments(costs, budget, 10 ** 6, band=band)
+        assert len({_key(a) for a in got}) == len(got)
+        assert sorted(map(_key, got)) == sorted(map(_key, _brute_band(costs, budget, band)))
 
 
 def test_a_known_space():
     costs = {"a": {1: 10, 2: 20, 4: 40}, "b": {1: 5, 2: 10, 4: 20}}
     # at 45 bits: a2+b4 = 40 (a4 would need 20 more, b is at its widest) and a4+b1 = 45; a2+b2 = 30 is not
     # maximal (b4 still fits), a1+b4 = 30 neither (a2 fits)
-    assert sorted(map(_key, maximal_assignments(costs, 45, 100))) == [(("a", 2), ("b", 4)), (("a", 4), ("b", 1))]
-    assert maximal_assignments(costs, 40, 100) == [{"a": 2, "b": 4}]
-    assert maximal_assignments(costs, 14, 100) == []  # nothing fits
-    assert maximal_assignments({}, 0, 100) == [{}]
+    assert sorted(map(_key, enumerate_assignments(costs, 45, 100))) == [(("a", 2), ("b", 4)), (("a", 4), ("b", 1))]
+    assert enumerate_assignments(costs, 40, 100) == [{"a": 2, "b": 4}]
+    assert enumerate_assignments(costs, 14, 100) == []  # nothing fits
+    assert enumerate_assignments({}, 0, 100) == [{}]
+    # every assignment using 75-100% of 40 bits: a1+b4 (30), a2+b2 (30), a2+b4 (40); a2+b1 (25) is below
+    assert sorted(map(_key, enumerate_assignments(costs, 40, 100, band=0.75))) == [
+        (("a", 1), ("b", 4)), (("a", 2), ("b", 2)), (("a", 2), ("b", 4))]
 
 
 def test_too_many_assignments_fail_before_any_scoring(monkeypatch):
@@ -69,6 +83,9 @@ def test_too_many_assignments_fail_before_any_scoring(monkeypatch):
     monkeypatch.setattr(exhaustive_module, "HeldOutScorer", no_scorer)
     ctx, _ = tiny_context("8x", options={"limit": 2}, model=_deep_model())
     with pytest.raises(TooManyAssignments, match="more than 2 maximal assignments.*raise the option 'limit'"):
+        allocate("exhaustive", ctx)
+    ctx, _ = tiny_context("8x", options={"limit": 2, "band": 0.5}, model=_deep_model())
+    with pytest.raises(TooManyAssignments, match="more than 2 assignments using 50%-100% of the budget"):
         allocate("exhaustive", ctx)
 
 
@@ -103,7 +120,7 @@ def test_the_race_keeps_the_best_and_scores_it_on_every_image(monkeypatch):
     monkeypatch.setattr(exhaustive_module, "HeldOutScorer", FakeScorer)
     ctx, space = tiny_context("8x", options={"keep": 2, "screen": 4, "images": 256}, model=_deep_model())
     costs = space.cost.cost_table()
-    every = maximal_assignments(costs, ctx.budget_bits, 10 ** 6)
+    every = enumerate_assignments(costs, ctx.budget_bits, 10 ** 6)
     assert len(every) == 65
     want = min(every, key=lambda a: FakeScorer(images=256).loss(a))
     FakeScorer.calls = []
@@ -129,7 +146,7 @@ def test_the_real_scorer_finds_the_brute_force_optimum():
     ctx, space = tiny_context("12x", options={"screen": 0, "images": 64}, model=_deep_model())
     result = allocate("exhaustive", ctx)
     scorer = HeldOutScorer(ctx.model, space, ctx.loaders["held_out"], images=64, bn_images=64)
-    every = maximal_assignments(space.cost.cost_table(), ctx.budget_bits, 10 ** 6)
+    every = enumerate_assignments(space.cost.cost_table(), ctx.budget_bits, 10 ** 6)
     assert len(every) == 18
     losses = [scorer.loss(a) for a in every]
     space.unfix_()
@@ -144,6 +161,8 @@ def test_the_real_scorer_finds_the_brute_force_optimum():
     ({"keep": 1.5}, "keep must be an integer >= 1"),
     ({"images": True}, "images must be an integer >= 1"),
     ({"rounds": 3}, "unknown options"),
+    ({"band": 0}, "band must be a fraction of the budget"),
+    ({"band": 1.5}, "band must be a fraction of the budget"),
 ])
 def test_bad_options_fail_before_any_work(options, match):
     ctx, _ = tiny_context("8x", options=options)
