@@ -110,3 +110,18 @@ def test_nan_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     assert main(["search", "--resume", str(out), "-q"]) == 2
     assert "loss became nan" in capsys.readouterr().err
     assert load_checkpoint(out / RESUME_FILE)["state"]["epoch"] == 1
+
+
+def test_a_method_that_cannot_run_at_this_budget_fails_before_the_float_training(tmp_path, monkeypatch):
+    """``exhaustive`` with more assignments than its limit: refused before training, nothing written."""
+    import mixbits.pipeline.search_job as search_job
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the float model trained before the method's check")
+
+    monkeypatch.setattr(search_job, "fit_float_", no_training)
+    out = tmp_path / "run"
+    config = RunConfig(**{**TINY, "method": "exhaustive", "method_options": {"limit": 1}}, out=str(out))
+    with pytest.raises(ValueError, match="exhaustive: more than 1 maximal assignments"):
+        run_search(config, progress=False)
+    assert not out.exists()

@@ -92,3 +92,16 @@ def test_unserialisable_info_is_written_as_text_not_dropped(caplog):
         out = _jsonable({"t": torch.tensor([1, 2]), "n": np.float32(0.5), "s": {3}, "odd": object})
     assert out["t"] == [1, 2] and out["n"] == 0.5 and out["s"] == [3] and out["odd"] == repr(object)
     assert "written as its repr" in caplog.text
+
+
+def test_a_method_refused_at_a_target_fails_before_the_float_training(tmp_path, monkeypatch):
+    import mixbits.pipeline.sweep_job as sweep_job
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the float model trained before the methods' checks")
+
+    monkeypatch.setattr(sweep_job, "fit_float_", no_training)
+    config = _config(tmp_path, methods=("random", "exhaustive"), method_options={"exhaustive": {"limit": 1}})
+    with pytest.raises(ValueError, match="exhaustive: more than 1 maximal assignments"):
+        sweep(config)
+    assert not (tmp_path / "sweep").exists()

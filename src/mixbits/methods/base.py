@@ -13,7 +13,7 @@ from ..space import BitSpace
 
 __all__ = ["AllocationContext", "Allocation", "METHODS", "DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD",
            "require_layer_granularity",
-           "register_method", "allocate", "method_options"]
+           "register_method", "allocate", "method_options", "preflight"]
 
 # What `mixbits search`, `mixbits.allocate` and RunConfig use unless told otherwise when fine-tuning
 # follows: the winner of the one-epoch fine-tuning regime of benchmarks/results/allocation_quality.md
@@ -105,6 +105,19 @@ def method_options(ctx: AllocationContext, method: str, known: set[str]) -> dict
     if unknown:
         raise ValueError(f"{method}: unknown options {unknown}; known: {', '.join(sorted(known))}")
     return options
+
+
+def preflight(name: str, space: BitSpace, budget_bits: int, options: Mapping[str, Any] | None) -> None:
+    """A method's own check of a run's budget and options, before any training: a method whose registered
+    function has a ``preflight(space, budget_bits, options)`` attribute (e.g. ``exhaustive``, which counts its
+    assignments) fails here, not after the float training. Methods without one pass.
+
+    Raises:
+        ValueError: whatever the method's check refuses.
+    """
+    check = getattr(METHODS.get(name), "preflight", None)
+    if check is not None:
+        check(space, budget_bits, dict(options or {}))
 
 
 def allocate(name: str, ctx: AllocationContext) -> Allocation:

@@ -36,6 +36,7 @@ import math
 import time
 from typing import Iterator, Mapping
 
+from ..space import BitSpace
 from .base import Allocation, AllocationContext, method_options, register_method, require_layer_granularity
 from .scoring import HeldOutScorer
 
@@ -121,25 +122,32 @@ def _positive_int(options: Mapping, name: str, default: int, least: int) -> int:
     return value
 
 
-@register_method("exhaustive")
-def exhaustive_allocation(ctx: AllocationContext) -> Allocation:
-    """The maximal assignment with the least held-out loss (see the module docstring)."""
-    options = method_options(ctx, "exhaustive", _OPTIONS)
-    require_layer_granularity(ctx, "exhaustive")
-    limit = _positive_int(options, "limit", 20000, 1)
-    screen = _positive_int(options, "screen", 64, 0)
-    keep = _positive_int(options, "keep", 32, 1)
-    images = _positive_int(options, "images", 1024, 1)
-    if ctx.calibration is not None:
-        images = min(images, ctx.calibration)
-    t0 = time.perf_counter()
-    costs = ctx.space.cost.cost_table()
+def _settings(options: Mapping) -> dict:
+    """The checked options (see the module docstring), before any work."""
     band = options.get("band")
     if band is not None and (isinstance(band, bool) or not isinstance(band, (int, float)) or not 0 < band <= 1):
         raise ValueError(f"exhaustive: band must be a fraction of the budget in (0, 1], got {band!r}")
-    space = enumerate_assignments(costs, ctx.budget_bits, limit, band=band)
+    return {"limit": _positive_int(options, "limit", 20000, 1), "band": band,
+            "screen": _positive_int(options, "screen", 64, 0), "keep": _positive_int(options, "keep", 32, 1),
+            "images": _positive_int(options, "images", 1024, 1)}
+
+
+def _space(costs: Mapping[str, Mapping[int, int]], budget: int, opts: Mapping) -> list[dict[str, int]]:
+    space = enumerate_assignments(costs, budget, opts["limit"], band=opts["band"])
     if not space:
-        raise ValueError(f"exhaustive: no assignment fits the budget of {ctx.budget_bits} bits")
+        raise ValueError(f"exhaustive: no assignment fits the budget of {budget} bits")
+    return space
+
+
+@register_method("exhaustive")
+def exhaustive_allocation(ctx: AllocationContext) -> Allocation:
+    """The maximal assignment with the least held-out loss (see the module docstring)."""
+    opts = _settings(method_options(ctx, "exhaustive", _OPTIONS))
+    require_layer_granularity(ctx, "exhaustive")
+    images = opts["images"] if ctx.calibration is None else min(opts["images"], ctx.calibration)
+    screen, keep = opts["screen"], opts["keep"]
+    t0 = time.perf_counter()
+    space = _space(ctx.space.cost.cost_table(), ctx.budget_bits, opts)
     scorer = HeldOutScorer(ctx.model, ctx.space, ctx.loaders["held_out"], images=images,
                            bn_images=min(512, images), device=ctx.device, loss_fn=ctx.loss_fn)
     shortlist, rounds = list(range(len(space))), []
@@ -159,3 +167,16 @@ def exhaustive_allocation(ctx: AllocationContext) -> Allocation:
                       info={"assignments": len(space), "rounds": rounds, "rescored": len(shortlist),
                             "held_out_loss": scorer.loss(best),
                             "seconds": time.perf_counter() - t0, **scorer.info()})
+
+
+def _preflight(space: BitSpace, budget_bits: int, options: Mapping) -> None:
+    """Before any training: the options, the granularity, and the number of assignments against ``limit``."""
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise ValueError(f"exhaustive: unknown options {unknown}; known: {', '.join(sorted(_OPTIONS))}")
+    if any(layer.grouped for layer in space.layers):
+        raise ValueError("exhaustive: bits per structure are not supported; use granularity 'layer'")
+    _space(space.cost.cost_table(), budget_bits, _settings(options))
+
+
+exhaustive_allocation.preflight = _preflight  # type: ignore[attr-defined]

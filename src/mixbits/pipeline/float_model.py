@@ -18,6 +18,7 @@ from torch import nn
 
 from .. import distributed
 from ..budget import budget_bits
+from ..methods.base import preflight
 from ..models import create_model
 from ..runfiles import load_checkpoint
 from ..space import PrepareConfig, prepare_
@@ -79,14 +80,21 @@ def new_model(name: str, data: Data, state: Mapping[str, torch.Tensor] | None = 
     return model.to(data.device)
 
 
-def check_targets(model: nn.Module, prep: PrepareConfig, targets: Iterable[str]) -> list[int]:
-    """The budget of every target, on a throwaway prepared copy of ``model`` (nothing trains).
+def check_targets(model: nn.Module, prep: PrepareConfig, targets: Iterable[str],
+                  methods: Mapping[str, Mapping[str, Any]] | None = None) -> list[int]:
+    """The budget of every target, on a throwaway prepared copy of ``model`` (nothing trains); with
+    ``methods`` ({method name: its options}) each method's own pre-flight check at every budget too
+    (:func:`mixbits.methods.base.preflight`).
 
     Raises:
-        ValueError: an unknown pin pattern or an unreachable target.
+        ValueError: an unknown pin pattern, an unreachable target, or a method's refusal.
     """
     probe = prepare_(copy.deepcopy(model), prep)
-    return [budget_bits(t, probe.cost) for t in targets]
+    budgets = [budget_bits(t, probe.cost) for t in targets]
+    for name, options in (methods or {}).items():
+        for budget in budgets:
+            preflight(name, probe, budget, options)
+    return budgets
 
 
 def fit_float_(model: nn.Module, settings: Settings, loader: Iterable, test_loader: Iterable, *,

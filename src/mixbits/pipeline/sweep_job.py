@@ -109,7 +109,11 @@ def prepare_sweep(config: SweepConfig, *, progress: bool = False) -> SweepSetup:
     seed = config.seeds[0]
     torch.manual_seed(seed)
     model = new_model(config.model, data)
-    check_targets(model, prepare_config(config), config.targets)  # before the float training
+    methods = {}
+    for spec in config.methods:
+        name, spec_opts = parse_method(spec)
+        methods[name] = {**dict(config.method_options.get(name, {})), **spec_opts}
+    check_targets(model, prepare_config(config), config.targets, methods)  # before the float training
     loaders = data.loaders(batch_size=config.batch_size, held_out_fraction=config.held_out_fraction, seed=seed)
     flt = fit_float_(model, config, loaders["full"], loaders["test"], device=data.device, progress=progress)
     train_seconds: float | None = flt.seconds
