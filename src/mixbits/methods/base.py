@@ -13,7 +13,7 @@ from ..space import BitSpace
 
 __all__ = ["AllocationContext", "Allocation", "METHODS", "DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD",
            "require_layer_granularity",
-           "register_method", "allocate", "method_options", "preflight"]
+           "register_method", "allocate", "method_options", "check_options", "preflight"]
 
 # What `mixbits search`, `mixbits.allocate` and RunConfig use unless told otherwise when fine-tuning
 # follows: the winner of the one-epoch fine-tuning regime of benchmarks/results/allocation_quality.md
@@ -100,7 +100,12 @@ def require_layer_granularity(ctx: AllocationContext, method: str) -> None:
 
 def method_options(ctx: AllocationContext, method: str, known: set[str]) -> dict[str, Any]:
     """``ctx.options`` as a dict, checked: an option the method does not know fails with the known ones."""
-    options = dict(ctx.options or {})
+    return check_options(ctx.options, method, known)
+
+
+def check_options(options: Mapping[str, Any] | None, method: str, known: set[str]) -> dict[str, Any]:
+    """``options`` as a dict, checked: an option the method does not know fails with the known ones."""
+    options = dict(options or {})
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"{method}: unknown options {unknown}; known: {', '.join(sorted(known))}")

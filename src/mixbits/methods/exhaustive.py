@@ -37,7 +37,7 @@ import time
 from typing import Iterator, Mapping
 
 from ..space import BitSpace
-from .base import Allocation, AllocationContext, method_options, register_method, require_layer_granularity
+from .base import Allocation, AllocationContext, check_options, method_options, register_method, require_layer_granularity
 from .scoring import HeldOutScorer
 
 __all__ = ["TooManyAssignments", "enumerate_assignments", "exhaustive_allocation"]
@@ -171,12 +171,10 @@ def exhaustive_allocation(ctx: AllocationContext) -> Allocation:
 
 def _preflight(space: BitSpace, budget_bits: int, options: Mapping) -> None:
     """Before any training: the options, the granularity, and the number of assignments against ``limit``."""
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ValueError(f"exhaustive: unknown options {unknown}; known: {', '.join(sorted(_OPTIONS))}")
+    opts = _settings(check_options(options, "exhaustive", _OPTIONS))
     if any(layer.grouped for layer in space.layers):
         raise ValueError("exhaustive: bits per structure are not supported; use granularity 'layer'")
-    _space(space.cost.cost_table(), budget_bits, _settings(options))
+    _space(space.cost.cost_table(), budget_bits, opts)
 
 
 exhaustive_allocation.preflight = _preflight  # type: ignore[attr-defined]

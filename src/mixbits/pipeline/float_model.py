@@ -81,9 +81,9 @@ def new_model(name: str, data: Data, state: Mapping[str, torch.Tensor] | None = 
 
 
 def check_targets(model: nn.Module, prep: PrepareConfig, targets: Iterable[str],
-                  methods: Mapping[str, Mapping[str, Any]] | None = None) -> list[int]:
+                  methods: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> list[int]:
     """The budget of every target, on a throwaway prepared copy of ``model`` (nothing trains); with
-    ``methods`` ({method name: its options}) each method's own pre-flight check at every budget too
+    ``methods`` ((method name, its options) pairs) each method's own pre-flight check at every budget too
     (:func:`mixbits.methods.base.preflight`).
 
     Raises:
@@ -91,7 +91,7 @@ def check_targets(model: nn.Module, prep: PrepareConfig, targets: Iterable[str],
     """
     probe = prepare_(copy.deepcopy(model), prep)
     budgets = [budget_bits(t, probe.cost) for t in targets]
-    for name, options in (methods or {}).items():
+    for name, options in methods:
         for budget in budgets:
             preflight(name, probe, budget, options)
     return budgets

@@ -189,7 +189,7 @@ def _setup(config: RunConfig, *, resume: bool, on_folder: Callable[[Path], None]
     model = new_model(config.model, data)
     METHODS.get(config.method)  # an unknown method fails here, before any training
     (budget,) = check_targets(model, prepare_config(config), [config.target],
-                              {config.method: config.method_options})  # the method's own check too
+                              [(config.method, config.method_options)])  # the method's own check too
     out = Path(distributed.broadcast_object(
         config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.model}-{config.target}"))
     job = _Job(config, data, out, budget, t_start)

@@ -109,10 +109,8 @@ def prepare_sweep(config: SweepConfig, *, progress: bool = False) -> SweepSetup:
     seed = config.seeds[0]
     torch.manual_seed(seed)
     model = new_model(config.model, data)
-    methods = {}
-    for spec in config.methods:
-        name, spec_opts = parse_method(spec)
-        methods[name] = {**dict(config.method_options.get(name, {})), **spec_opts}
+    methods = [(name, {**dict(config.method_options.get(name, {})), **spec_opts})
+               for name, spec_opts in map(parse_method, config.methods)]
     check_targets(model, prepare_config(config), config.targets, methods)  # before the float training
     loaders = data.loaders(batch_size=config.batch_size, held_out_fraction=config.held_out_fraction, seed=seed)
     flt = fit_float_(model, config, loaders["full"], loaders["test"], device=data.device, progress=progress)
