@@ -102,7 +102,9 @@ METHODS = {
     "pairwise": ("pairwise", {}),
     "pairwise_single": ("pairwise", {"interactions": False}),
     "probe": ("probe", {}),
+    "probe_norefine": ("probe", {"refine": False}),
     "exhaustive": ("exhaustive", {}),
+    "refine": ("refine", {}),
 }
 
 # Methods whose answer depends on whether fine-tuning follows (``probe`` fine-tunes its candidates briefly

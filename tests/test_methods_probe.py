@@ -99,6 +99,33 @@ def test_post_training_ranks_on_the_float_weights_without_training():
         assert torch.equal(v, float_state[k]), k
 
 
+def test_post_training_refines_the_winner_and_never_does_worse():
+    options = {"methods": ["uniform", "hessian"], "images": 64}
+    ctx, _, _ = _context(options, post_training=True)
+    result = allocate("probe", ctx)
+    ranked = min(result.info["candidates"], key=lambda c: c["held_out_loss"])
+    balls = result.info["refined"]["balls"]
+    assert balls[0]["bits"] == ctx.space.cost.to_units(ranked["bits"])
+    assert balls[0]["loss"] == pytest.approx(ranked["held_out_loss"], rel=1e-5)  # the same score, two paths
+    assert balls[-1]["bits"] == ctx.space.cost.to_units(result.bits)
+    assert balls[-1]["loss"] <= balls[0]["loss"]
+    assert ctx.space.cost.quantized_bits(result.bits) <= ctx.budget_bits
+    # off: the ranked winner itself
+    ctx, _, _ = _context({**options, "refine": False}, post_training=True)
+    off = allocate("probe", ctx)
+    assert off.bits == ranked["bits"] and off.info["refined"] is None
+    # with fine-tuning (the probe measures after training) there is no refinement
+    ctx, _, _ = _context({**options, "steps": 2})
+    assert allocate("probe", ctx).info["refined"] is None
+
+
+def test_the_refinement_takes_its_options():
+    ctx, _, _ = _context({"methods": ["uniform", "hessian"], "images": 64, "refine": {"radius": 2, "rounds": 1}},
+                         post_training=True)
+    balls = allocate("probe", ctx).info["refined"]["balls"]
+    assert balls[0]["radius"] <= 2 and len(balls) <= 2
+
+
 def test_identical_answers_are_probed_once_and_one_answer_not_at_all():
     ctx, _, _ = _context({"methods": ["uniform", "uniform"], "images": 64, "steps": 2})
     result = allocate("probe", ctx)
@@ -149,6 +176,9 @@ def test_the_random_stream_is_left_as_it_was():
     ({"images": 0}, "images must be"),
     ({"method_options": {"hessian": 3}}, "must map a method name"),
     ({"bogus": 1}, "unknown options"),
+    ({"refine": "yes"}, "refine must be true, false or a dict"),
+    ({"refine": {"start": "uniform"}}, "refine must be true, false or a dict"),
+    ({"refine": {"radius": 0}}, "radius must be an integer >= 1"),
 ])
 def test_bad_options_fail_before_any_work(options, match):
     ctx, _, _ = _context(options)

@@ -57,6 +57,7 @@ def _context(method_options: dict, seed: int = 0):
     ("pairwise", {"images": 256}),
     ("pairwise", {"images": 256, "interactions": False}),
     ("exhaustive", {"images": 256}),
+    ("refine", {"images": 256, "start": "uniform"}),
     ("probe", {"images": 256, "methods": ["hessian", "pairwise"], "method_options": {"pairwise": {"images": 256}}}),
 ])
 @pytest.mark.parametrize("seed", [0, 1])

@@ -29,5 +29,6 @@ from . import evolution, hard_search  # noqa: F401  (register "evolution", "hard
 from . import fracbits, pairwise  # noqa: F401  (register "fracbits", "pairwise")
 from . import probe  # noqa: F401  (registers "probe")
 from . import exhaustive  # noqa: F401  (registers "exhaustive")
+from . import refine  # noqa: F401  (registers "refine")
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD", "METHODS", "Allocation", "AllocationContext", "allocate", "register_method"]

@@ -40,7 +40,7 @@ from ..space import BitSpace
 from .base import Allocation, AllocationContext, check_options, method_options, register_method, require_layer_granularity
 from .scoring import HeldOutScorer
 
-__all__ = ["TooManyAssignments", "enumerate_assignments", "exhaustive_allocation"]
+__all__ = ["TooManyAssignments", "enumerate_assignments", "exhaustive_allocation", "race"]
 
 _OPTIONS = {"limit", "band", "screen", "keep", "images"}
 log = logging.getLogger(__name__)
@@ -50,10 +50,11 @@ class TooManyAssignments(ValueError):
     """More assignments than the enumeration's limit."""
 
 
-def _iter_assignments(costs: Mapping[str, Mapping[int, int]], budget: int,
-                      band: float | None) -> Iterator[dict[str, int]]:
+def _iter_assignments(costs: Mapping[str, Mapping[int, int]], budget: int, band: float | None,
+                      near: tuple[Mapping[str, int], int] | None = None) -> Iterator[dict[str, int]]:
     """Depth-first over the units, costliest first: every maximal assignment within ``budget`` (``band``
-    None), or every assignment costing between ``band * budget`` and ``budget``."""
+    None), or every assignment costing between ``band * budget`` and ``budget``; with ``near`` = (assignment,
+    radius) only those differing from that assignment in at most ``radius`` units."""
     order = sorted(costs, key=lambda n: (-max(costs[n].values()), n))
     cands = [sorted(costs[n], key=lambda b: (costs[n][b], b)) for n in order]
     # the cost of moving unit i from its j-th candidate to the next wider one (None: it is the widest)
@@ -70,8 +71,11 @@ def _iter_assignments(costs: Mapping[str, Mapping[int, int]], budget: int,
     if not order:
         yield {}
         return
+    centre = [near[0][n] for n in order] if near is not None else None
+    radius = near[1] if near is not None else len(order)
     pick = [0] * len(order)
     spent = [0] * (len(order) + 1)  # cost of units ..i-1 as picked
+    moved = [0] * (len(order) + 1)  # units ..i-1 picked away from the centre
     i = 0
     while True:
         if i == len(order):
@@ -83,6 +87,10 @@ def _iter_assignments(costs: Mapping[str, Mapping[int, int]], budget: int,
         elif pick[i] < len(cands[i]) and spent[i] + costs[order[i]][cands[i][pick[i]]] + least[i + 1] <= budget:
             spent[i + 1] = spent[i] + costs[order[i]][cands[i][pick[i]]]
             if spent[i + 1] + most[i + 1] < low:  # too narrow to reach the band: a wider candidate may
+                pick[i] += 1
+                continue
+            moved[i + 1] = moved[i] + (centre is not None and cands[i][pick[i]] != centre[i])
+            if moved[i + 1] > radius:  # too far from the centre: another candidate (the centre's) may not be
                 pick[i] += 1
                 continue
             i += 1
@@ -97,16 +105,20 @@ def _iter_assignments(costs: Mapping[str, Mapping[int, int]], budget: int,
 
 
 def enumerate_assignments(costs: Mapping[str, Mapping[int, int]], budget: int, limit: int, *,
-                          band: float | None = None) -> list[dict[str, int]]:
+                          band: float | None = None,
+                          near: tuple[Mapping[str, int], int] | None = None) -> list[dict[str, int]]:
     """Every maximal assignment within ``budget`` ({unit: bits}), or with ``band`` every assignment costing
-    ``band * budget`` to ``budget``; in a fixed order.
+    ``band * budget`` to ``budget``; with ``near`` = (assignment, radius) only those that differ from the
+    assignment in at most ``radius`` units; in a fixed order.
 
     Raises:
         TooManyAssignments: more than ``limit`` of them.
     """
     out: list[dict[str, int]] = []
     kind = "maximal assignments" if band is None else f"assignments using {band:.0%}-100% of the budget"
-    for a in _iter_assignments(costs, budget, band):
+    if near is not None:
+        kind += f" within {near[1]} layers of the start"
+    for a in _iter_assignments(costs, budget, band, near):
         out.append(a)
         if len(out) > limit:
             raise TooManyAssignments(
@@ -139,6 +151,26 @@ def _space(costs: Mapping[str, Mapping[int, int]], budget: int, opts: Mapping) -
     return space
 
 
+def race(scorer: HeldOutScorer, space: list[dict[str, int]], screen: int, keep: int,
+         subsets: dict[int, HeldOutScorer] | None = None) -> tuple[dict[str, int], list[dict], int]:
+    """(the assignment of ``space`` with the least loss on all of ``scorer``'s images after successive halving,
+    the screening rounds, how many were scored on all images); see the module docstring. ``subsets`` keeps the
+    screening scorers by image count, so a later race over overlapping assignments reuses their scores."""
+    subsets = {} if subsets is None else subsets
+    shortlist, rounds = list(range(len(space))), []
+    n = screen
+    while screen and len(shortlist) > keep and n < len(scorer.y):
+        quick = subsets.setdefault(n, scorer.subset(n))
+        losses = {k: quick.loss(space[k]) for k in shortlist}
+        survivors = max(keep, -(-len(shortlist) // 8))
+        rounds.append({"assignments": len(shortlist), "images": n})
+        log.info("%d assignments scored on %d images, %d go on", len(shortlist), n, survivors)
+        shortlist = sorted(sorted(shortlist, key=lambda k: (losses[k], k))[:survivors])
+        n *= 4
+    finalists = [space[k] for k in shortlist]
+    return min(finalists, key=scorer.loss), rounds, len(finalists)  # the first of equal losses, in order
+
+
 @register_method("exhaustive")
 def exhaustive_allocation(ctx: AllocationContext) -> Allocation:
     """The maximal assignment with the least held-out loss (see the module docstring)."""
@@ -150,21 +182,10 @@ def exhaustive_allocation(ctx: AllocationContext) -> Allocation:
     space = _space(ctx.space.cost.cost_table(), ctx.budget_bits, opts)
     scorer = HeldOutScorer(ctx.model, ctx.space, ctx.loaders["held_out"], images=images,
                            bn_images=min(512, images), device=ctx.device, loss_fn=ctx.loss_fn)
-    shortlist, rounds = list(range(len(space))), []
-    n = screen
-    while screen and len(shortlist) > keep and n < len(scorer.y):
-        quick = scorer.subset(n)
-        losses = {k: quick.loss(space[k]) for k in shortlist}
-        survivors = max(keep, -(-len(shortlist) // 8))
-        rounds.append({"assignments": len(shortlist), "images": n})
-        log.info("exhaustive: %d assignments scored on %d images, %d go on", len(shortlist), n, survivors)
-        shortlist = sorted(sorted(shortlist, key=lambda k: (losses[k], k))[:survivors])
-        n *= 4
-    shortlist = [space[k] for k in shortlist]
-    best = min(shortlist, key=scorer.loss)  # the first of equal losses, in enumeration order
+    best, rounds, rescored = race(scorer, space, screen, keep)
     ctx.space.unfix_()
     return Allocation(bits=ctx.space.cost.to_layers(best),
-                      info={"assignments": len(space), "rounds": rounds, "rescored": len(shortlist),
+                      info={"assignments": len(space), "rounds": rounds, "rescored": rescored,
                             "held_out_loss": scorer.loss(best),
                             "seconds": time.perf_counter() - t0, **scorer.info()})
 

@@ -19,7 +19,10 @@ The probe's weights are thrown away: the run's fine-tuning starts from the float
 chosen bits, so ``weight_epochs`` is 0 and the comparison with other methods stays compute-matched
 in the weights the model ends with; the probes cost ``len(distinct) * steps`` training steps of
 allocation time, reported in ``info``. Post-training (no weight may change) the probe is skipped:
-the candidates are ranked by their held-out loss on the float weights, BatchNorm re-estimated.
+the candidates are ranked by their held-out loss on the float weights, BatchNorm re-estimated, and
+the best is refined (:mod:`mixbits.methods.refine`): every maximal assignment within four layers of
+it raced by held-out loss, moving while that finds a lower one. On ResNet-20 at 28x this reaches
+the optimum of all 10,254 maximal assignments, which none of the three candidates is.
 
 With bits per structure the default candidates are ``hessian``'s alone (``evolution`` and ``pairwise``
 choose per layer), and a single distinct candidate is returned without a probe.
@@ -28,7 +31,8 @@ Options: ``methods`` (list of registered names, default ``["hessian", "evolution
 ``method_options`` ({method: its options}), ``steps`` (probe steps per candidate; default a quarter
 of the training loader's batches, between 8 and 64, or 32 when the loader has no length), ``lr``
 (default 0.01, the pipeline's fine-tuning rate), ``images`` (held-out images, default 1024,
-bounded by the run's calibration).
+bounded by the run's calibration), ``refine`` (post-training: ``true`` (default), ``false``, or a dict of
+``refine``'s ``radius``, ``limit``, ``rounds``, ``screen``, ``keep``).
 """
 
 from __future__ import annotations
@@ -43,11 +47,12 @@ import torch.nn.functional as F
 
 from ..train import TrainConfig, evaluate_loss, fit, recalibrate_bn_
 from .base import METHODS, Allocation, AllocationContext, method_options, register_method
-from .scoring import gather_images, has_batchnorm
+from .refine import _settings as _refine_settings, refine
+from .scoring import HeldOutScorer, gather_images, has_batchnorm
 
 __all__ = ["probe_allocation", "probe_steps"]
 
-_OPTIONS = {"methods", "method_options", "steps", "lr", "images"}
+_OPTIONS = {"methods", "method_options", "steps", "lr", "images", "refine"}
 _DEFAULT_METHODS = ("hessian", "evolution", "pairwise")
 _CHUNK = 256
 
@@ -82,6 +87,25 @@ def _check_methods(methods: Any) -> list[str]:
     return list(methods)
 
 
+_REFINE_OPTIONS = {"radius", "limit", "rounds", "screen", "keep"}
+
+
+def _refine_options(value: Any, ctx: AllocationContext) -> dict | None:
+    """The checked options of the post-training refinement, or None where there is none: ``refine`` True (its
+    defaults), a dict (some of ``radius``, ``limit``, ``rounds``, ``screen``, ``keep``) or False (off); it runs
+    only post-training and with bits per layer."""
+    if isinstance(value, bool):
+        value = {} if value else None
+    elif not isinstance(value, dict) or set(value) - _REFINE_OPTIONS:
+        raise ValueError(f"probe: refine must be true, false or a dict of some of {sorted(_REFINE_OPTIONS)}, "
+                         f"got {value!r}")
+    else:
+        _refine_settings(value)  # the values checked, before any work
+    if value is None or not ctx.post_training or any(layer.grouped for layer in ctx.space.layers):
+        return None
+    return dict(value)
+
+
 @register_method("probe")
 def probe_allocation(ctx: AllocationContext) -> Allocation:
     """The candidate allocation with the lowest held-out loss after a short fine-tune (module docstring)."""
@@ -112,6 +136,7 @@ def probe_allocation(ctx: AllocationContext) -> Allocation:
         images = min(images, ctx.calibration)
     if ctx.post_training:
         steps = 0
+    refine_options = _refine_options(options.get("refine", True), ctx)
     t0 = time.perf_counter()
     rng = torch.get_rng_state()
     float_state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
@@ -136,9 +161,13 @@ def probe_allocation(ctx: AllocationContext) -> Allocation:
     if len(candidates) == 1:  # nothing to choose between: no probe
         bits, names, info = candidates[0]
         torch.set_rng_state(rng)
+        refined = None
+        if refine_options is not None:
+            bits, refined = _refine(ctx, bits, refine_options, images, float_state)
         return Allocation(bits=bits, info={"chosen": names, "candidates": [
-            {"methods": names, "bits": bits, "held_out_loss": None, "allocation_seconds": info["seconds"],
-             "probe_seconds": 0.0}], "steps": 0, "held_out_images": 0, "seconds": time.perf_counter() - t0})
+            {"methods": names, "bits": candidates[0][0], "held_out_loss": None, "allocation_seconds": info["seconds"],
+             "probe_seconds": 0.0}], "steps": 0, "held_out_images": 0, "refined": refined,
+            "seconds": time.perf_counter() - t0})
     x, y = gather_images(ctx.loaders["held_out"], images, ctx.device)
     batches = _first_batches(ctx.loaders["weights"], steps) if steps else []
     if steps and not batches:
@@ -165,6 +194,24 @@ def probe_allocation(ctx: AllocationContext) -> Allocation:
                        "allocation_seconds": info["seconds"], "probe_seconds": time.perf_counter() - t})
     torch.set_rng_state(rng)  # the probes' seeding leaves the caller's random stream as it was
     best = min(range(len(scored)), key=lambda i: scored[i]["held_out_loss"])
-    return Allocation(bits=scored[best]["bits"],
+    bits, refined = scored[best]["bits"], None
+    if refine_options is not None:
+        bits, refined = _refine(ctx, bits, refine_options, images, float_state)
+    return Allocation(bits=bits,
                       info={"chosen": scored[best]["methods"], "candidates": scored, "steps": steps,
-                            "held_out_images": len(y), "seconds": time.perf_counter() - t0})
+                            "held_out_images": len(y), "refined": refined, "seconds": time.perf_counter() - t0})
+
+
+def _refine(ctx: AllocationContext, bits: dict, options: dict, images: int,
+            float_state: dict) -> tuple[dict, dict]:
+    """``bits`` moved by :func:`mixbits.methods.refine.refine` (post-training), and what it did; the model's
+    state (BatchNorm statistics re-estimated by the scoring) restored."""
+    t = time.perf_counter()
+    cost = ctx.space.cost
+    scorer = HeldOutScorer(ctx.model, ctx.space, ctx.loaders["held_out"], images=images, bn_images=min(512, images),
+                           device=ctx.device, loss_fn=ctx.loss_fn)
+    units, balls = refine(scorer, cost.cost_table(), ctx.budget_bits, cost.to_units(bits), **options)
+    ctx.space.unfix_()
+    ctx.model.load_state_dict(float_state)
+    return cost.normalize(cost.to_layers(units)), {"balls": balls, "seconds": time.perf_counter() - t,
+                                                   **scorer.info()}
