@@ -125,3 +125,11 @@ def test_a_method_that_cannot_run_at_this_budget_fails_before_the_float_training
     with pytest.raises(ValueError, match="exhaustive: more than 1 maximal assignments"):
         run_search(config, progress=False)
     assert not out.exists()
+    # the default method's options too: a bad refinement radius, a candidate method that does not exist
+    for options, match in (({"refine": {"radius": 0}}, "radius must be an integer >= 1"),
+                           ({"methods": ["hessian", "nosuch"]}, "nosuch"),
+                           ({"refine": {"radius": 2}, "stepz": 3}, "unknown options")):
+        config = RunConfig(**{**TINY, "method": "probe", "method_options": options}, out=str(out))
+        with pytest.raises((ValueError, KeyError), match=match):
+            run_search(config, progress=False)
+        assert not out.exists()

@@ -11,14 +11,15 @@ exact budget solver of :mod:`mixbits.derive`, so every method meets the same
 budget under the same cost model). ``mixbits search --method NAME`` picks one.
 
 Registered: ``probe`` (the answers of ``hessian``, ``evolution`` and ``pairwise``, each fine-tuned
-briefly, the best by held-out loss; post-training ranked on the float weights: the default in both
-regimes), ``hessian`` (HAWQ-style sensitivity), ``evolution``
+briefly, the best by held-out loss; post-training ranked on the float weights and refined as ``refine``
+does: the default in both regimes), ``hessian`` (HAWQ-style sensitivity), ``evolution``
 (EvoPress-style search over assignments scored by held-out loss),
 ``hardsearch`` (the relaxation learned on frozen weights with a hard forward), ``fracbits`` (a real
 bit position per layer interpolating its two nearest candidates, learned on frozen weights, handed to
 the exact knapsack), ``pairwise`` (measured single-layer and pairwise loss terms, the quadratic
 assignment solved exactly), ``exhaustive`` (every maximal
-assignment under the budget scored by held-out loss, where there are few enough), ``search`` (the
+assignment under the budget scored by held-out loss, where there are few enough), ``refine`` (every
+maximal assignment within a few layers of a start raced by held-out loss, moving while it improves), ``search`` (the
 differentiable search of :mod:`mixbits.search`), ``random`` and ``uniform``.
 """
 

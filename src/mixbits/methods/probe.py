@@ -40,13 +40,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from ..train import TrainConfig, evaluate_loss, fit, recalibrate_bn_
-from .base import METHODS, Allocation, AllocationContext, method_options, register_method
+from .base import METHODS, Allocation, AllocationContext, check_options, method_options, register_method
 from .refine import _settings as _refine_settings, refine
 from .scoring import HeldOutScorer, gather_images, has_batchnorm
 
@@ -90,20 +90,33 @@ def _check_methods(methods: Any) -> list[str]:
 _REFINE_OPTIONS = {"radius", "limit", "rounds", "screen", "keep"}
 
 
-def _refine_options(value: Any, ctx: AllocationContext) -> dict | None:
-    """The checked options of the post-training refinement, or None where there is none: ``refine`` True (its
-    defaults), a dict (some of ``radius``, ``limit``, ``rounds``, ``screen``, ``keep``) or False (off); it runs
-    only post-training and with bits per layer."""
+def _check_refine(value: Any) -> dict | None:
+    """``refine`` checked: True -> {} (its defaults), a dict of some of ``radius``, ``limit``, ``rounds``,
+    ``screen``, ``keep`` -> itself, False -> None (off)."""
     if isinstance(value, bool):
-        value = {} if value else None
-    elif not isinstance(value, dict) or set(value) - _REFINE_OPTIONS:
+        return {} if value else None
+    if not isinstance(value, dict) or set(value) - _REFINE_OPTIONS:
         raise ValueError(f"probe: refine must be true, false or a dict of some of {sorted(_REFINE_OPTIONS)}, "
                          f"got {value!r}")
-    else:
-        _refine_settings(value)  # the values checked, before any work
+    _refine_settings(value)  # the values checked, before any work
+    return dict(value)
+
+
+def _refine_options(value: Any, ctx: AllocationContext) -> dict | None:
+    """The options of the post-training refinement, or None where there is none (it runs only post-training
+    and with bits per layer)."""
+    value = _check_refine(value)
     if value is None or not ctx.post_training or any(layer.grouped for layer in ctx.space.layers):
         return None
-    return dict(value)
+    return value
+
+
+def _preflight(space, budget_bits: int, options: Mapping[str, Any]) -> None:
+    """Before any training: the option names, the candidate methods and the refinement's options."""
+    options = check_options(options, "probe", _OPTIONS)
+    if "methods" in options:
+        _check_methods(options["methods"])
+    _check_refine(options.get("refine", True))
 
 
 @register_method("probe")
@@ -215,3 +228,6 @@ def _refine(ctx: AllocationContext, bits: dict, options: dict, images: int,
     ctx.model.load_state_dict(float_state)
     return cost.normalize(cost.to_layers(units)), {"balls": balls, "seconds": time.perf_counter() - t,
                                                    **scorer.info()}
+
+
+probe_allocation.preflight = _preflight  # type: ignore[attr-defined]
