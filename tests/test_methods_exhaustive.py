@@ -170,7 +170,8 @@ def test_bad_options_fail_before_any_work(options, match):
         allocate("exhaustive", ctx)
 
 
-def test_bits_per_structure_are_refused():
+@pytest.mark.parametrize("method", ["exhaustive", "refine"])
+def test_bits_per_structure_are_refused(method):
     ctx, _ = tiny_context("8x", granularity="channel")
     with pytest.raises(ValueError, match="granularity 'layer'"):
-        allocate("exhaustive", ctx)
+        allocate(method, ctx)

@@ -155,9 +155,3 @@ def test_bad_options_fail_before_any_work(options, match):
     ctx, _ = tiny_context("8x", options=options)
     with pytest.raises(ValueError, match=match):
         allocate("refine", ctx)
-
-
-def test_bits_per_structure_are_refused():
-    ctx, _ = tiny_context("8x", granularity="channel")
-    with pytest.raises(ValueError, match="granularity 'layer'"):
-        allocate("refine", ctx)
