@@ -60,8 +60,8 @@ def _settings(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def ball(costs: Mapping[str, Mapping[int, int]], budget: int, centre: Mapping[str, int], radius: int,
          limit: int) -> tuple[list[dict[str, int]], int]:
-    """(the maximal assignments within ``budget`` that differ from ``centre`` in at most r units, r): the
-    largest r <= ``radius`` whose ball holds at most ``limit`` of them (r = 0: none but the centre)."""
+    """(the maximal assignments within ``budget`` that differ from ``centre`` in at most r units, r) for the
+    largest r <= ``radius`` whose ball holds at most ``limit`` of them; ([], 0) if not even r = 1 does."""
     for r in range(radius, 0, -1):
         try:
             return enumerate_assignments(costs, budget, limit, near=(centre, r)), r
