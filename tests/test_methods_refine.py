@@ -10,6 +10,7 @@ from mixbits.methods.refine import ball, refine
 from mixbits.methods.scoring import HeldOutScorer
 
 from ._method_helpers import tiny_context
+from .test_methods_exhaustive import _deep_model
 
 # one wide layer and three narrow ones; a step of the wide one costs as much as a step of all three narrow ones
 COSTS = {"wide": {1: 30, 2: 60}, "a": {1: 10, 2: 20}, "b": {1: 10, 2: 20}, "c": {1: 10, 2: 20},
@@ -155,3 +156,29 @@ def test_bad_options_fail_before_any_work(options, match):
     ctx, _ = tiny_context("8x", options=options)
     with pytest.raises(ValueError, match=match):
         allocate("refine", ctx)
+
+
+
+def test_a_later_ball_reuses_the_screening_scores_of_the_earlier_ones(monkeypatch):
+    """One screening scorer per image count for the whole search, memoising: an assignment screened around one
+    centre is not evaluated again around the next, so a later ball costs only its new assignments."""
+    ctx, space = tiny_context("12x", model=_deep_model())
+    made = []
+    original = HeldOutScorer.subset
+
+    def recording(self, images):
+        sub = original(self, images)
+        made.append(sub)
+        return sub
+
+    monkeypatch.setattr(HeldOutScorer, "subset", recording)
+    scorer = HeldOutScorer(ctx.model, space, ctx.loaders["held_out"], images=64, bn_images=64)
+    costs = space.cost.cost_table()
+    start = enumerate_assignments(costs, ctx.budget_bits, 10 ** 6)[-1]
+    units, history = refine(scorer, costs, ctx.budget_bits, start, radius=2, screen=8, keep=1, rounds=5)
+    screened = [h for h in history if h.get("rounds")]
+    assert len(screened) >= 2  # at least two balls were raced with screening
+    balls = [{_key(a) for a in enumerate_assignments(costs, ctx.budget_bits, 10 ** 6, near=(h["bits"], 2))}
+             for h in screened]
+    assert len(made) == 1  # one scorer on 8 images for every round
+    assert made[0].evaluations == len(set().union(*balls)) < sum(map(len, balls))

@@ -160,7 +160,9 @@ def race(scorer: HeldOutScorer, space: list[dict[str, int]], screen: int, keep: 
     shortlist, rounds = list(range(len(space))), []
     n = screen
     while screen and len(shortlist) > keep and n < len(scorer.y):
-        quick = subsets.setdefault(n, scorer.subset(n))
+        if n not in subsets:
+            subsets[n] = scorer.subset(n)
+        quick = subsets[n]
         losses = {k: quick.loss(space[k]) for k in shortlist}
         survivors = max(keep, -(-len(shortlist) // 8))
         rounds.append({"assignments": len(shortlist), "images": n})
