@@ -1,4 +1,3 @@
-import itertools
 import random
 
 import pytest
@@ -10,7 +9,7 @@ from mixbits.methods.refine import ball, refine
 from mixbits.methods.scoring import HeldOutScorer
 
 from ._method_helpers import tiny_context
-from .test_methods_exhaustive import _deep_model
+from .test_methods_exhaustive import _brute_maximal, _deep_model, _key
 
 # one wide layer and three narrow ones; a step of the wide one costs as much as a step of all three narrow ones
 COSTS = {"wide": {1: 30, 2: 60}, "a": {1: 10, 2: 20}, "b": {1: 10, 2: 20}, "c": {1: 10, 2: 20},
@@ -36,21 +35,6 @@ class TableScorer:
 
     def info(self):
         return {"evaluations": self.evaluations}
-
-
-def _key(a):
-    return tuple(sorted(a.items()))
-
-
-def _brute_maximal(costs, budget):
-    names = sorted(costs)
-    out = []
-    for combo in itertools.product(*[sorted(costs[n]) for n in names]):
-        a = dict(zip(names, combo))
-        slack = budget - sum(costs[n][a[n]] for n in names)
-        if slack >= 0 and all(costs[n][b] - costs[n][a[n]] > slack for n in names for b in costs[n] if b > a[n]):
-            out.append(a)
-    return out
 
 
 def test_the_ball_is_every_maximal_assignment_within_the_radius():
