@@ -44,7 +44,7 @@ def _deep_model() -> nn.Module:
                          nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4))
 
 
-def test_the_enumeration_is_every_maximal_assignment_once():
+def test_the_enumeration_is_every_maximal_assignment_once_also_near_a_centre():
     rng = random.Random(0)
     for _ in range(200):
         costs = {}
@@ -57,6 +57,11 @@ def test_the_enumeration_is_every_maximal_assignment_once():
         got = enumerate_assignments(costs, budget, 10 ** 6)
         assert len({_key(a) for a in got}) == len(got)
         assert sorted(map(_key, got)) == sorted(map(_key, _brute_maximal(costs, budget)))
+        # near a centre (refine's balls): the maximal assignments that differ from it in at most r layers
+        centre, radius = {n: rng.choice(sorted(c)) for n, c in costs.items()}, rng.randint(1, 4)
+        want = [a for a in _brute_maximal(costs, budget) if sum(a[n] != centre[n] for n in a) <= radius]
+        got = enumerate_assignments(costs, budget, 10 ** 6, near=(centre, radius))
+        assert sorted(map(_key, got)) == sorted(map(_key, want)) and len({_key(a) for a in got}) == len(got)
         band = rng.choice([0.5, 0.85, 1.0])
         got = enumerate_assignments(costs, budget, 10 ** 6, band=band)
         assert len({_key(a) for a in got}) == len(got)
