@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -13,7 +15,7 @@ from ..space import BitSpace
 
 __all__ = ["AllocationContext", "Allocation", "METHODS", "DEFAULT_METHOD", "DEFAULT_POST_TRAINING_METHOD",
            "require_layer_granularity",
-           "register_method", "allocate", "method_options", "check_options", "preflight"]
+           "register_method", "allocate", "method_options", "check_options", "preflight", "run_isolated"]
 
 # What `mixbits search`, `mixbits.allocate` and RunConfig use unless told otherwise when fine-tuning
 # follows: the winner of the one-epoch fine-tuning regime of benchmarks/results/allocation_quality.md
@@ -128,3 +130,16 @@ def preflight(name: str, space: BitSpace, budget_bits: int, options: Mapping[str
 def allocate(name: str, ctx: AllocationContext) -> Allocation:
     """Run the method ``name`` (an unknown name lists the known ones)."""
     return METHODS.get(name)(ctx)
+
+
+def run_isolated(ctx: AllocationContext, name: str, options: Mapping[str, Any],
+                 float_state: Mapping[str, Any]) -> Allocation:
+    """Method ``name`` run with ``options`` on ``ctx`` (no resume, no checkpoints), then the space unfixed and the
+    model put back to ``float_state``, so a method that trained weights or re-estimated BatchNorm leaves no
+    trace; its bits normalised. For methods that run other methods (``probe``, ``refine``)."""
+    sub = dataclasses.replace(ctx, options=dict(options), resume=None, on_checkpoint=None)
+    result = METHODS.get(name)(sub)
+    ctx.space.unfix_()
+    ctx.model.load_state_dict(float_state)
+    result.bits = ctx.space.cost.normalize(result.bits)
+    return result

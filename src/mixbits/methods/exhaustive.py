@@ -40,7 +40,7 @@ from ..space import BitSpace
 from .base import Allocation, AllocationContext, check_options, method_options, register_method, require_layer_granularity
 from .scoring import HeldOutScorer
 
-__all__ = ["TooManyAssignments", "enumerate_assignments", "exhaustive_allocation", "race"]
+__all__ = ["TooManyAssignments", "enumerate_assignments", "exhaustive_allocation", "positive_int", "race"]
 
 _OPTIONS = {"limit", "band", "screen", "keep", "images"}
 log = logging.getLogger(__name__)
@@ -127,10 +127,11 @@ def enumerate_assignments(costs: Mapping[str, Mapping[int, int]], budget: int, l
     return out
 
 
-def _positive_int(options: Mapping, name: str, default: int, least: int) -> int:
+def positive_int(options: Mapping, name: str, default: int | None, least: int, method: str = "exhaustive") -> int:
+    """``options[name]`` (``default`` when absent), checked to be an integer >= ``least``."""
     value = options.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"exhaustive: {name} must be an integer >= {least}, got {value!r}")
+        raise ValueError(f"{method}: {name} must be an integer >= {least}, got {value!r}")
     return value
 
 
@@ -139,9 +140,9 @@ def _settings(options: Mapping) -> dict:
     band = options.get("band")
     if band is not None and (isinstance(band, bool) or not isinstance(band, (int, float)) or not 0 < band <= 1):
         raise ValueError(f"exhaustive: band must be a fraction of the budget in (0, 1], got {band!r}")
-    return {"limit": _positive_int(options, "limit", 20000, 1), "band": band,
-            "screen": _positive_int(options, "screen", 64, 0), "keep": _positive_int(options, "keep", 32, 1),
-            "images": _positive_int(options, "images", 1024, 1)}
+    return {"limit": positive_int(options, "limit", 20000, 1), "band": band,
+            "screen": positive_int(options, "screen", 64, 0), "keep": positive_int(options, "keep", 32, 1),
+            "images": positive_int(options, "images", 1024, 1)}
 
 
 def _space(costs: Mapping[str, Mapping[int, int]], budget: int, opts: Mapping) -> list[dict[str, int]]:

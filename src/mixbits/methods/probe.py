@@ -38,7 +38,6 @@ bounded by the run's calibration), ``refine`` (post-training: ``true`` (default)
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from typing import Any, Iterable, Mapping
@@ -47,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ..train import TrainConfig, evaluate_loss, fit, recalibrate_bn_
-from .base import METHODS, Allocation, AllocationContext, check_options, method_options, register_method
+from .base import METHODS, Allocation, AllocationContext, check_options, method_options, register_method, run_isolated
 from .refine import _settings as _refine_settings, refine
 from .scoring import HeldOutScorer, gather_images, has_batchnorm
 
@@ -157,12 +156,8 @@ def probe_allocation(ctx: AllocationContext) -> Allocation:
 
     candidates: list[tuple[dict, list[str], dict]] = []  # (bits, methods that gave them, their info)
     for name in methods:
-        sub = dataclasses.replace(ctx, options=dict(sub_options.get(name, {})), resume=None, on_checkpoint=None)
         t = time.perf_counter()
-        result = METHODS.get(name)(sub)
-        ctx.space.unfix_()
-        ctx.model.load_state_dict(float_state)  # a method that trained weights leaves no trace
-        bits = ctx.space.cost.normalize(result.bits)
+        bits = run_isolated(ctx, name, sub_options.get(name, {}), float_state).bits
         if ctx.space.cost.quantized_bits(bits) > ctx.budget_bits:
             raise RuntimeError(f"probe: candidate {name!r} returned bits over the budget")
         for known in candidates:
@@ -174,14 +169,24 @@ def probe_allocation(ctx: AllocationContext) -> Allocation:
 
     if len(candidates) == 1:  # nothing to choose between: no probe
         bits, names, info = candidates[0]
-        torch.set_rng_state(rng)
-        refined = None
-        if refine_options is not None:
-            bits, refined = _refine(ctx, bits, refine_options, images, float_state)
-        return Allocation(bits=bits, info={"chosen": names, "candidates": [
-            {"methods": names, "bits": candidates[0][0], "held_out_loss": None, "allocation_seconds": info["seconds"],
-             "probe_seconds": 0.0}], "steps": 0, "held_out_images": 0, "refined": refined,
-            "seconds": time.perf_counter() - t0})
+        scored = [{"methods": names, "bits": bits, "held_out_loss": None, "allocation_seconds": info["seconds"],
+                   "probe_seconds": 0.0}]
+        best, steps, n_images = 0, 0, 0
+    else:
+        scored, n_images = _probe(ctx, candidates, steps, lr, images, float_state)
+        best = min(range(len(scored)), key=lambda i: scored[i]["held_out_loss"])
+    torch.set_rng_state(rng)  # the probes' seeding leaves the caller's random stream as it was
+    bits, refined = scored[best]["bits"], None
+    if refine_options is not None:
+        bits, refined = _refine(ctx, bits, refine_options, images, float_state)
+    return Allocation(bits=bits,
+                      info={"chosen": scored[best]["methods"], "candidates": scored, "steps": steps,
+                            "held_out_images": n_images, "refined": refined, "seconds": time.perf_counter() - t0})
+
+
+def _probe(ctx: AllocationContext, candidates: list, steps: int, lr: float, images: int,
+           float_state: dict) -> tuple[list[dict], int]:
+    """(one record per candidate with its held-out loss after ``steps`` probe steps, the held-out images used)."""
     x, y = gather_images(ctx.loaders["held_out"], images, ctx.device)
     batches = _first_batches(ctx.loaders["weights"], steps) if steps else []
     if steps and not batches:
@@ -206,14 +211,7 @@ def probe_allocation(ctx: AllocationContext) -> Allocation:
         ctx.space.unfix_()
         scored.append({"methods": names, "bits": bits, "held_out_loss": loss,
                        "allocation_seconds": info["seconds"], "probe_seconds": time.perf_counter() - t})
-    torch.set_rng_state(rng)  # the probes' seeding leaves the caller's random stream as it was
-    best = min(range(len(scored)), key=lambda i: scored[i]["held_out_loss"])
-    bits, refined = scored[best]["bits"], None
-    if refine_options is not None:
-        bits, refined = _refine(ctx, bits, refine_options, images, float_state)
-    return Allocation(bits=bits,
-                      info={"chosen": scored[best]["methods"], "candidates": scored, "steps": steps,
-                            "held_out_images": len(y), "refined": refined, "seconds": time.perf_counter() - t0})
+    return scored, len(y)
 
 
 def _refine(ctx: AllocationContext, bits: dict, options: dict, images: int,

@@ -28,14 +28,13 @@ Options: ``start`` (a registered method whose answer is the start, default ``"he
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import Any, Mapping
 
 from .base import (METHODS, Allocation, AllocationContext, check_options, method_options, register_method,
-                   require_layer_granularity)
-from .exhaustive import TooManyAssignments, enumerate_assignments, race
+                   require_layer_granularity, run_isolated)
+from .exhaustive import TooManyAssignments, enumerate_assignments, positive_int, race
 from .scoring import HeldOutScorer
 
 __all__ = ["ball", "refine", "refine_allocation"]
@@ -53,8 +52,7 @@ def _settings(options: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"refine: start must name another registered method (e.g. 'hessian'), got {out['start']!r}")
     METHODS.get(out["start"])  # an unknown name fails here with the known ones
     for key, low in (("radius", 1), ("limit", 1), ("rounds", 0), ("screen", 0), ("keep", 1), ("images", 1)):
-        if isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < low:
-            raise ValueError(f"refine: {key} must be an integer >= {low}, got {out[key]!r}")
+        positive_int(out, key, None, low, "refine")
     return out
 
 
@@ -108,11 +106,8 @@ def refine_allocation(ctx: AllocationContext) -> Allocation:
     require_layer_granularity(ctx, "refine")
     t0 = time.perf_counter()
     costs = ctx.space.cost.cost_table()
-    sub = dataclasses.replace(ctx, options={}, resume=None, on_checkpoint=None)
     float_state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-    first = ctx.space.cost.to_units(ctx.space.cost.normalize(METHODS.get(options["start"])(sub).bits))
-    ctx.space.unfix_()
-    ctx.model.load_state_dict(float_state)  # a start method that trained weights leaves no trace
+    first = ctx.space.cost.to_units(run_isolated(ctx, options["start"], {}, float_state).bits)
     images = options["images"] if ctx.calibration is None else min(options["images"], ctx.calibration)
     scorer = HeldOutScorer(ctx.model, ctx.space, ctx.loaders["held_out"], images=images,
                            bn_images=min(512, images), device=ctx.device, loss_fn=ctx.loss_fn)
