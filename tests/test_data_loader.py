@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -42,3 +43,25 @@ def test_loader_normalises_and_augments_whole_batches_reproducibly():
     b = [b for b, _ in TensorLoader(x, y, batch_size=4, shuffle=True, augment="crop_flip", seed=3)]
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     assert a[0].shape == (4, 3, 8, 8) and a[0].dtype == torch.float32
+
+
+def test_a_sample_is_fixed_unaugmented_each_image_once_and_leaves_the_loader_as_it_was():
+    """What held-out scores are measured on: the same images whatever the loader's seed, augmentation, drop_last
+    or how far it was read; a uniform prefix (not the stored order, which may be sorted by class)."""
+    x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(50)
+    a = TensorLoader(x, y, batch_size=8, shuffle=True, augment="crop_flip", drop_last=True, mean=(0.5,),
+                     std=(0.25,), seed=1)
+    b = TensorLoader(x, y, batch_size=8, shuffle=True, augment="crop_flip", drop_last=True, mean=(0.5,),
+                     std=(0.25,), seed=2)
+    next(iter(b))
+    before = b.generator.get_state()
+    xs, ys = a.sample(20)
+    assert torch.equal(xs, b.sample(20)[0]) and torch.equal(ys, b.sample(20)[1])
+    assert torch.equal(b.generator.get_state(), before)  # the loader's own stream is untouched
+    assert torch.allclose(xs, (x[ys].float() / 255 - 0.5) / 0.25)  # normalised, not cropped or flipped
+    assert len(set(ys.tolist())) == 20 and ys.tolist() != list(range(20))  # each once, not the stored order
+    assert torch.equal(a.sample(30)[1][:20], ys)  # a longer sample extends the shorter one
+    assert sorted(a.sample(10 ** 6)[1].tolist()) == list(range(50))  # all 50, though drop_last reads 48
+    with pytest.raises(ValueError, match="at least 1"):
+        a.sample(0)

@@ -83,8 +83,25 @@ class TensorLoader:
     def _prepare(self, xb: torch.Tensor) -> torch.Tensor:
         if self.augment == "crop_flip":  # on the stored dtype: uint8 moves 4x fewer bytes than float
             xb = crop_flip(xb, self.generator)
+        return self._normalise(xb)
+
+    def _normalise(self, xb: torch.Tensor) -> torch.Tensor:
         xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb.float()
         return (xb - self.mean) / self.std
+
+    def sample(self, limit: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels): the first ``limit`` of these images in one fixed order drawn from ``seed`` (not from
+        this loader's generator), each image at most once, normalised and never augmented. What a score is
+        measured on: it depends neither on how far this loader has been read, nor on a random crop, nor on
+        ``drop_last``; every prefix is a uniform sample of the images. The loader is left as it was.
+
+        Raises:
+            ValueError: ``limit`` < 1.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(seed))[:limit].to(self.device)
+        return self._normalise(self.x[order]), self.y[order]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..bitspace import BitSpace
+from ..data import TensorLoader
 from ..cost import Bits
 from ..train import recalibrate_bn_
 
@@ -32,11 +33,19 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 def gather_images(loader: Iterable, limit: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``limit`` (inputs, labels) of ``loader`` (cycled once more if it holds fewer), on ``device``.
+    """``limit`` (inputs, labels) of ``loader`` (all of them if it holds fewer), on ``device``.
+
+    mixbits' own :class:`~mixbits.data.TensorLoader` gives a fixed sample (:meth:`TensorLoader.sample`: one
+    order fixed by seed 0, not augmented, each image once), so the same images score every assignment in every
+    method and every run, whatever was read from the loader before and whatever random crop it would draw;
+    any other iterable gives its first ``limit`` pairs as it yields them (give one without augmentation).
 
     Raises:
         ValueError: the loader is empty.
     """
+    if isinstance(loader, TensorLoader):
+        x, y = loader.sample(limit)
+        return x.to(device), y.to(device)
     xs, ys, n = [], [], 0
     for x, y in loader:
         take = min(limit - n, x.shape[0])
