@@ -130,6 +130,13 @@ def _append(row: dict) -> None:
         f.flush()
 
 
+def _newest(rows: list[dict]) -> list[dict]:
+    """The last row appended for each (model, regime, method, target, seed): a row run again with ``--redo``
+    replaces the earlier one in the report (the CSV keeps both)."""
+    last = {(r["model"], r["regime"], r["method"], r["target"], r["seed"]): r for r in rows}
+    return list(last.values())
+
+
 def _done() -> set:
     if not CSV_PATH.exists():
         return set()
@@ -221,7 +228,7 @@ def run_charlm(args: argparse.Namespace) -> None:
         raise SystemExit(f"unknown method labels {unknown}; known: {', '.join(METHODS)}")
     if args.reference != "none" and not args.reference.startswith("evolution:"):
         raise SystemExit("--model charlm: the reference must be evolution:N or none (enumeration is impossible)")
-    done, earlier_ref = _done(), _charlm_rows()
+    done, earlier_ref = (set() if args.redo else _done()), _charlm_rows()
     for seed in args.seeds:
         for target in args.targets:
             budget = budgets[target]
@@ -323,6 +330,9 @@ def main() -> None:
                    help="append the post-training rows of peers' allocations (benchmarks/peer_allocation.py's JSON "
                         "files, written in the peers' own venvs): their bits through mixbits' post protocol as "
                         "<peer>, their own quantized models' accuracy as <peer>_own")
+    p.add_argument("--redo", action="store_true",
+                   help="allocate and append the asked rows again though the CSV holds them (the report keeps the "
+                        "newest row of each model, regime, method, target and seed; the older stay as history)")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -354,7 +364,7 @@ def main() -> None:
     budgets = dict(zip(args.targets, check_targets(model, prepare_config(settings), args.targets)))
     for label, extra in json.loads(args.options).items():
         METHODS[label] = (METHODS[label][0], {**METHODS[label][1], **extra})
-    done = _done()
+    done = set() if args.redo else _done()
     earlier = _earlier_bits() if args.reuse_bits else {}
     for seed in args.seeds:
         for target in args.targets:
@@ -604,7 +614,7 @@ def report() -> None:
     if not CSV_PATH.exists():
         return
     with CSV_PATH.open() as f:
-        rows = list(csv.DictReader(f))
+        rows = _newest(list(csv.DictReader(f)))
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["model"], r["regime"], r["target"], r["method"]), []).append(r)
