@@ -31,7 +31,10 @@ def allocate(model: nn.Module, space: BitSpace, train: Iterable, held_out: Itera
         model: the model prepared by :func:`mixbits.prepare_`, holding its float weights.
         space: the BitSpace ``prepare_`` returned.
         train: batches (x, y) that train weights (and re-estimate statistics): never the test split.
-        held_out: batches that choose the bits (Hessian traces, the search's logits): never the test split.
+        held_out: batches that choose the bits (Hessian traces, the search's logits, held-out losses): never the
+            test split. Methods that compare assignments by held-out loss read the first ``images`` examples as
+            it yields them, once per scorer: give one without random augmentation (mixbits'
+            :class:`~mixbits.data.TensorLoader` gives a fixed, unaugmented sample whatever its settings).
         target: the size target, e.g. ``"24x"``, ``"300KB"``, ``"1.5bits"``.
         method: a registered method (:data:`mixbits.methods.METHODS`); None: ``DEFAULT_METHOD`` (the bits
             will be fine-tuned), or ``DEFAULT_POST_TRAINING_METHOD`` with ``post_training``.
