@@ -1,7 +1,8 @@
 """Held-out loss of a discrete assignment: the score black-box and selecting methods compare.
 
 :class:`HeldOutScorer` gathers a fixed set of training-split images once (at most
-``calibration`` of them, from the held-out split, never the test split), and scores an
+``calibration`` of them, from the held-out split, never the test split; from mixbits' own
+loaders the same unaugmented sample for every method, run and seed), and scores an
 assignment by fixing the model at its bits, re-estimating the BatchNorm statistics on
 the first of those images (when the model has BatchNorm), and averaging the
 cross-entropy over all of them with no gradient. Each candidate's quantized weight is
