@@ -21,9 +21,8 @@ in the weights the model ends with; the probes cost ``len(distinct) * steps`` tr
 allocation time, reported in ``info``. Post-training (no weight may change) the probe is skipped:
 the candidates are ranked by their held-out loss on the float weights, BatchNorm re-estimated, and
 the best is refined (:mod:`mixbits.methods.refine`): every maximal assignment within four layers of
-it raced by held-out loss, moving while that finds a lower one (on ResNet-20 at 28x, 3 seeds: 68.5%
-against 67.9% without it, ``hessian``'s 68.0% and the exhaustive optimum's 68.4%;
-``benchmarks/results/allocation_quality.md``).
+it raced by held-out loss, moving while that finds a lower one (on ResNet-20 at 28x, 3 seeds: 68.5%,
+the same bits in every seed, against ``hessian``'s 68.0%; ``benchmarks/results/allocation_quality.md``).
 
 With bits per structure the default candidates are ``hessian``'s alone (``evolution`` and ``pairwise``
 choose per layer), and a single distinct candidate is returned without a probe.
