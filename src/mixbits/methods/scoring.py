@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..bitspace import BitSpace
-from ..data import TensorLoader
 from ..cost import Bits
+from ..data import TensorLoader
 from ..train import recalibrate_bn_
 
 __all__ = ["HeldOutScorer", "gather_images", "has_batchnorm", "select_candidate"]
