@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import torch
@@ -137,7 +135,7 @@ def run_isolated(ctx: AllocationContext, name: str, options: Mapping[str, Any],
     """Method ``name`` run with ``options`` on ``ctx`` (no resume, no checkpoints), then the space unfixed and the
     model put back to ``float_state``, so a method that trained weights or re-estimated BatchNorm leaves no
     trace; its bits normalised. For methods that run other methods (``probe``, ``refine``)."""
-    sub = dataclasses.replace(ctx, options=dict(options), resume=None, on_checkpoint=None)
+    sub = replace(ctx, options=dict(options), resume=None, on_checkpoint=None)
     result = METHODS.get(name)(sub)
     ctx.space.unfix_()
     ctx.model.load_state_dict(float_state)

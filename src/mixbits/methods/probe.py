@@ -46,8 +46,8 @@ import torch.nn.functional as F
 
 from ..train import TrainConfig, evaluate_loss, fit, recalibrate_bn_
 from .base import METHODS, Allocation, AllocationContext, check_options, method_options, register_method, run_isolated
-from .refine import _settings as _refine_settings, refine
-from .scoring import HeldOutScorer, gather_images, has_batchnorm
+from .refine import _settings as _refine_settings, refine_from
+from .scoring import gather_images, has_batchnorm
 
 __all__ = ["probe_allocation", "probe_steps"]
 
@@ -219,13 +219,9 @@ def _refine(ctx: AllocationContext, bits: dict, options: dict, images: int,
     state (BatchNorm statistics re-estimated by the scoring) restored."""
     t = time.perf_counter()
     cost = ctx.space.cost
-    scorer = HeldOutScorer(ctx.model, ctx.space, ctx.loaders["held_out"], images=images, bn_images=min(512, images),
-                           device=ctx.device, loss_fn=ctx.loss_fn)
-    units, balls = refine(scorer, cost.cost_table(), ctx.budget_bits, cost.to_units(bits), **options)
-    ctx.space.unfix_()
+    units, balls, scored = refine_from(ctx, cost.to_units(bits), images, **options)
     ctx.model.load_state_dict(float_state)
-    return cost.normalize(cost.to_layers(units)), {"balls": balls, "seconds": time.perf_counter() - t,
-                                                   **scorer.info()}
+    return cost.normalize(cost.to_layers(units)), {"balls": balls, "seconds": time.perf_counter() - t, **scored}
 
 
 probe_allocation.preflight = _preflight  # type: ignore[attr-defined]

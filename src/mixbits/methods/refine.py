@@ -37,9 +37,10 @@ from .base import (METHODS, Allocation, AllocationContext, check_options, method
 from .exhaustive import TooManyAssignments, enumerate_assignments, positive_int, race
 from .scoring import HeldOutScorer
 
-__all__ = ["ball", "refine", "refine_allocation"]
+__all__ = ["ball", "refine", "refine_allocation", "refine_from"]
 
 _OPTIONS = {"start", "radius", "limit", "rounds", "screen", "keep", "images"}
+_RACE = ("radius", "limit", "rounds", "screen", "keep")
 log = logging.getLogger(__name__)
 
 
@@ -105,18 +106,23 @@ def refine_allocation(ctx: AllocationContext) -> Allocation:
     options = _settings(method_options(ctx, "refine", _OPTIONS))
     require_layer_granularity(ctx, "refine")
     t0 = time.perf_counter()
-    costs = ctx.space.cost.cost_table()
     float_state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
     first = ctx.space.cost.to_units(run_isolated(ctx, options["start"], {}, float_state).bits)
     images = options["images"] if ctx.calibration is None else min(options["images"], ctx.calibration)
+    units, history, scored = refine_from(ctx, first, images, **{k: options[k] for k in _RACE})
+    return Allocation(bits=ctx.space.cost.to_layers(units),
+                      info={"start_bits": first, "balls": history, "seconds": time.perf_counter() - t0, **scored})
+
+
+def refine_from(ctx: AllocationContext, start: dict, images: int, **race: int) -> tuple[dict, list, dict]:
+    """(the units :func:`refine` reaches from ``start`` (units), its balls, the scorer's info), scored on ``images``
+    held-out images of ``ctx``; the space left unfixed. ``race``: ``radius``, ``limit``, ``rounds``, ``screen``,
+    ``keep``. Used by ``refine`` and by ``probe``'s post-training refinement."""
     scorer = HeldOutScorer(ctx.model, ctx.space, ctx.loaders["held_out"], images=images,
                            bn_images=min(512, images), device=ctx.device, loss_fn=ctx.loss_fn)
-    units, history = refine(scorer, costs, ctx.budget_bits, first, radius=options["radius"], limit=options["limit"],
-                            rounds=options["rounds"], screen=options["screen"], keep=options["keep"])
+    units, history = refine(scorer, ctx.space.cost.cost_table(), ctx.budget_bits, start, **race)
     ctx.space.unfix_()
-    return Allocation(bits=ctx.space.cost.to_layers(units),
-                      info={"start_bits": first, "balls": history, "seconds": time.perf_counter() - t0,
-                            **scorer.info()})
+    return units, history, scorer.info()
 
 
 refine_allocation.preflight = _preflight  # type: ignore[attr-defined]
