@@ -17,6 +17,11 @@ The reference per (model, target, seed):
 - ``evolution:N`` (models too large to enumerate): the ``evolution`` method (EvoPress-style)
   with N held-out-loss evaluations.
 
+Every accuracy is measured on a fresh row of the seed (``start_row``): the BatchNorm batches and the
+fine-tuning stream depend on the bits and the seed only, so equal bits give equal rows whatever the method
+read. ``--reevaluate`` measures the newest rows of a model again from their recorded bits (no allocation),
+the commit that allocated them kept in ``bits_commit``.
+
 Rows are appended to the CSV as they finish (a killed run keeps its rows, and a rerun skips the
 (model, regime, method, target, seed) rows already there, whatever commit wrote them); ``--report``
 rewrites the Markdown summary from the CSV.
@@ -61,7 +66,7 @@ import mixbits  # noqa: E402
 
 from mixbits.methods.scoring import HeldOutScorer  # noqa: E402
 from mixbits.pipeline import Settings  # noqa: E402
-from mixbits.pipeline.allocation import allocate_bits, start_row  # noqa: E402
+from mixbits.pipeline.allocation import allocate_bits, rewind_streams_, start_row  # noqa: E402
 from mixbits.pipeline.data import build_data  # noqa: E402
 from mixbits.pipeline.finetune import finetune_and_evaluate  # noqa: E402
 from mixbits.pipeline.float_model import check_targets, load_float_state, new_model  # noqa: E402
@@ -73,7 +78,7 @@ CSV_PATH = RESULTS / "allocation_quality.csv"
 MD_PATH = RESULTS / "allocation_quality.md"
 FIELDS = ("model", "regime", "method", "target", "seed", "weight_compression", "test_accuracy", "reference_accuracy",
           "reference", "seconds", "metric", "held_out_loss", "size_bits", "budget_bits", "bits", "commit", "dirty",
-          "machine")
+          "machine", "bits_commit")
 
 # label -> (registered method, options). Rows labelled <method>_hutchinson: see HUTCHINSON_ROWS below; the
 # label ``hessian_hutchinson`` reruns that estimator. Rows labelled hardsearch_adam (optimizer "adam") and
@@ -122,12 +127,34 @@ def _allocation_groups(name: str, regimes: list[str]) -> list[list[str]]:
 
 def _append(row: dict) -> None:
     new = not CSV_PATH.exists()
+    if not new:
+        _upgrade_header()
     with CSV_PATH.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         if new:
             w.writeheader()
         w.writerow(row)
         f.flush()
+
+
+def _upgrade_header() -> None:
+    """Rewrite the CSV with today's columns when it was written with fewer (new columns blank), through a
+    temporary file renamed over it, so a crash leaves the old file whole."""
+    with CSV_PATH.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) == FIELDS:
+            return
+        unknown = set(reader.fieldnames or ()) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"{CSV_PATH} has columns {sorted(unknown)} this script does not know: is it another "
+                             f"benchmark's file?")
+        rows = list(reader)
+    tmp = CSV_PATH.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(CSV_PATH)
 
 
 def _newest(rows: list[dict]) -> list[dict]:
@@ -166,6 +193,7 @@ def _enumerate_band(costs: dict, budget: int, low: float = 0.85):
 def _post_accuracy(row, bits) -> float:
     row.model.load_state_dict(row.float_state)
     row.space.fix_(bits)
+    rewind_streams_(row)  # the BatchNorm batches of the seed, whatever the method read
     recalibrate_bn_(row.model, row.loaders["full"], device=row.device)
     with torch.no_grad():
         return evaluate(row.model, row.loaders["test"], device=row.device)
@@ -173,7 +201,14 @@ def _post_accuracy(row, bits) -> float:
 
 def _ft1_accuracy(row, settings, bits) -> float:
     row.model.load_state_dict(row.float_state)
-    return finetune_and_evaluate(row, settings, bits, 0.0).test_accuracy
+    return finetune_and_evaluate(row, settings, bits, 0.0).test_accuracy  # from the row's starting streams
+
+
+def _accuracy(settings, data, float_state, seed: int, regime: str, bits) -> float:
+    """The test accuracy of ``bits`` in ``regime``, measured on a fresh row of ``seed`` (nothing a method did to
+    its own row reaches it)."""
+    row = start_row(settings, data, float_state, seed)
+    return _post_accuracy(row, bits) if regime == "post" else _ft1_accuracy(row, settings, bits)
 
 
 def _charlm_rows() -> dict:
@@ -197,9 +232,11 @@ def _charlm_row(float_model: torch.nn.Module, seed: int):
     return model, space, teacher
 
 
-def _charlm_perplexity(model, space, teacher, loaders, float_state, bits, regime: str, seed: int) -> float:
-    """Test perplexity at ``bits``: fixed on the float weights (post), or after one distilled epoch (ft1)."""
+def _charlm_perplexity(model, space, teacher, corpus, float_state, bits, regime: str, seed: int) -> float:
+    """Test perplexity at ``bits``: fixed on the float weights (post), or after one distilled epoch (ft1) on
+    fresh loaders of the seed (the same stream whatever the method read)."""
     model.load_state_dict(float_state)
+    loaders = charlm.loaders(corpus, model.config.context, seed=seed)
     if regime == "ft1":  # the pipeline's fine-tuning (mixbits.pipeline.finetune): SGD, lr 0.01, distill 0.5
         torch.manual_seed(seed)
         mixbits.finetune_(model, space, bits, loaders["train"],
@@ -219,6 +256,13 @@ def run_charlm(args: argparse.Namespace) -> None:
     float_model, record = charlm.load_checkpoint(args.checkpoint)
     corpus = charlm.build_corpus(record["corpus"])
     float_state = {k: v.clone() for k, v in float_model.state_dict().items()}
+    if args.reevaluate:
+        def measure(seed: int, regime: str, bits) -> float:
+            model, space, teacher = _charlm_row(float_model, seed)
+            return _charlm_perplexity(model, space, teacher, corpus, float_state, bits, regime, seed)
+        reevaluate("charlm", args.regimes, args.seeds, measure)
+        report()
+        return
     model, space, _ = _charlm_row(float_model, 0)
     budgets = {t: mixbits.budget_bits(t, space.cost) for t in args.targets}  # an unreachable target fails here
     for label, extra in json.loads(args.options).items():
@@ -251,7 +295,7 @@ def run_charlm(args: argparse.Namespace) -> None:
                     for regime in args.regimes:
                         if regime in ref:
                             continue
-                        ppl = _charlm_perplexity(model, space, teacher, loaders, float_state, best, regime, seed)
+                        ppl = _charlm_perplexity(model, space, teacher, corpus, float_state, best, regime, seed)
                         ref[regime] = ppl
                         _append({"model": "charlm", "regime": regime, "method": "reference", "target": target,
                                  "seed": seed, "weight_compression": round(space.cost.float_quantized_bits()
@@ -292,7 +336,7 @@ def _charlm_method(label, name, options, regimes, float_model, float_state, corp
     model.load_state_dict(float_state)
     ho = HeldOutScorer(model, space, loaders["held_out"], images=1 << 30).loss(bits)
     for regime in regimes:
-        ppl = _charlm_perplexity(model, space, teacher, loaders, float_state, bits, regime, seed)
+        ppl = _charlm_perplexity(model, space, teacher, corpus, float_state, bits, regime, seed)
         _append({"model": "charlm", "regime": regime, "method": label, "target": target, "seed": seed,
                  "weight_compression": round(space.cost.float_quantized_bits()
                                              / space.cost.quantized_bits(bits), 3),
@@ -333,6 +377,9 @@ def main() -> None:
     p.add_argument("--redo", action="store_true",
                    help="allocate and append the asked rows again though the CSV holds them (the report keeps the "
                         "newest row of each model, regime, method, target and seed; the older stay as history)")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="measure the newest rows of --model (every method and target; --regimes, --seeds) again from "
+                        "their recorded bits, each on a fresh row of its seed, and append them (no allocation)")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -361,6 +408,11 @@ def main() -> None:
     model = new_model(args.model, data)
     load_float_state(model, args.checkpoint)
     float_state = {k: v.clone() for k, v in model.state_dict().items()}
+    if args.reevaluate:
+        reevaluate(label_model, args.regimes, args.seeds,
+                   lambda seed, regime, bits: _accuracy(settings, data, float_state, seed, regime, bits))
+        report()
+        return
     budgets = dict(zip(args.targets, check_targets(model, prepare_config(settings), args.targets)))
     for label, extra in json.loads(args.options).items():
         METHODS[label] = (METHODS[label][0], {**METHODS[label][1], **extra})
@@ -394,7 +446,7 @@ def main() -> None:
                 if reused is None:
                     ref_seconds = time.perf_counter() - t0
                 for regime in args.regimes:
-                    acc = _post_accuracy(row, best) if regime == "post" else _ft1_accuracy(row, settings, best)
+                    acc = _accuracy(settings, data, float_state, seed, regime, best)
                     ref[regime] = acc
                     label = "reference"
                     if (label_model, regime, label, target, str(seed)) not in done:
@@ -442,7 +494,7 @@ def _cnn_method(label, name, options, regimes, settings, data, float_state, seed
     ho = scorer.loss(bits) if all(isinstance(b, int) for b in bits.values()) else float("nan")
     row.space.unfix_()
     for regime in regimes:
-        acc = _post_accuracy(row, bits) if regime == "post" else _ft1_accuracy(row, settings, bits)
+        acc = _accuracy(settings, data, float_state, seed, regime, bits)
         _append({"model": label_model, "regime": regime, "method": label, "target": target, "seed": seed,
                  "weight_compression": round(row.space.cost.float_quantized_bits()
                                              / row.space.cost.quantized_bits(bits), 3),
@@ -452,6 +504,40 @@ def _cnn_method(label, name, options, regimes, settings, data, float_state, seed
                  "budget_bits": budget, "bits": json.dumps(bits), **st, "machine": machine})
         log.info("%s %s %s seed %d %s %.4f (ref %s) %.1fs", args.model, regime, target, seed, label, acc,
                  ref.get(regime), seconds)
+
+
+def reevaluate(label_model: str, regimes: list[str], seeds: list[int], measure) -> None:
+    """Measure the newest rows of ``label_model`` in ``regimes`` and ``seeds`` again from their recorded bits and
+    append them: ``measure(seed, regime, bits)`` gives the accuracy (perplexity); equal (regime, seed, bits) are
+    measured once. Everything but the accuracies and the provenance is kept (``seconds`` and ``held_out_loss``
+    are the allocation's); ``bits_commit`` names the commit that allocated the bits. A peer's ``_own`` rows
+    (its own quantized model's accuracy, not mixbits') are left as they are."""
+    with CSV_PATH.open() as f:
+        rows = [r for r in _newest(list(csv.DictReader(f))) if r["model"] == label_model and r["regime"] in regimes
+                and int(r["seed"]) in seeds and not r["method"].endswith("_own")]
+    if not rows:
+        raise SystemExit(f"no rows of {label_model} in regimes {regimes} and seeds {seeds} to evaluate again")
+    rows.sort(key=lambda r: (r["regime"], int(r["seed"]), r["target"], r["method"] != "reference"))
+    st, machine = stamp(), describe()
+    measured: dict = {}
+    reference: dict = {}
+    t0 = time.perf_counter()
+    for i, r in enumerate(rows):
+        bits = json.loads(r["bits"])
+        key = (r["regime"], r["seed"], json.dumps(bits, sort_keys=True))
+        if key not in measured:
+            measured[key] = measure(int(r["seed"]), r["regime"], bits)
+        value = measured[key]
+        digits = 4 if r["metric"] == "perplexity" else 5
+        cell = (r["regime"], r["seed"], r["target"])
+        if r["method"] == "reference":
+            reference[cell] = round(value, digits)
+        _append({**r, "test_accuracy": round(value, digits),
+                 "reference_accuracy": reference.get(cell, r["reference_accuracy"]), **st, "machine": machine,
+                 "bits_commit": r.get("bits_commit") or r["commit"]})
+        log.info("%d/%d %s %s %s seed %s %s: %s -> %.5f (%d measured, %.0fs)", i + 1, len(rows), label_model,
+                 r["regime"], r["target"], r["seed"], r["method"], r["test_accuracy"], value, len(measured),
+                 time.perf_counter() - t0)
 
 
 def append_peer_rows(path: Path) -> None:
@@ -507,7 +593,7 @@ def append_peer_rows(path: Path) -> None:
                                        device=row.device)
                 ho = scorer.loss(bits)
                 row.space.unfix_()
-            acc = _post_accuracy(row, bits) if own is None else own
+            acc = _accuracy(settings, data, float_state, e["seed"], "post", bits) if own is None else own
             _append({"model": peer["model"], "regime": "post", "method": label, "target": e["target"],
                      "seed": e["seed"], "weight_compression": round(row.space.cost.float_quantized_bits() / size, 3),
                      "test_accuracy": round(acc, 5), "reference_accuracy": ref["test_accuracy"],

@@ -4,7 +4,10 @@ A row is what one (method, target, seed) works on: a new model holding the float
 weights, its BitSpace, the float teacher and fresh loaders seeded by the row's
 seed. The method's bits are checked against the budget, then fixed; the
 BatchNorm statistics are re-estimated for the fixed bits before the derived
-model is evaluated.
+model is evaluated. What follows the allocation (the BatchNorm re-estimation,
+the fine-tuning) starts from the random streams the row started with
+(:func:`rewind_streams_`), so equal bits and seed give an equal model whatever
+the method read before.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from torch import nn
 from ..data import TensorLoader, split_held_out
 from ..methods import Allocation, AllocationContext, allocate
 from ..space import BitSpace, PrepareConfig, prepare_
-from ..train import BN_BATCHES, evaluate, recalibrate_bn_
+from ..train import BN_BATCHES, evaluate, load_loader_state, loader_state, recalibrate_bn_, rng_state, set_rng_state
 from .config import Settings, loss_function
 from .data import HELD_OUT_SEED, Data
 from .float_model import new_model
 
-__all__ = ["Row", "start_row", "prepare_config", "allocate_bits", "fix_bits_"]
+__all__ = ["Row", "start_row", "rewind_streams_", "prepare_config", "allocate_bits", "fix_bits_"]
 
 Allocator = Callable[[AllocationContext], Allocation]
 
@@ -40,6 +43,7 @@ class Row:
     seed: int
     float_state: Mapping[str, torch.Tensor]
     device: torch.device
+    streams: dict[str, Any] | None = None  # the loaders' and torch's RNG states when the row started
 
 
 def prepare_config(settings: Settings) -> PrepareConfig:
@@ -58,7 +62,23 @@ def start_row(settings: Settings, data: Data, float_state: Mapping[str, torch.Te
     if settings.calibration is not None:  # the allocation reads only the first N images of the held-out split
         _, held = split_held_out(len(data.dataset.train_y), settings.held_out_fraction, HELD_OUT_SEED)
         loaders["held_out"] = data.train_loader(settings.batch_size, seed + 2, held[:settings.calibration])
-    return Row(model, space, teacher, loaders, seed, float_state, data.device)
+    streams = {"loaders": {name: loader_state(loader) for name, loader in loaders.items()},
+               "rng": rng_state(data.device)}
+    return Row(model, space, teacher, loaders, seed, float_state, data.device, streams)
+
+
+def rewind_streams_(row: Row) -> None:
+    """Put the row's loaders (order, augmentation) and torch's RNG back where :func:`start_row` left them.
+
+    Called before what follows an allocation, so its BatchNorm batches and fine-tuning stream depend
+    on the bits and the seed only, not on how many batches the method happened to read. A row built
+    without recorded streams is left as it is.
+    """
+    if row.streams is None:
+        return
+    for name, loader in row.loaders.items():
+        load_loader_state(loader, row.streams["loaders"].get(name))
+    set_rng_state(row.streams["rng"])
 
 
 def allocate_bits(row: Row, settings: Settings, method: str, *, budget: int, target: str,
@@ -88,11 +108,13 @@ def fix_bits_(row: Row, settings: Settings, bits: Mapping[str, int]) -> float:
     """Fix the row's model at ``bits`` (from the float weights with ``finetune_from="float"``); its test accuracy.
 
     The BatchNorm statistics are re-estimated on training batches first (at most ``settings.calibration``
-    images of them when that is set). With ``post_training`` the weights are always the float ones.
+    images of them when that is set), from the row's starting streams (:func:`rewind_streams_`). With
+    ``post_training`` the weights are always the float ones.
     """
     if settings.finetune_from == "float" or settings.post_training:
         row.model.load_state_dict(row.float_state)
     row.space.fix_(bits)
+    rewind_streams_(row)
     batches = BN_BATCHES
     if settings.calibration is not None:
         batches = max(1, min(BN_BATCHES, settings.calibration // settings.batch_size))

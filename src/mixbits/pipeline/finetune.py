@@ -2,8 +2,10 @@
 
 Every method gets ``search_epochs + finetune_epochs`` weight epochs in all: the
 fine-tuning makes up what the method did not spend (``Allocation.weight_epochs``).
-The BatchNorm statistics are re-estimated after the fine-tuning, before the
-final evaluation.
+The fine-tuning starts from the row's starting random streams (data order,
+augmentation, torch's RNG), so equal bits and seed fine-tune alike whatever the
+method read. The BatchNorm statistics are re-estimated after the fine-tuning,
+before the final evaluation.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from ..finetune import finetune_
 from ..train import TrainConfig, evaluate, recalibrate_bn_
-from .allocation import Row
+from .allocation import Row, rewind_streams_
 from .config import Settings, loss_function
 
 __all__ = ["Finetuned", "finetune_epochs", "finetune_and_evaluate"]
@@ -51,7 +53,9 @@ def finetune_and_evaluate(row: Row, settings: Settings, bits: Mapping[str, int],
                           on_checkpoint: Callable[[dict], None] | None = None) -> Finetuned:
     """Fine-tune the row's model at ``bits`` in place (distilled from the teacher), then evaluate it.
 
-    ``resume`` and ``on_checkpoint`` continue an interrupted fine-tuning exactly (see :func:`mixbits.fit`).
+    ``resume`` and ``on_checkpoint`` continue an interrupted fine-tuning exactly (see :func:`mixbits.fit`);
+    without ``resume`` it starts from the row's starting streams (:func:`rewind_streams_`). When resuming,
+    the caller has restored the streams saved with ``resume``.
     """
     method_epochs, epochs = finetune_epochs(settings, method_weight_epochs)
     t0 = time.time()
@@ -60,6 +64,8 @@ def finetune_and_evaluate(row: Row, settings: Settings, bits: Mapping[str, int],
         with torch.no_grad():
             accuracy = evaluate(row.model, row.loaders["test"], device=row.device)
         return Finetuned(0, method_epochs, accuracy, [], time.time() - t0)
+    if resume is None:
+        rewind_streams_(row)
     history = finetune_(row.model, row.space, bits, row.loaders["full"],
                         TrainConfig(epochs=epochs, lr=settings.finetune_lr,
                                     distill_weight=0.5 if settings.distill else 0.0),
