@@ -21,7 +21,9 @@ def test_train_writes_a_checkpoint_that_search_starts_from(tmp_path, capsys):
     assert {"model", "model_kwargs", "data", "state_dict", "test_accuracy"} <= set(ckpt)
     assert ckpt["model_kwargs"] == {"in_channels": 1, "num_classes": 10, "input_size": 8}
     summary = json.loads((out / "train.json").read_text())
-    assert summary["train_samples"] == 400 and len(summary["history"]) == 2
+    # the held-out fifth that `mixbits search` ranks allocations on is left out, and the checkpoint says so
+    assert (summary["train_samples"], summary["held_out_left_out"], len(summary["history"])) == (320, 80, 2)
+    assert (ckpt["held_out_fraction"], ckpt["train_subset"], ckpt["data"]) == (0.2, 400, "digits")
     assert summary["test_accuracy"] == ckpt["test_accuracy"] > 0.5
     assert f"float test accuracy {100 * ckpt['test_accuracy']:.2f}%" in printed and "epoch 2/2" in printed
     assert json.loads((out / "settings.json").read_text())["label_smoothing"] == 0.1
@@ -33,6 +35,34 @@ def test_train_writes_a_checkpoint_that_search_starts_from(tmp_path, capsys):
     report = json.loads((run / "report.json").read_text())
     assert report["float_test_accuracy"] == pytest.approx(ckpt["test_accuracy"])
     assert not (run / "float.pt").exists()  # started from the checkpoint, no float training
+    assert "does not record leaving out the held-out part" not in (run / "run.log").read_text()
+
+
+def test_a_checkpoint_trained_on_the_held_out_part_is_flagged_by_search(tmp_path, capsys):
+    out = tmp_path / "train"
+    assert main(["train", "--epochs", "1", "--train-subset", "200", "--train-on-held-out", "--out", str(out),
+                 "-q"]) == 0
+    summary = json.loads((out / "train.json").read_text())
+    ckpt = torch.load(out / "float.pt", weights_only=True)
+    assert (summary["train_samples"], summary["held_out_left_out"], ckpt["held_out_fraction"]) == (200, 0, None)
+    run = tmp_path / "search"
+    assert main(["search", "--checkpoint", str(out / "float.pt"), "--train-subset", "200", "--target", "12x",
+                 "--batch-size", "50", "--method", "hessian", "--out", str(run), *SEARCH_FAST]) == 0
+    log = (run / "run.log").read_text()
+    assert "does not record leaving out the held-out part of the training split (held_out_fraction 0.2 of a " \
+           "200-image subset)" in log
+
+
+def test_a_train_run_from_before_the_held_out_setting_resumes_on_the_whole_split(tmp_path):
+    from mixbits.commands.train import load_train_settings
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "settings.json").write_text(json.dumps({"data": "digits", "model": "digits_cnn", "epochs": 2}))
+    assert load_train_settings(folder).train_on_held_out is True
+    (folder / "settings.json").write_text(json.dumps({"data": "digits", "epochs": 2, "held_out_fraction": 0.25}))
+    config = load_train_settings(folder)
+    assert (config.train_on_held_out, config.held_out_fraction) == (False, 0.25)
 
 
 def test_train_reads_a_toml_config_and_the_command_line_wins(tmp_path):

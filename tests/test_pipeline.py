@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from mixbits.pipeline import RunConfig, Settings, SweepConfig, finetune_epochs
+from mixbits.pipeline import RunConfig, Settings, SweepConfig, finetune_epochs, held_out_unseen
 from mixbits.run import run_search
 from mixbits.sweep import sweep
 
@@ -29,6 +30,30 @@ def test_a_search_run_and_a_one_row_sweep_agree(tmp_path, method, seed):
     # validity is pinned here.
     assert set(row["bits"]) == {"classifier", "features.0", "features.3", "features.7"}
     assert row["quantized_bits"] <= row["budget_bits"] and row["weight_compression"] >= 16.0
+    # the float model never saw the held-out part that ranked the allocations, and its checkpoints say so
+    for folder in ("run", "sweep"):
+        record = torch.load(tmp_path / folder / "float.pt", weights_only=True)
+        assert held_out_unseen(record, RunConfig(**TINY)), folder
+        assert not held_out_unseen(record, RunConfig(**{**TINY, "held_out_fraction": 0.25}))
+
+
+def test_the_float_model_trains_on_the_training_split_without_its_held_out_part(tmp_path, monkeypatch):
+    from mixbits.pipeline import search_job, sweep_job
+
+    seen = []
+
+    def spy(fit):
+        def wrapped(model, settings, loader, *args, **kwargs):
+            seen.append(len(loader.x))
+            return fit(model, settings, loader, *args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(search_job, "fit_float_", spy(search_job.fit_float_))
+    monkeypatch.setattr(sweep_job, "fit_float_", spy(sweep_job.fit_float_))
+    run_search(RunConfig(method="uniform", target="16x", out=str(tmp_path / "run"), **TINY), progress=False)
+    sweep(SweepConfig(methods=("uniform",), targets=("16x",), binary_point=False, plot=False,
+                      out=str(tmp_path / "sweep"), **TINY))
+    assert seen == [256, 256]  # 320 training images, the held-out fifth (64) left out
 
 
 def test_compute_matched_epochs():

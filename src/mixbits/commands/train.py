@@ -54,6 +54,8 @@ class FloatTrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     train_subset: int | None = None
+    held_out_fraction: float = 0.2
+    train_on_held_out: bool = False
     seed: int = 0
     device: str = "auto"
     out: str | None = None
@@ -98,6 +100,8 @@ def load_train_settings(folder: str | Path, *, device: str | None = None) -> Flo
         raise ValueError(f"{str(path)!r} is not readable JSON: {exc}") from None
     names = {f.name for f in dataclasses.fields(FloatTrainConfig)}
     values = {k: v for k, v in raw.items() if k in names}
+    if "held_out_fraction" not in raw:  # a run from before the held-out part was left out trained on all of it
+        values["train_on_held_out"] = True
     values["out"] = str(folder)
     if device is not None:
         values["device"] = device
@@ -172,8 +176,15 @@ def _train(config: FloatTrainConfig, data, model, recipe, out: Path, state: dict
     from ..runfiles import save_checkpoint, write_json
     from ..train import evaluate, fit
 
+    from ..data import split_held_out
+    from ..pipeline.data import HELD_OUT_SEED
+
     device, ds = data.device, data.dataset
-    train_loader = data.train_loader(config.batch_size, config.seed)
+    if config.train_on_held_out:
+        train_loader = data.train_loader(config.batch_size, config.seed)
+    else:  # the part `mixbits search` scores allocations on stays unseen
+        kept, _ = split_held_out(len(ds.train_y), config.held_out_fraction, HELD_OUT_SEED)
+        train_loader = data.train_loader(config.batch_size, config.seed, kept)
     test_loader = data.test_loader(1000)
 
     t0 = time.time()
@@ -183,10 +194,13 @@ def _train(config: FloatTrainConfig, data, model, recipe, out: Path, state: dict
     test_acc = evaluate(model, test_loader, device=device)
     ckpt = save_checkpoint(out / "float.pt", float_checkpoint(config.model, config.data, data, model.state_dict(), test_acc,
                                                               data_root=config.data_root,
-                                                              train_subset=config.train_subset))
+                                                              train_subset=config.train_subset,
+                                                              held_out_fraction=None if config.train_on_held_out
+                                                              else config.held_out_fraction))
     images = config.epochs * len(train_loader) * config.batch_size
     summary = {"command": command, "run_folder": str(out), "checkpoint": str(ckpt), "model": config.model,
-               "data": config.data, "train_samples": len(ds.train_y), "test_samples": len(ds.test_y),
+               "data": config.data, "train_samples": len(train_loader.x), "test_samples": len(ds.test_y),
+               "held_out_left_out": len(ds.train_y) - len(train_loader.x),
                "parameters": sum(p.numel() for p in model.parameters()), "test_accuracy": test_acc,
                "device": str(device), "history": history,
                "seconds": {"train": round(train_s, 2), "total": round(time.time() - t_start, 2)},
@@ -213,6 +227,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, help=f"label smoothing (default {d.label_smoothing})")
     p.add_argument("--train-subset", type=int, metavar="N",
                    help="train on a fixed seeded subset of N training samples (quick CPU recipes; default all)")
+    p.add_argument("--held-out-fraction", type=float,
+                   help=f"the part of the training split left out, the one `mixbits search` with the same "
+                        f"--held-out-fraction and --train-subset ranks allocations on (default {d.held_out_fraction})")
+    p.add_argument("--train-on-held-out", action="store_true", default=None,
+                   help="train on the whole training split: a later search then measures its held-out losses on "
+                        "images the model has seen")
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--out", help="run folder (default runs/<time>-train-<model>-<data>)")
@@ -252,5 +272,7 @@ def run(args: argparse.Namespace) -> int:
         search += ["--data-root", config.data_root]
     if config.train_subset is not None:
         search += ["--train-subset", str(config.train_subset)]
+    if not config.train_on_held_out and config.held_out_fraction != FloatTrainConfig().held_out_fraction:
+        search += ["--held-out-fraction", str(config.held_out_fraction)]
     print("next: " + " ".join(shlex.quote(a) for a in search) + " --target 24x")
     return 0

@@ -18,9 +18,11 @@ from .config import RunConfig, Settings, SweepConfig, parse_method
 from .data import Data, build_data
 from .export import PACKED_FILE, export_row
 from .finetune import Finetuned, finetune_and_evaluate, finetune_epochs
-from .float_model import FloatModel, check_targets, fit_float_, float_checkpoint, load_float_state, new_model, resolve_device
+from .float_model import (FloatModel, check_targets, fit_float_, float_checkpoint, held_out_unseen, load_float_state,
+                          new_model, resolve_device)
 
 __all__ = ["Settings", "RunConfig", "SweepConfig", "parse_method", "Data", "build_data", "FloatModel", "resolve_device",
-           "new_model", "check_targets", "fit_float_", "load_float_state", "float_checkpoint", "Row", "start_row",
+           "new_model", "check_targets", "fit_float_", "load_float_state", "held_out_unseen", "float_checkpoint",
+           "Row", "start_row",
            "prepare_config", "allocate_bits", "fix_bits_", "Finetuned", "finetune_epochs", "finetune_and_evaluate",
            "export_row", "PACKED_FILE"]

@@ -27,6 +27,7 @@ from .config import Settings
 from .data import Data
 
 __all__ = ["FloatModel", "resolve_device", "new_model", "check_targets", "fit_float_", "load_float_state",
+           "held_out_unseen",
            "float_checkpoint"]
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,11 @@ def fit_float_(model: nn.Module, settings: Settings, loader: Iterable, test_load
                on_checkpoint: Callable[[dict], None] | None = None) -> FloatModel:
     """Train ``model`` in place with the float recipe (or load ``settings.checkpoint``), then evaluate it.
 
+    ``loader`` is the training split without its held-out part (the pipeline's ``weights`` loader), so
+    the held-out losses that rank allocations are measured on images the float model never saw. A
+    loaded checkpoint that does not record having left out this run's held-out part
+    (:func:`held_out_unseen`) gets a warning saying so.
+
     ``resume`` and ``on_checkpoint`` continue an interrupted training exactly (see :func:`mixbits.fit`).
 
     Raises:
@@ -110,8 +116,15 @@ def fit_float_(model: nn.Module, settings: Settings, loader: Iterable, test_load
     t0 = time.time()
     history: list[dict] = []
     if settings.checkpoint:
-        load_float_state(model, settings.checkpoint)
+        record = load_float_state(model, settings.checkpoint)
         log.info("loaded float checkpoint %s", settings.checkpoint)
+        if not held_out_unseen(record, settings):
+            log.warning("the float checkpoint %s does not record leaving out the held-out part of the training "
+                        "split (held_out_fraction %g%s) that ranks allocations: if it was trained on those images, "
+                        "the held-out losses reward keeping what it memorised rather than what generalises. "
+                        "`mixbits train` leaves that part out (its checkpoints record it)", settings.checkpoint,
+                        settings.held_out_fraction,
+                        "" if settings.train_subset is None else f" of a {settings.train_subset}-image subset")
     else:
         history = fit(model, loader, TrainConfig(epochs=settings.float_epochs, lr=settings.float_lr, warmup_epochs=1),
                       device=device, progress=progress, desc="float", resume=resume, on_checkpoint=on_checkpoint)
@@ -136,6 +149,14 @@ def load_float_state(model: nn.Module, path: str | Path) -> dict:
         first = str(exc).splitlines()[:3]
         raise ValueError(f"checkpoint {str(path)!r} does not fit the model: {' '.join(first)}") from None
     return obj
+
+
+def held_out_unseen(record: Mapping[str, Any], settings: Settings) -> bool:
+    """Whether a float checkpoint's record says it was trained without the held-out part that ``settings``
+    scores allocations on: the same ``held_out_fraction`` of the same ``train_subset`` (the split is fixed
+    by both), on the same data set."""
+    return (record.get("held_out_fraction") == settings.held_out_fraction
+            and record.get("train_subset") == settings.train_subset and record.get("data") == settings.data)
 
 
 def float_checkpoint(model_name: str, data_name: str, data: Data, state: Mapping[str, torch.Tensor],

@@ -247,10 +247,12 @@ def _float_stage(job: _Job, model: nn.Module, saved: dict | None, state: dict | 
     c = job.config
     loaders = job.data.loaders(batch_size=c.batch_size, held_out_fraction=c.held_out_fraction, seed=c.seed)
     job.use_loaders(loaders, saved)
-    flt = fit_float_(model, c, loaders["full"], loaders["test"], device=job.data.device, progress=progress,
+    flt = fit_float_(model, c, loaders["weights"], loaders["test"], device=job.data.device, progress=progress,
                      resume=state, on_checkpoint=lambda s: job.checkpoint("float", s))
     if not c.checkpoint and job.main:
-        save_checkpoint(job.out / "float.pt", float_checkpoint(c.model, c.data, job.data, flt.state, flt.test_accuracy))
+        save_checkpoint(job.out / "float.pt", float_checkpoint(c.model, c.data, job.data, flt.state, flt.test_accuracy,
+                                                               held_out_fraction=c.held_out_fraction,
+                                                               train_subset=c.train_subset))
     job.carry["seconds"]["float"] += flt.seconds
     job.carry.update(float_test_accuracy=flt.test_accuracy, float_history=flt.history)
     return flt.state

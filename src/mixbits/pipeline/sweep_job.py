@@ -113,17 +113,17 @@ def prepare_sweep(config: SweepConfig, *, progress: bool = False) -> SweepSetup:
                for name, spec_opts in map(parse_method, config.methods)]
     check_targets(model, prepare_config(config), config.targets, methods)  # before the float training
     loaders = data.loaders(batch_size=config.batch_size, held_out_fraction=config.held_out_fraction, seed=seed)
-    flt = fit_float_(model, config, loaders["full"], loaders["test"], device=data.device, progress=progress)
+    flt = fit_float_(model, config, loaders["weights"], loaders["test"], device=data.device, progress=progress)
     train_seconds: float | None = flt.seconds
     if config.checkpoint:
         train_seconds = None
         probe = copy.deepcopy(model)
         t0 = time.time()
-        fit(probe, loaders["full"], TrainConfig(epochs=1, lr=config.float_lr), device=data.device)
+        fit(probe, loaders["weights"], TrainConfig(epochs=1, lr=config.float_lr), device=data.device)
         epoch_seconds = time.time() - t0
     else:
         epoch_seconds = flt.seconds / max(config.float_epochs, 1)
-    return SweepSetup(config, data, flt.state, flt.test_accuracy, epoch_seconds, len(loaders["full"]), train_seconds)
+    return SweepSetup(config, data, flt.state, flt.test_accuracy, epoch_seconds, len(loaders["weights"]), train_seconds)
 
 
 def run_row(setup: SweepSetup, method: str, target: str | None, seed: int, *, allocator: Allocator | None = None,
@@ -249,7 +249,9 @@ def _sweep(config: SweepConfig, out: Path, *, progress: bool,
     setup = prepare_sweep(config, progress=progress)
     if not config.checkpoint:
         save_checkpoint(out / "float.pt", float_checkpoint(config.model, config.data, setup.data, setup.float_state,
-                                                           setup.float_accuracy))
+                                                           setup.float_accuracy,
+                                                           held_out_fraction=config.held_out_fraction,
+                                                           train_subset=config.train_subset))
     jobs: list[tuple[str, str | None]] = []
     for m in config.methods:
         if ":" in m:
