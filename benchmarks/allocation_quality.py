@@ -713,6 +713,23 @@ def report() -> None:
              "Rows of commits d9da519, bfd521b and fe9e517 marked dirty=True differed from their commit only in "
              "`benchmarks/results/` (the CSV an earlier command of the same chain had appended to; checked with "
              "`git status` in those worktrees); `benchmarks/_provenance.py` no longer counts result files as dirty.", "",
+             "Checkpoints: `lenet5` and `digits_cnn` rows start from `lenet5_mnist5k_e60_h20.pt` and "
+             "`digits_cnn_e18_h20.pt` (commit 69f2253 on), trained by `mixbits train` without the held-out part of "
+             "the training split, so every held-out loss (the reference's, every method's) is measured on images "
+             "the float model never saw. `lenet5[held-out seen]` and `digits_cnn[held-out seen]` are the rows from "
+             "the earlier checkpoints, trained on the whole training split, held-out part included: there a "
+             "held-out loss is a training loss, and on the digits CNN (100% training accuracy) it rewards keeping "
+             "what the model memorised. `resnet20`'s checkpoint also saw its held-out images (all 50,000 training "
+             "images; no other checkpoint exists, and no GPU was lent to train one). ", "",
+             "Evaluation: from commit 85b63f1 on, every accuracy is measured on a fresh row of the seed (the "
+             "BatchNorm batches and the fine-tuning stream depend on the bits and the seed only), so equal bits "
+             "give equal rows. Before, a method's rows were measured on the row it had allocated on, after "
+             "whatever it had read of the loaders and torch's RNG (digits_cnn 16x ft1 seed 0: the same bits "
+             "98.61% after `probe`, 98.89% after `refine`). Measured again from their recorded bits "
+             "(`--reevaluate`, commit 85b63f1; `bits_commit` names the commit that allocated them): every row of "
+             "`lenet5[held-out seen]` and `digits_cnn[held-out seen]` (all post rows and all lenet5 ft1 rows came "
+             "out unchanged; 107 digits ft1 rows moved, by at most 0.84 points, three test images) and every "
+             "`resnet20` row.", "",
              "Protocol: every method allocates on the frozen float weights of the committed checkpoint "
              "(`benchmarks/checkpoints/`); `post` = bits fixed, BatchNorm re-estimated on 50 training batches, "
              "test accuracy; `ft1` = the same bits, one epoch of fine-tuning from the float weights (distilled, "

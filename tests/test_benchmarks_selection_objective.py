@@ -1,0 +1,43 @@
+"""``benchmarks/selection_objective.py``: its held-out loss is the one every method ranks by."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from mixbits.methods.scoring import HeldOutScorer
+from mixbits.pipeline import Settings, start_row
+from mixbits.pipeline.data import build_data
+from mixbits.pipeline.float_model import new_model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "selection_objective.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("selection_objective_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_held_out_scores_give_the_scorers_loss_and_the_accuracy_of_the_same_outputs():
+    so = _module()
+    settings = Settings(train_subset=200, device="cpu")
+    data = build_data(settings.data, train_subset=200, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    state = new_model(settings.model, data).state_dict()
+    row = start_row(settings, data, state, 0)
+    scorer = HeldOutScorer(row.model, row.space, row.loaders["held_out"], images=1 << 30, bn_images=512)
+    for b in (1, 4):
+        bits = {name: b for name in row.space.searchable()}
+        loss, acc = so.held_out_scores(scorer, bits)
+        assert abs(loss - scorer.loss(bits)) < 1e-5
+        row.model.eval()
+        with torch.no_grad():
+            expect = float((row.model(scorer.x).argmax(1) == scorer.y).float().mean())
+        assert acc == expect and 0.0 <= acc <= 1.0
+    assert len(scorer.y) == 40  # the held-out fifth of 200 images, each once
