@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import command_line, describe, stamp  # noqa: E402
+from _provenance import describe, stamp  # noqa: E402
 
 from mixbits.methods.scoring import HeldOutScorer  # noqa: E402
 from mixbits.pipeline import Settings  # noqa: E402
@@ -77,8 +77,7 @@ def main() -> None:
     row = start_row(settings, data, float_state, 0)
     scorer = HeldOutScorer(row.model, row.space, row.loaders["held_out"], images=1 << 30, bn_images=512)
     lines = [f"## {args.model} from `{args.checkpoint}`", "",
-             f"`{command_line()}` at commit `{stamp()['commit']}` (dirty={stamp()['dirty']}); {describe()}; "
-             f"{len(scorer.y)} held-out images.", "",
+             f"{describe()} (dirty={stamp()['dirty']}); {len(scorer.y)} held-out images.", "",
              "| target | assignments | chosen by held-out loss: test % | chosen by held-out accuracy: test % | "
              "best test % in the band (oracle) |", "|---|---|---|---|---|"]
     t0 = time.perf_counter()
