@@ -12,12 +12,22 @@ best test accuracy in the band, a test oracle no method may use, and appends the
 
     OMP_NUM_THREADS=1 python benchmarks/selection_objective.py --model lenet5 --data mnist5k \\
         --checkpoint benchmarks/checkpoints/lenet5_mnist5k_e60_h20.pt
+
+Where enumeration is impossible, ``--recorded`` takes as candidates every distinct allocation that the
+newest post-training rows of ``allocation_quality.csv`` hold for the model at the target (every method,
+every seed), and the last column is the best test accuracy among those:
+
+    OMP_NUM_THREADS=1 python benchmarks/selection_objective.py --model resnet20 --data cifar10 \\
+        --data-root ../shared/data/cifar10-jpeg.zip --train-subset 5000 \\
+        --checkpoint benchmarks/checkpoints/resnet20_cifar10_e37.pt --targets 24x 28x --recorded
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
+import json
 import sys
 import time
 from pathlib import Path
@@ -59,30 +69,53 @@ def held_out_scores(scorer: HeldOutScorer, bits: dict) -> tuple[float, float]:
     return float(F.cross_entropy(out, scorer.y)), float((out.argmax(1) == scorer.y).float().mean())
 
 
+def _recorded(aq, model: str) -> dict[str, list[dict]]:
+    """{target: the distinct integer allocations of ``model``'s newest post rows in allocation_quality.csv}."""
+    with aq.CSV_PATH.open() as f:
+        rows = [r for r in aq._newest(list(csv.DictReader(f))) if r["model"] == model and r["regime"] == "post"]
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        bits = json.loads(r["bits"])
+        if all(isinstance(b, int) for b in bits.values()) and bits not in out.setdefault(r["target"], []):
+            out[r["target"]].append(bits)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data-root")
+    p.add_argument("--train-subset", type=int)
     p.add_argument("--targets", nargs="+", default=TARGETS)
+    p.add_argument("--recorded", action="store_true",
+                   help="candidates: the distinct allocations of the model's newest post rows in allocation_quality.csv "
+                        "at each target, instead of every assignment in the band")
     args = p.parse_args()
     torch.set_num_threads(1)
     aq = _allocation_quality()
-    settings = Settings(data=args.data, model=args.model, checkpoint=args.checkpoint, device="cpu")
-    data = build_data(args.data, device=torch.device("cpu"))
+    settings = Settings(data=args.data, data_root=args.data_root, model=args.model, checkpoint=args.checkpoint,
+                        train_subset=args.train_subset, device="cpu")
+    data = build_data(args.data, root=args.data_root, train_subset=args.train_subset, device=torch.device("cpu"))
     model = new_model(args.model, data)
     load_float_state(model, args.checkpoint)
     float_state = {k: v.clone() for k, v in model.state_dict().items()}
     budgets = check_targets(model, prepare_config(settings), args.targets)
     row = start_row(settings, data, float_state, 0)
     scorer = HeldOutScorer(row.model, row.space, row.loaders["held_out"], images=1 << 30, bn_images=512)
-    lines = [f"## {args.model} from `{args.checkpoint}`", "",
+    recorded = _recorded(aq, args.model) if args.recorded else None
+    what = "the recorded post-training allocations" if args.recorded else "the assignments in the band"
+    lines = [f"## {args.model} from `{args.checkpoint}`: {what}", "",
              f"{describe()} (dirty={stamp()['dirty']}); {len(scorer.y)} held-out images.", "",
              "| target | assignments | chosen by held-out loss: test % | chosen by held-out accuracy: test % | "
-             "best test % in the band (oracle) |", "|---|---|---|---|---|"]
+             "best test % among them (oracle) |", "|---|---|---|---|---|"]
     t0 = time.perf_counter()
     for target, budget in zip(args.targets, budgets):
-        band = list(aq._enumerate_band(row.space.cost.cost_table(), budget))
+        band = (recorded.get(target, []) if recorded is not None
+                else list(aq._enumerate_band(row.space.cost.cost_table(), budget)))
+        if not band:
+            raise SystemExit(f"no recorded post-training allocation of {args.model} at {target}")
         scored = []
         for bits in band:
             loss, acc = held_out_scores(scorer, bits)
