@@ -731,8 +731,9 @@ def report() -> None:
              "98.61% after `probe`, 98.89% after `refine`). Measured again from their recorded bits "
              "(`--reevaluate`, commit 85b63f1; `bits_commit` names the commit that allocated them): every row of "
              "`lenet5[held-out seen]` and `digits_cnn[held-out seen]` (all post rows and all lenet5 ft1 rows came "
-             "out unchanged; 107 digits ft1 rows moved, by at most 0.84 points, three test images) and every "
-             "`resnet20` row.", "",
+             "out unchanged; 107 digits ft1 rows moved, by at most 0.84 points, three test images), every "
+             "`resnet20` row (not `resnet20[bits=...]`: 45 of 98 ft1 rows moved, by at most 0.76 points; all 160 "
+             "post rows unchanged) and every `charlm` ft1 row (commit 69f2253: all 234 unchanged).", "",
              "Protocol: every method allocates on the frozen float weights of the committed checkpoint "
              "(`benchmarks/checkpoints/`); `post` = bits fixed, BatchNorm re-estimated on 50 training batches, "
              "test accuracy; `ft1` = the same bits, one epoch of fine-tuning from the float weights (distilled, "
