@@ -3,10 +3,6 @@ and a post-training allocation on a tiny one (seconds)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,17 +10,14 @@ import torch.nn.functional as F
 import mixbits
 from mixbits.train import TrainConfig, correct_count
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "charlm.py"
+from ._benchmark_scripts import load_benchmark, unload_benchmark
 
 
 @pytest.fixture(scope="module")
 def charlm():
-    spec = importlib.util.spec_from_file_location("charlm_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
+    module = load_benchmark("charlm")
     yield module
-    sys.modules.pop(spec.name, None)
+    unload_benchmark(module)
 
 
 def _tiny(charlm, seed=0):

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
 from mixbits.methods.scoring import HeldOutScorer
@@ -13,15 +9,11 @@ from mixbits.pipeline import Settings, start_row
 from mixbits.pipeline.data import build_data
 from mixbits.pipeline.float_model import new_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "selection_objective.py"
+from ._benchmark_scripts import load_benchmark
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("selection_objective_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("selection_objective")
 
 
 def test_held_out_scores_give_the_scorers_loss_and_the_accuracy_of_the_same_outputs():
