@@ -34,7 +34,8 @@ def add_settings_arguments(p: argparse.ArgumentParser, d, *, out_default: str) -
     p.add_argument("--float-lr", type=float, help=f"peak learning rate of the float training (default {d.float_lr})")
     p.add_argument("--finetune-lr", type=float, help=f"peak learning rate of the fine-tuning (default {d.finetune_lr})")
     p.add_argument("--held-out-fraction", type=float,
-                   help=f"training data held out for the logits, split with the seed (default {d.held_out_fraction})")
+                   help=f"training data held out: it ranks allocations (and trains search's logits) and the float "
+                        f"training leaves it out; a fixed split, the same for every seed (default {d.held_out_fraction})")
     p.add_argument("--no-distill", dest="distill", action="store_false", default=None,
                    help="do not distil from the float model during search and fine-tuning")
     p.add_argument("--finetune-from", choices=("method", "float"),
