@@ -176,14 +176,11 @@ def _train(config: FloatTrainConfig, data, model, recipe, out: Path, state: dict
     from ..runfiles import save_checkpoint, write_json
     from ..train import evaluate, fit
 
-    from ..data import split_held_out
-    from ..pipeline.data import HELD_OUT_SEED
-
     device, ds = data.device, data.dataset
     if config.train_on_held_out:
         train_loader = data.train_loader(config.batch_size, config.seed)
     else:  # the part `mixbits search` scores allocations on stays unseen
-        kept, _ = split_held_out(len(ds.train_y), config.held_out_fraction, HELD_OUT_SEED)
+        kept, _ = data.held_out_split(config.held_out_fraction)
         train_loader = data.train_loader(config.batch_size, config.seed, kept)
     test_loader = data.test_loader(1000)
 

@@ -19,12 +19,12 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..data import TensorLoader, split_held_out
+from ..data import TensorLoader
 from ..methods import Allocation, AllocationContext, allocate
 from ..space import BitSpace, PrepareConfig, prepare_
 from ..train import BN_BATCHES, evaluate, load_loader_state, loader_state, recalibrate_bn_, rng_state, set_rng_state
 from .config import Settings, loss_function
-from .data import HELD_OUT_SEED, Data
+from .data import Data
 from .float_model import new_model
 
 __all__ = ["Row", "start_row", "rewind_streams_", "prepare_config", "allocate_bits", "fix_bits_"]
@@ -60,7 +60,7 @@ def start_row(settings: Settings, data: Data, float_state: Mapping[str, torch.Te
     space = prepare_(model, prepare_config(settings))
     loaders = data.loaders(batch_size=settings.batch_size, held_out_fraction=settings.held_out_fraction, seed=seed)
     if settings.calibration is not None:  # the allocation reads only the first N images of the held-out split
-        _, held = split_held_out(len(data.dataset.train_y), settings.held_out_fraction, HELD_OUT_SEED)
+        _, held = data.held_out_split(settings.held_out_fraction)
         loaders["held_out"] = data.train_loader(settings.batch_size, seed + 2, held[:settings.calibration])
     streams = {"loaders": {name: loader_state(loader) for name, loader in loaders.items()},
                "rng": rng_state(data.device)}

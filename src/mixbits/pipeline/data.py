@@ -47,13 +47,22 @@ class Data:
         ds = self.dataset
         return TensorLoader(ds.test_x, ds.test_y, batch_size=batch_size, mean=ds.mean, std=ds.std, device=self.device)
 
+    def held_out_split(self, held_out_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the training indices kept for the weights, the held-out ones): one fixed split per fraction, the same
+        for every run, method and seed.
+
+        Raises:
+            ValueError: a held-out fraction that leaves a part empty.
+        """
+        return split_held_out(len(self.dataset.train_y), held_out_fraction, HELD_OUT_SEED)
+
     def loaders(self, *, batch_size: int, held_out_fraction: float, seed: int) -> dict[str, TensorLoader]:
         """{"full", "weights", "held_out", "test"}: a fixed held-out split; the shuffling follows ``seed``.
 
         Raises:
             ValueError: a held-out fraction that leaves a part empty.
         """
-        w_idx, h_idx = split_held_out(len(self.dataset.train_y), held_out_fraction, HELD_OUT_SEED)
+        w_idx, h_idx = self.held_out_split(held_out_fraction)
         return {"full": self.train_loader(batch_size, seed),
                 "weights": self.train_loader(batch_size, seed + 1, w_idx),
                 "held_out": self.train_loader(batch_size, seed + 2, h_idx),

@@ -27,8 +27,7 @@ from .config import Settings
 from .data import Data
 
 __all__ = ["FloatModel", "resolve_device", "new_model", "check_targets", "fit_float_", "load_float_state",
-           "held_out_unseen",
-           "float_checkpoint"]
+           "held_out_unseen", "float_checkpoint", "trained_float_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +163,14 @@ def float_checkpoint(model_name: str, data_name: str, data: Data, state: Mapping
     """The ``float.pt`` dict every command writes (``extra`` keys added)."""
     return {"model": model_name, "model_kwargs": data.model_kwargs, "data": data_name, **extra,
             "state_dict": dict(state), "test_accuracy": test_accuracy}
+
+
+def trained_float_checkpoint(settings: Settings, data: Data, state: Mapping[str, torch.Tensor],
+                             test_accuracy: float) -> dict[str, Any]:
+    """The ``float.pt`` of a float model :func:`fit_float_` trained under ``settings``: it records the held-out
+    part it left out, as :func:`held_out_unseen` reads it."""
+    return float_checkpoint(settings.model, settings.data, data, state, test_accuracy,
+                            held_out_fraction=settings.held_out_fraction, train_subset=settings.train_subset)
 
 
 def _sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:

@@ -40,7 +40,8 @@ from .config import RunConfig
 from .data import Data, build_data
 from .export import PACKED_FILE, export_row
 from .finetune import finetune_and_evaluate
-from .float_model import check_targets, fit_float_, float_checkpoint, load_float_state, new_model, resolve_device
+from .float_model import (check_targets, fit_float_, load_float_state, new_model, resolve_device,
+                          trained_float_checkpoint)
 
 __all__ = ["run_search", "resume_run", "load_settings", "RESUME_FILE", "RUN_FILES"]
 
@@ -250,9 +251,7 @@ def _float_stage(job: _Job, model: nn.Module, saved: dict | None, state: dict | 
     flt = fit_float_(model, c, loaders["weights"], loaders["test"], device=job.data.device, progress=progress,
                      resume=state, on_checkpoint=lambda s: job.checkpoint("float", s))
     if not c.checkpoint and job.main:
-        save_checkpoint(job.out / "float.pt", float_checkpoint(c.model, c.data, job.data, flt.state, flt.test_accuracy,
-                                                               held_out_fraction=c.held_out_fraction,
-                                                               train_subset=c.train_subset))
+        save_checkpoint(job.out / "float.pt", trained_float_checkpoint(c, job.data, flt.state, flt.test_accuracy))
     job.carry["seconds"]["float"] += flt.seconds
     job.carry.update(float_test_accuracy=flt.test_accuracy, float_history=flt.history)
     return flt.state

@@ -50,7 +50,7 @@ from .config import SweepConfig, parse_method
 from .data import Data, build_data
 from .export import export_row
 from .finetune import finetune_and_evaluate
-from .float_model import check_targets, fit_float_, float_checkpoint, new_model, resolve_device
+from .float_model import check_targets, fit_float_, new_model, resolve_device, trained_float_checkpoint
 
 __all__ = ["SweepConfig", "SweepSetup", "sweep", "prepare_sweep", "run_row", "write_table", "plot_pareto",
            "parse_method", "ROW_FIELDS"]
@@ -248,10 +248,8 @@ def _sweep(config: SweepConfig, out: Path, *, progress: bool,
            on_row: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     setup = prepare_sweep(config, progress=progress)
     if not config.checkpoint:
-        save_checkpoint(out / "float.pt", float_checkpoint(config.model, config.data, setup.data, setup.float_state,
-                                                           setup.float_accuracy,
-                                                           held_out_fraction=config.held_out_fraction,
-                                                           train_subset=config.train_subset))
+        save_checkpoint(out / "float.pt", trained_float_checkpoint(config, setup.data, setup.float_state,
+                                                                   setup.float_accuracy))
     jobs: list[tuple[str, str | None]] = []
     for m in config.methods:
         if ":" in m:
